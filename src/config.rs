@@ -1,0 +1,136 @@
+//! The control file: its serde shape (`file`), its compilation into runtime settings
+//! (`compile`), and error reports that point at the file's line and column.
+//!
+//! A config is loaded in three steps: YAML syntax and types (serde, each route, service and
+//! section on its own so one mistake does not hide the next), then semantic checks
+//! (addresses, regexes, references between routes and services), then positions for every
+//! problem from an index of the document's nodes.
+
+pub mod compile;
+pub mod duration;
+pub mod file;
+mod position;
+
+use std::{fmt, path::Path};
+
+pub use compile::{Compiled, InboundSpec, Limits, OutboundSpec, Problem, ShutdownSettings};
+use position::{Pos, PositionIndex};
+
+/// A config that cannot be used, with every problem found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file name as given (used as the prefix of each line).
+    pub file: String,
+    /// The problems, in document order.
+    pub problems: Vec<Located>,
+}
+
+/// A problem with its place in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Field path (empty for the document as a whole).
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    /// One line per problem: `FILE:LINE:COLUMN: field.path: message`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{}:{}:{}: ", self.file, p.line, p.column)?;
+            if !p.path.is_empty() {
+                write!(f, "{}: ", p.path)?;
+            }
+            f.write_str(&p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and compiles the control file at `path`.
+pub fn load(path: &Path) -> Result<Compiled, ConfigError> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&name, &text),
+        Err(e) => Err(ConfigError {
+            file: name,
+            problems: vec![Located {
+                line: 1,
+                column: 1,
+                path: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }],
+        }),
+    }
+}
+
+/// Parses and compiles control file text; `name` prefixes the error lines.
+pub fn parse(name: &str, text: &str) -> Result<Compiled, ConfigError> {
+    let fail = |problems| ConfigError {
+        file: name.to_owned(),
+        problems,
+    };
+    let de = serde_yaml::Deserializer::from_str(text);
+    let file: file::File = match serde_path_to_error::deserialize(de) {
+        Ok(f) => f,
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            let inner = e.into_inner();
+            let pos = match inner.location() {
+                Some(l) => Pos {
+                    line: l.line(),
+                    column: l.column(),
+                },
+                None => PositionIndex::build(text).locate(&path),
+            };
+            let message = strip_location(&inner.to_string());
+            return Err(fail(vec![Located {
+                line: pos.line,
+                column: pos.column,
+                path,
+                message,
+            }]));
+        }
+    };
+    compile::compile(file).map_err(|problems| {
+        let index = PositionIndex::build(text);
+        let mut located: Vec<Located> = problems.into_iter().map(|p| locate(&index, p)).collect();
+        located.sort_by_key(|l| (l.line, l.column));
+        fail(located)
+    })
+}
+
+fn locate(index: &PositionIndex, p: Problem) -> Located {
+    // serde names an unknown field in the message; point at that key, not its mapping.
+    let unknown_key = p
+        .message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+        .and_then(|field| index.key(&p.path, field));
+    let pos = unknown_key.unwrap_or_else(|| index.locate(&p.path));
+    Located {
+        line: pos.line,
+        column: pos.column,
+        path: p.path,
+        message: strip_location(&p.message),
+    }
+}
+
+/// serde_yaml appends " at line L column C" to some messages; the report has its own.
+fn strip_location(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}

@@ -1,0 +1,646 @@
+//! Turns the parsed file into validated runtime settings: socket addresses, durations,
+//! compiled matchers, header names and values. Every problem is collected, not just the first.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{header::HeaderName, HeaderValue, Method, StatusCode};
+
+use super::file::{
+    self, File, HeaderEditsFile, Lenient, LoadBalancerFile, MatchFile, PathMatchFile, RouteFile,
+    ServiceFile, Unmatched, ValueMatchFile,
+};
+use crate::{
+    balance::Policy,
+    routing::{
+        matcher::{anchored_regex, HostMatch, PathMatch, ValueMatch},
+        ActionSpec, HeaderEdits, Rewrite, RouteMatch, RouteSpec, WeightedService,
+    },
+    upstream::{Discovery, ServiceSpec},
+};
+
+/// One problem in a config, before it is given a line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Field path, e.g. `outbound.routes[2].backends[0].service`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A validated config: everything the runtime needs, in runtime types.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The file with defaults filled in (served on `/config`).
+    pub file: File,
+    /// Admin listener address.
+    pub admin: SocketAddr,
+    /// Protocol limits.
+    pub limits: Limits,
+    /// Graceful shutdown timing.
+    pub shutdown: ShutdownSettings,
+    /// Logging.
+    pub log: file::LogFile,
+    /// Inbound listener, when configured.
+    pub inbound: Option<InboundSpec>,
+    /// Outbound listener, when configured.
+    pub outbound: Option<OutboundSpec>,
+    /// Upstream services by name.
+    pub services: BTreeMap<String, ServiceSpec>,
+}
+
+/// Runtime form of `limits:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request header block in bytes.
+    pub max_header_bytes: usize,
+    /// Time to receive a complete request header block.
+    pub header_read_timeout: Duration,
+    /// Most concurrent downstream connections per listener.
+    pub max_connections: usize,
+    /// Idle downstream connections are closed after this long.
+    pub idle_timeout: Duration,
+}
+
+/// Runtime form of `shutdown:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownSettings {
+    /// Keep accepting this long after the signal.
+    pub grace: Duration,
+    /// Most time given to in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+/// Runtime form of `inbound:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundSpec {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// The local app: a one-endpoint service named `app`.
+    pub app: ServiceSpec,
+    /// Time the app has to answer with response headers.
+    pub timeout: Duration,
+}
+
+/// Runtime form of `outbound:`.
+#[derive(Debug)]
+pub struct OutboundSpec {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Policy for unmatched requests.
+    pub unmatched: Unmatched,
+    /// Compiled routes in order.
+    pub routes: Vec<RouteSpec>,
+}
+
+/// Compiles `file`; `Err` lists every problem found.
+pub fn compile(file: File) -> Result<Compiled, Vec<Problem>> {
+    let mut c = Ctx::default();
+    if file.version != 1 {
+        c.err(
+            "version",
+            format!(
+                "unsupported version {}: this Remora reads version 1",
+                file.version
+            ),
+        );
+    }
+    let admin_file = c.part(&file.admin, "admin").cloned().unwrap_or_default();
+    let admin = c.addr("admin.listen", &admin_file.listen);
+    let limits_file = c.part(&file.limits, "limits").cloned().unwrap_or_default();
+    if limits_file.max_header_bytes < 1024 {
+        c.err("limits.max_header_bytes", "must be at least 1024".into());
+    }
+    if limits_file.max_connections == 0 {
+        c.err("limits.max_connections", "must be at least 1".into());
+    }
+    let shutdown_file = c
+        .part(&file.shutdown, "shutdown")
+        .cloned()
+        .unwrap_or_default();
+    let log = c.part(&file.log, "log").cloned().unwrap_or_default();
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
+        c.err(
+            "log.level",
+            format!("invalid log filter {:?}: {e}", log.level),
+        );
+    }
+
+    let mut services = BTreeMap::new();
+    for (name, svc) in &file.services {
+        let path = format!("services.{name}");
+        if let Some(svc) = c.part_at(svc, &path) {
+            if let Some(spec) = c.service(&path, svc) {
+                services.insert(name.clone(), spec);
+            }
+        }
+    }
+
+    let inbound = c.part(&file.inbound, "inbound").map(|ib| {
+        let listen = c.addr("inbound.listen", &ib.listen);
+        let app = c.addr("inbound.app", &ib.app);
+        InboundSpec {
+            listen,
+            app: ServiceSpec {
+                discovery: Discovery::Static(vec![app]),
+                protocol: ib.protocol,
+                policy: Policy::RoundRobin,
+                connect_timeout: ib.connect_timeout.0,
+                idle_timeout: ib.idle_timeout.0,
+            },
+            timeout: ib.timeout.0,
+        }
+    });
+
+    let outbound = c.part(&file.outbound, "outbound").map(|ob| {
+        let listen = c.addr("outbound.listen", &ob.listen);
+        let mut names = HashSet::new();
+        let mut routes = Vec::new();
+        for (i, route) in ob.routes.iter().enumerate() {
+            let path = format!("outbound.routes[{i}]");
+            let Some(route) = c.part_at(route, &path) else {
+                continue;
+            };
+            if !names.insert(route.name.as_str()) {
+                c.err(
+                    &format!("{path}.name"),
+                    format!("duplicate route name {:?}", route.name),
+                );
+            }
+            if let Some(spec) = c.route(&path, route, &file.services) {
+                routes.push(spec);
+            }
+        }
+        OutboundSpec {
+            listen,
+            unmatched: ob.unmatched,
+            routes,
+        }
+    });
+
+    if inbound.is_none() && outbound.is_none() && c.problems.is_empty() {
+        c.err(
+            "",
+            "nothing to serve: configure `inbound`, `outbound`, or both".into(),
+        );
+    }
+    let mut listeners = vec![("admin.listen", admin)];
+    listeners.extend(inbound.as_ref().map(|i| ("inbound.listen", i.listen)));
+    listeners.extend(outbound.as_ref().map(|o| ("outbound.listen", o.listen)));
+    for (i, (path, addr)) in listeners.iter().enumerate() {
+        if addr.port() == 0 {
+            continue;
+        }
+        if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr) {
+            c.err(path, format!("address {addr} is already used by {other}"));
+        }
+    }
+
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    Ok(Compiled {
+        admin,
+        limits: Limits {
+            max_header_bytes: limits_file.max_header_bytes,
+            header_read_timeout: limits_file.header_read_timeout.0,
+            max_connections: limits_file.max_connections,
+            idle_timeout: limits_file.idle_timeout.0,
+        },
+        shutdown: ShutdownSettings {
+            grace: shutdown_file.grace.0,
+            drain_timeout: shutdown_file.drain_timeout.0,
+        },
+        log,
+        inbound,
+        outbound,
+        services,
+        file,
+    })
+}
+
+#[derive(Default)]
+struct Ctx {
+    problems: Vec<Problem>,
+}
+
+impl Ctx {
+    fn err(&mut self, path: &str, message: String) {
+        self.problems.push(Problem {
+            path: path.to_owned(),
+            message,
+        });
+    }
+
+    /// The parsed part, or `None` after recording its problem.
+    fn part_at<'a, T>(&mut self, part: &'a Lenient<T>, at: &str) -> Option<&'a T> {
+        match part {
+            Lenient::Ok(t) => Some(t),
+            Lenient::Err { path, message } => {
+                let full = match (at.is_empty(), path.is_empty()) {
+                    (_, true) => at.to_owned(),
+                    (true, false) => path.clone(),
+                    (false, false) if path.starts_with('[') => format!("{at}{path}"),
+                    (false, false) => format!("{at}.{path}"),
+                };
+                self.err(&full, message.clone());
+                None
+            }
+        }
+    }
+
+    fn part<'a, T>(&mut self, part: &'a Option<Lenient<T>>, at: &str) -> Option<&'a T> {
+        part.as_ref().and_then(|p| self.part_at(p, at))
+    }
+
+    fn addr(&mut self, path: &str, text: &str) -> SocketAddr {
+        text.trim().parse().unwrap_or_else(|_| {
+            self.err(
+                path,
+                format!("invalid socket address {text:?}: expected IP:PORT, e.g. 127.0.0.1:8080"),
+            );
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    }
+
+    fn header_name(&mut self, path: &str, text: &str) -> Option<HeaderName> {
+        HeaderName::from_bytes(text.as_bytes())
+            .map_err(|_| self.err(path, format!("invalid header name {text:?}")))
+            .ok()
+    }
+
+    fn header_value(&mut self, path: &str, text: &str) -> Option<HeaderValue> {
+        HeaderValue::from_str(text)
+            .map_err(|_| self.err(path, format!("invalid header value {text:?}")))
+            .ok()
+    }
+
+    fn service(&mut self, path: &str, svc: &ServiceFile) -> Option<ServiceSpec> {
+        let discovery = match (&svc.endpoints, &svc.dns) {
+            (Some(_), Some(_)) => {
+                self.err(path, "give either `endpoints` or `dns`, not both".into());
+                return None;
+            }
+            (None, None) => {
+                self.err(path, "missing `endpoints` or `dns`".into());
+                return None;
+            }
+            (Some(eps), None) => {
+                if eps.is_empty() {
+                    self.err(
+                        &format!("{path}.endpoints"),
+                        "must list at least one endpoint".into(),
+                    );
+                }
+                let addrs = eps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| self.addr(&format!("{path}.endpoints[{i}]"), e))
+                    .collect();
+                Discovery::Static(addrs)
+            }
+            (None, Some(dns)) => {
+                let parsed = dns
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                    .filter(|(h, _)| !h.is_empty() && !h.contains(['/', ' ']));
+                let Some((host, port)) = parsed else {
+                    self.err(
+                        &format!("{path}.dns"),
+                        format!("invalid dns target {dns:?}: expected NAME:PORT"),
+                    );
+                    return None;
+                };
+                if svc.dns_refresh.0 < Duration::from_millis(100) {
+                    self.err(
+                        &format!("{path}.dns_refresh"),
+                        "must be at least 100ms".into(),
+                    );
+                }
+                Discovery::Dns {
+                    host: host.to_owned(),
+                    port,
+                    refresh: svc.dns_refresh.0,
+                }
+            }
+        };
+        if svc.connect_timeout.0.is_zero() {
+            self.err(
+                &format!("{path}.connect_timeout"),
+                "must be greater than 0".into(),
+            );
+        }
+        let policy = match &svc.load_balancer {
+            LoadBalancerFile::LeastRequest => Policy::LeastRequest,
+            LoadBalancerFile::RoundRobin => Policy::RoundRobin,
+            LoadBalancerFile::Random => Policy::Random,
+            LoadBalancerFile::RingHash { header } => Policy::RingHash(
+                self.header_name(&format!("{path}.load_balancer.ring_hash.header"), header)?,
+            ),
+        };
+        Some(ServiceSpec {
+            discovery,
+            protocol: svc.protocol,
+            policy,
+            connect_timeout: svc.connect_timeout.0,
+            idle_timeout: svc.idle_timeout.0,
+        })
+    }
+
+    fn route(
+        &mut self,
+        path: &str,
+        r: &RouteFile,
+        services: &BTreeMap<String, Lenient<ServiceFile>>,
+    ) -> Option<RouteSpec> {
+        let before = self.problems.len();
+        if r.name.trim().is_empty() {
+            self.err(&format!("{path}.name"), "must not be empty".into());
+        }
+        let matcher = self.matcher(&format!("{path}.match"), &r.matches);
+        let actions = [
+            r.backends.is_some(),
+            r.redirect.is_some(),
+            r.direct_response.is_some(),
+        ];
+        let action = match actions.iter().filter(|a| **a).count() {
+            0 => {
+                self.err(
+                    path,
+                    "missing action: give `backends`, `redirect` or `direct_response`".into(),
+                );
+                None
+            }
+            1 => self.action(path, r, services),
+            _ => {
+                self.err(
+                    path,
+                    "give only one of `backends`, `redirect` and `direct_response`".into(),
+                );
+                None
+            }
+        };
+        let request_headers = self.edits(&format!("{path}.request_headers"), &r.request_headers);
+        let response_headers = self.edits(&format!("{path}.response_headers"), &r.response_headers);
+        let rewrite = r.rewrite.as_ref().and_then(|rw| {
+            let at = format!("{path}.rewrite.prefix");
+            if r.backends.is_none() {
+                self.err(&at, "a rewrite needs `backends`".into());
+            }
+            if !rw.prefix.starts_with('/') {
+                self.err(&at, format!("must start with \"/\", got {:?}", rw.prefix));
+            }
+            let rewrite = Rewrite::for_path(matcher.path.as_ref(), rw.prefix.clone());
+            if rewrite.is_none() {
+                self.err(
+                    &at,
+                    "cannot rewrite a regex path match: use `exact` or `prefix`".into(),
+                );
+            }
+            rewrite
+        });
+        if r.timeout.0.is_zero() {
+            self.err(&format!("{path}.timeout"), "must be greater than 0".into());
+        }
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(RouteSpec {
+            name: Arc::from(r.name.as_str()),
+            matcher,
+            action: action?,
+            timeout: r.timeout.0,
+            request_headers,
+            response_headers,
+            rewrite,
+        })
+    }
+
+    fn action(
+        &mut self,
+        path: &str,
+        r: &RouteFile,
+        services: &BTreeMap<String, Lenient<ServiceFile>>,
+    ) -> Option<ActionSpec> {
+        if let Some(backends) = &r.backends {
+            if backends.is_empty() {
+                self.err(
+                    &format!("{path}.backends"),
+                    "must list at least one backend".into(),
+                );
+                return None;
+            }
+            let mut total = 0u64;
+            for (i, b) in backends.iter().enumerate() {
+                if !services.contains_key(&b.service) {
+                    let hint = closest(&b.service, services.keys())
+                        .map(|s| format!(" (did you mean {s:?}?)"));
+                    self.err(
+                        &format!("{path}.backends[{i}].service"),
+                        format!(
+                            "unknown service {:?}{}",
+                            b.service,
+                            hint.unwrap_or_default()
+                        ),
+                    );
+                }
+                total += u64::from(b.weight);
+            }
+            if total == 0 {
+                self.err(
+                    &format!("{path}.backends"),
+                    "total weight is 0: give at least one backend a weight".into(),
+                );
+            } else if total > u64::from(u32::MAX) {
+                self.err(
+                    &format!("{path}.backends"),
+                    "total weight is too large".into(),
+                );
+            }
+            let list = backends
+                .iter()
+                .map(|b| WeightedService {
+                    service: b.service.clone(),
+                    weight: b.weight,
+                })
+                .collect();
+            return Some(ActionSpec::Forward(list));
+        }
+        if let Some(redirect) = &r.redirect {
+            let at = format!("{path}.redirect");
+            if ![301, 302, 303, 307, 308].contains(&redirect.status) {
+                self.err(
+                    &format!("{at}.status"),
+                    format!(
+                        "redirect status must be 301, 302, 303, 307 or 308, got {}",
+                        redirect.status
+                    ),
+                );
+            }
+            let location = self.header_value(&format!("{at}.location"), &redirect.location)?;
+            return Some(ActionSpec::Redirect {
+                status: StatusCode::from_u16(redirect.status).ok()?,
+                location,
+            });
+        }
+        let direct = r.direct_response.as_ref()?;
+        let at = format!("{path}.direct_response");
+        let status = match StatusCode::from_u16(direct.status) {
+            Ok(s) if direct.status >= 200 => s,
+            _ => {
+                self.err(
+                    &format!("{at}.status"),
+                    format!("invalid status {}: use 200 to 599", direct.status),
+                );
+                return None;
+            }
+        };
+        let content_type = match &direct.content_type {
+            Some(ct) => Some(self.header_value(&format!("{at}.content_type"), ct)?),
+            None if direct.body.is_empty() => None,
+            None => Some(HeaderValue::from_static("text/plain; charset=utf-8")),
+        };
+        Some(ActionSpec::Direct {
+            status,
+            body: Bytes::from(direct.body.clone()),
+            content_type,
+        })
+    }
+
+    fn matcher(&mut self, path: &str, m: &MatchFile) -> RouteMatch {
+        let host = m.host.as_ref().and_then(|h| {
+            HostMatch::parse(h)
+                .map_err(|e| self.err(&format!("{path}.host"), e))
+                .ok()
+        });
+        let path_match = m.path.as_ref().and_then(|p| match p {
+            PathMatchFile::Exact(s) | PathMatchFile::Prefix(s) if !s.starts_with('/') => {
+                self.err(
+                    &format!("{path}.path"),
+                    format!("a path must start with \"/\", got {s:?}"),
+                );
+                None
+            }
+            PathMatchFile::Exact(s) => Some(PathMatch::Exact(s.clone())),
+            PathMatchFile::Prefix(s) => Some(PathMatch::Prefix(s.clone())),
+            PathMatchFile::Regex(r) => anchored_regex(r)
+                .map(PathMatch::Regex)
+                .map_err(|e| self.err(&format!("{path}.path.regex"), e))
+                .ok(),
+        });
+        let methods = m.method.as_ref().map(|ms| {
+            ms.iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    let upper = s.to_ascii_uppercase();
+                    Method::from_bytes(upper.as_bytes())
+                        .map_err(|_| {
+                            self.err(
+                                &format!("{path}.method[{i}]"),
+                                format!("invalid method {s:?}"),
+                            )
+                        })
+                        .ok()
+                })
+                .collect()
+        });
+        let mut headers = Vec::new();
+        for (name, cond) in &m.headers {
+            let at = format!("{path}.headers.{name}");
+            let n = self.header_name(&at, name);
+            let v = self.value_match(&at, cond);
+            if let (Some(n), Some(v)) = (n, v) {
+                headers.push((n, v));
+            }
+        }
+        let mut query = Vec::new();
+        for (name, cond) in &m.query {
+            if let Some(v) = self.value_match(&format!("{path}.query.{name}"), cond) {
+                query.push((name.clone(), v));
+            }
+        }
+        RouteMatch {
+            host,
+            path: path_match,
+            methods,
+            headers,
+            query,
+        }
+    }
+
+    fn value_match(&mut self, path: &str, m: &ValueMatchFile) -> Option<ValueMatch> {
+        Some(match m {
+            ValueMatchFile::Exact(s) => ValueMatch::Exact(s.clone()),
+            ValueMatchFile::Present(p) => ValueMatch::Present(*p),
+            ValueMatchFile::Regex(r) => match anchored_regex(r) {
+                Ok(re) => ValueMatch::Regex(re),
+                Err(e) => {
+                    self.err(&format!("{path}.regex"), e);
+                    return None;
+                }
+            },
+        })
+    }
+
+    fn edits(&mut self, path: &str, e: &HeaderEditsFile) -> HeaderEdits {
+        let mut out = HeaderEdits::default();
+        for (kind, map, list) in [("set", &e.set, &mut out.set), ("add", &e.add, &mut out.add)] {
+            for (name, value) in map {
+                let at = format!("{path}.{kind}.{name}");
+                let n = self.header_name(&at, name);
+                let v = self.header_value(&at, value);
+                if let (Some(n), Some(v)) = (n, v) {
+                    list.push((n, v));
+                }
+            }
+        }
+        for (i, name) in e.remove.iter().enumerate() {
+            if let Some(n) = self.header_name(&format!("{path}.remove[{i}]"), name) {
+                out.remove.push(n);
+            }
+        }
+        out
+    }
+}
+
+/// The known name closest to `name` when it is a likely typo (edit distance at most 2).
+fn closest<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> Option<&'a str> {
+    known
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.as_str())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distance_finds_typos() {
+        assert_eq!(edit_distance("invntory", "inventory"), 1);
+        let known = ["inventory".to_owned(), "orders".to_owned()];
+        assert_eq!(closest("invntory", known.iter()), Some("inventory"));
+        assert_eq!(closest("zzz", known.iter()), None);
+    }
+}

@@ -1,0 +1,639 @@
+//! The serde shape of the control file: structs that mirror the YAML exactly and reject
+//! unknown fields. Defaults are filled in here, so serializing a parsed file shows the
+//! effective config (served on the admin listener's `/config`). Runtime code never sees these
+//! types; `compile` turns them into validated runtime settings.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::duration::HumanDuration;
+
+/// A part of the file that is parsed on its own, so that one bad route or service does not
+/// hide the problems of the others: every part's first problem is reported.
+#[derive(Debug, Clone)]
+pub enum Lenient<T> {
+    /// The part parsed.
+    Ok(T),
+    /// The part did not parse; `path` is relative to the part.
+    Err {
+        /// Field path inside the part, e.g. `backends[0].weight`.
+        path: String,
+        /// What was wrong, as serde said it.
+        message: String,
+    },
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_yaml::Value::deserialize(d)?;
+        Ok(match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(t) => Lenient::Ok(t),
+            Err(e) => {
+                let path = e.path().to_string();
+                Lenient::Err {
+                    path: if path == "." { String::new() } else { path },
+                    message: e.into_inner().to_string(),
+                }
+            }
+        })
+    }
+}
+
+impl<T: Serialize> Serialize for Lenient<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Lenient::Ok(t) => t.serialize(s),
+            Lenient::Err { .. } => s.serialize_unit(),
+        }
+    }
+}
+
+/// The whole control file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// Format version of the file. Must be 1.
+    pub version: u32,
+    /// The admin listener. Default: listen on 0.0.0.0:15090.
+    #[serde(default)]
+    pub admin: Option<Lenient<AdminFile>>,
+    /// Protocol limits applied by both data listeners.
+    #[serde(default)]
+    pub limits: Option<Lenient<LimitsFile>>,
+    /// How the process stops on SIGTERM / SIGINT.
+    #[serde(default)]
+    pub shutdown: Option<Lenient<ShutdownFile>>,
+    /// Logging.
+    #[serde(default)]
+    pub log: Option<Lenient<LogFile>>,
+    /// The inbound listener (callers → local app). Absent: no inbound listener.
+    #[serde(default)]
+    pub inbound: Option<Lenient<InboundFile>>,
+    /// The outbound listener (local app → other services). Absent: no outbound listener.
+    #[serde(default)]
+    pub outbound: Option<Lenient<OutboundFile>>,
+    /// Upstream services by name, referenced by routes.
+    #[serde(default)]
+    pub services: BTreeMap<String, Lenient<ServiceFile>>,
+}
+
+/// `admin:`: the admin listener (`/metrics`, `/ready`, `/live`, `/config`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// Address to listen on. Default: `0.0.0.0:15090`.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminFile {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "0.0.0.0:15090".into()
+}
+
+/// `limits:`: protocol limits for the data listeners.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Largest request header block, in bytes; larger gets 431. Default: 65536.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Time a client has to send a complete request header block. Default: 10s.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: HumanDuration,
+    /// Most concurrent downstream connections per listener; further clients wait in the
+    /// accept queue. Default: 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A downstream connection with no request in flight is closed after this long.
+    /// Default: 5m.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: default_max_header_bytes(),
+            header_read_timeout: default_header_read_timeout(),
+            max_connections: default_max_connections(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+fn default_max_header_bytes() -> usize {
+    65536
+}
+fn default_header_read_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration::secs(300)
+}
+
+/// `shutdown:`: graceful stop.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownFile {
+    /// After SIGTERM, keep accepting for this long (with `/ready` already 503). Default: 0s.
+    #[serde(default)]
+    pub grace: HumanDuration,
+    /// Then wait at most this long for in-flight requests. Default: 30s.
+    #[serde(default = "default_drain")]
+    pub drain_timeout: HumanDuration,
+}
+
+impl Default for ShutdownFile {
+    fn default() -> Self {
+        Self {
+            grace: HumanDuration::default(),
+            drain_timeout: default_drain(),
+        }
+    }
+}
+
+fn default_drain() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+
+/// `log:`: logging.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// A `tracing` filter (`info`, `remora=debug`); `RUST_LOG` overrides it. Default: `info`.
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// `json` (one object per line) or `text`. Default: `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Log one JSON line per request (target `remora::access`). Default: false.
+    #[serde(default)]
+    pub access_log: bool,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        Self {
+            level: default_level(),
+            format: LogFormat::default(),
+            access_log: false,
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// `inbound:`: callers reach the local app through this listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundFile {
+    /// Address to listen on. Default: `0.0.0.0:15006`.
+    #[serde(default = "default_inbound_listen")]
+    pub listen: String,
+    /// The local app's address. Default: `127.0.0.1:8080`.
+    #[serde(default = "default_app")]
+    pub app: String,
+    /// Protocol spoken to the app: `http1`, `http2` or `auto` (the caller's). Default: `auto`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Time the app has to answer a request with response headers. Default: 30s.
+    #[serde(default = "default_inbound_timeout")]
+    pub timeout: HumanDuration,
+    /// Time to open a connection to the app. Default: 1s.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Idle pooled connections to the app are closed after this long. Default: 60s.
+    #[serde(default = "default_pool_idle")]
+    pub idle_timeout: HumanDuration,
+}
+
+fn default_inbound_listen() -> String {
+    "0.0.0.0:15006".into()
+}
+fn default_app() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_inbound_timeout() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+
+/// `outbound:`: the local app reaches other services through this listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundFile {
+    /// Address to listen on. Default: `127.0.0.1:15001`.
+    #[serde(default = "default_outbound_listen")]
+    pub listen: String,
+    /// What happens to a request no route matches. Default: `passthrough`.
+    #[serde(default)]
+    pub unmatched: Unmatched,
+    /// Routes, tried in order; the first match wins.
+    #[serde(default)]
+    pub routes: Vec<Lenient<RouteFile>>,
+}
+
+fn default_outbound_listen() -> String {
+    "127.0.0.1:15001".into()
+}
+
+/// `outbound.unmatched`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmatched {
+    /// Forward to the request's own authority (`Host` or absolute URI), resolved by DNS.
+    #[default]
+    Passthrough,
+    /// Answer 404 with `x-remora-error: no-route`.
+    Reject,
+}
+
+/// One entry of `outbound.routes`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// Unique name, used in metrics, logs and `explain`.
+    pub name: String,
+    /// What requests this route takes. Empty: every request.
+    #[serde(default, rename = "match")]
+    pub matches: MatchFile,
+    /// Weighted split over services (one of `backends`, `redirect`, `direct_response`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Vec<BackendFile>>,
+    /// Answer with a redirect instead of forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RedirectFile>,
+    /// Answer with a fixed response instead of forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponseFile>,
+    /// Time the upstream has to answer with response headers. Default: 15s.
+    #[serde(default = "default_route_timeout")]
+    pub timeout: HumanDuration,
+    /// Edits to the request before it is forwarded.
+    #[serde(default, skip_serializing_if = "HeaderEditsFile::is_empty")]
+    pub request_headers: HeaderEditsFile,
+    /// Edits to the response before it is returned.
+    #[serde(default, skip_serializing_if = "HeaderEditsFile::is_empty")]
+    pub response_headers: HeaderEditsFile,
+    /// Path rewrite applied when forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<RewriteFile>,
+}
+
+fn default_route_timeout() -> HumanDuration {
+    HumanDuration::secs(15)
+}
+
+/// `match:` of a route. Every condition given must hold.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    /// Host / `:authority` without port: exact (case-insensitive) or `*.suffix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Path condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatchFile>,
+    /// Allowed methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Vec<String>>,
+    /// Header conditions by header name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, ValueMatchFile>,
+    /// Query parameter conditions by parameter name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, ValueMatchFile>,
+}
+
+/// Path condition: exactly one kind, written `{ prefix: /api }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(try_from = "PathMatchRaw", into = "PathMatchRaw")]
+pub enum PathMatchFile {
+    /// The path equals this (query string ignored).
+    Exact(String),
+    /// The path starts with these segments: `/api` matches `/api`, `/api/x`, not `/apix`.
+    Prefix(String),
+    /// The regex matches the whole path.
+    Regex(String),
+}
+
+/// The YAML shape of [`PathMatchFile`].
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatchRaw {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    regex: Option<String>,
+}
+
+impl TryFrom<PathMatchRaw> for PathMatchFile {
+    type Error = String;
+    fn try_from(r: PathMatchRaw) -> Result<Self, String> {
+        match (r.exact, r.prefix, r.regex) {
+            (Some(e), None, None) => Ok(Self::Exact(e)),
+            (None, Some(p), None) => Ok(Self::Prefix(p)),
+            (None, None, Some(x)) => Ok(Self::Regex(x)),
+            _ => Err("give exactly one of `exact`, `prefix` or `regex`".into()),
+        }
+    }
+}
+
+impl From<PathMatchFile> for PathMatchRaw {
+    fn from(p: PathMatchFile) -> Self {
+        match p {
+            PathMatchFile::Exact(e) => Self {
+                exact: Some(e),
+                ..Self::default()
+            },
+            PathMatchFile::Prefix(p) => Self {
+                prefix: Some(p),
+                ..Self::default()
+            },
+            PathMatchFile::Regex(x) => Self {
+                regex: Some(x),
+                ..Self::default()
+            },
+        }
+    }
+}
+
+/// Header or query value condition: exactly one kind, written `{ exact: "true" }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(try_from = "ValueMatchRaw", into = "ValueMatchRaw")]
+pub enum ValueMatchFile {
+    /// The value equals this.
+    Exact(String),
+    /// The regex matches the whole value.
+    Regex(String),
+    /// `true`: present with any value; `false`: absent.
+    Present(bool),
+}
+
+/// The YAML shape of [`ValueMatchFile`].
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMatchRaw {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    present: Option<bool>,
+}
+
+impl TryFrom<ValueMatchRaw> for ValueMatchFile {
+    type Error = String;
+    fn try_from(r: ValueMatchRaw) -> Result<Self, String> {
+        match (r.exact, r.regex, r.present) {
+            (Some(e), None, None) => Ok(Self::Exact(e)),
+            (None, Some(x), None) => Ok(Self::Regex(x)),
+            (None, None, Some(p)) => Ok(Self::Present(p)),
+            _ => Err("give exactly one of `exact`, `regex` or `present`".into()),
+        }
+    }
+}
+
+impl From<ValueMatchFile> for ValueMatchRaw {
+    fn from(v: ValueMatchFile) -> Self {
+        match v {
+            ValueMatchFile::Exact(e) => Self {
+                exact: Some(e),
+                ..Self::default()
+            },
+            ValueMatchFile::Regex(x) => Self {
+                regex: Some(x),
+                ..Self::default()
+            },
+            ValueMatchFile::Present(p) => Self {
+                present: Some(p),
+                ..Self::default()
+            },
+        }
+    }
+}
+
+/// One weighted backend of a route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendFile {
+    /// Name of a service under `services:`.
+    pub service: String,
+    /// Relative weight. Default: 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// `redirect:` of a route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectFile {
+    /// 301, 302, 303, 307 or 308. Default: 301.
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+    /// The `location` header.
+    pub location: String,
+}
+
+fn default_redirect_status() -> u16 {
+    301
+}
+
+/// `direct_response:` of a route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseFile {
+    /// Status code.
+    pub status: u16,
+    /// Body text. Default: empty.
+    #[serde(default)]
+    pub body: String,
+    /// `content-type` of the body. Default: `text/plain; charset=utf-8` when there is a body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
+/// Header edits: `set` replaces, `add` appends, `remove` deletes (applied remove, set, add).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEditsFile {
+    /// Headers to set, replacing any existing values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Headers to append.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Headers to remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeaderEditsFile {
+    fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// `rewrite:` of a route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteFile {
+    /// Replaces the part of the path the route's path match matched (the whole path for
+    /// `exact`, the prefix for `prefix`, `/` when the route has no path match).
+    pub prefix: String,
+}
+
+/// One entry of `services:`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    /// Static endpoints, `IP:PORT` (one of `endpoints` or `dns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<String>>,
+    /// A DNS name and port, `NAME:PORT`, re-resolved every `dns_refresh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
+    /// How often `dns` is re-resolved. Default: 5s.
+    #[serde(default = "default_dns_refresh")]
+    pub dns_refresh: HumanDuration,
+    /// `http1`, `http2` (prior knowledge) or `auto` (the caller's protocol). Default: `auto`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Endpoint selection. Default: `least_request`.
+    #[serde(default)]
+    pub load_balancer: LoadBalancerFile,
+    /// Time to open a TCP connection to an endpoint. Default: 1s.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Idle pooled connections are closed after this long. Default: 60s.
+    #[serde(default = "default_pool_idle")]
+    pub idle_timeout: HumanDuration,
+}
+
+fn default_dns_refresh() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration::secs(1)
+}
+fn default_pool_idle() -> HumanDuration {
+    HumanDuration::secs(60)
+}
+
+/// Upstream protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    Http2,
+    /// The protocol the caller used.
+    #[default]
+    Auto,
+}
+
+/// `load_balancer:` of a service: a name, or `{ ring_hash: { header: x-user } }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub enum LoadBalancerFile {
+    /// Power of two random choices, fewer in-flight requests wins.
+    #[default]
+    LeastRequest,
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// Uniformly random.
+    Random,
+    /// Consistent hashing on a request header (requests without it are spread at random).
+    RingHash {
+        /// The header whose value is hashed.
+        header: String,
+    },
+}
+
+/// `ring_hash:` settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RingHashFile {
+    header: String,
+}
+
+const LB_NAMES: &str = "least_request, round_robin, random or { ring_hash: { header: NAME } }";
+
+impl<'de> Deserialize<'de> for LoadBalancerFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(s) => match s.as_str() {
+                "least_request" => Ok(Self::LeastRequest),
+                "round_robin" => Ok(Self::RoundRobin),
+                "random" => Ok(Self::Random),
+                "ring_hash" => Err(D::Error::custom(
+                    "ring_hash needs a header: { ring_hash: { header: NAME } }",
+                )),
+                other => Err(D::Error::custom(format!(
+                    "unknown load balancer {other:?}: use {LB_NAMES}"
+                ))),
+            },
+            serde_yaml::Value::Mapping(m) if m.len() == 1 && m.contains_key("ring_hash") => {
+                let inner = m.get("ring_hash").cloned().unwrap_or_default();
+                let rh: RingHashFile = serde_yaml::from_value(inner)
+                    .map_err(|e| D::Error::custom(format!("ring_hash: {e}")))?;
+                Ok(Self::RingHash { header: rh.header })
+            }
+            _ => Err(D::Error::custom(format!(
+                "invalid load balancer: use {LB_NAMES}"
+            ))),
+        }
+    }
+}
+
+impl Serialize for LoadBalancerFile {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Self::LeastRequest => s.serialize_str("least_request"),
+            Self::RoundRobin => s.serialize_str("round_robin"),
+            Self::Random => s.serialize_str("random"),
+            Self::RingHash { header } => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry(
+                    "ring_hash",
+                    &RingHashFile {
+                        header: header.clone(),
+                    },
+                )?;
+                m.end()
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Remora: a sidecar service-mesh proxy.
+//!
+//! # Layout (the request path, top to bottom)
+//!
+//! - [`app`]: binds listeners, starts everything, stops gracefully.
+//! - [`proxy`]: accept loop, outbound and inbound handlers, forwarding, errors → responses.
+//! - [`routing`]: route matching and the route table.
+//! - [`upstream`]: services, discovery (static, DNS), endpoints with pooled connections.
+//! - [`balance`]: endpoint selection (least-request, round robin, random, ring hash).
+//! - [`runtime`]: the config snapshot published atomically, and process-wide state.
+//! - [`config`]: the control file, its validation and compilation.
+//! - [`metrics`], [`admin`], [`telemetry`]: Prometheus metrics, the admin listener, logs.
+//! - [`body`]: the body type moved in both directions.
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod body;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod runtime;
+pub mod telemetry;
+pub mod upstream;

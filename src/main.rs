@@ -1,0 +1,83 @@
+//! The `remora` command line: `run`, `check`, `--version`. The only place errors become exit
+//! codes: 0 success, 64 bad config, 1 runtime failure.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use remora::{app, config, telemetry};
+
+/// Exit code for a config that cannot be used (EX_USAGE-like, as `sysexits.h` EX_USAGE).
+const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "remora",
+    version,
+    about = "A sidecar service-mesh proxy configured by one YAML file"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// The control file.
+        #[arg(long, short, env = "REMORA_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a control file and exit (0 valid, 64 invalid; problems on stderr).
+    Check {
+        /// The control file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { file } => match config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+        },
+        Command::Run { config: path } => {
+            let compiled = match config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            telemetry::init(&compiled.log);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("remora: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(async move {
+                let listeners = match app::Listeners::bind(&compiled).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("remora: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                app::run(compiled, listeners, app::stop_signal()).await;
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Errors on the request path, each recording what happened and where; `rescue` is the one
+//! place they become responses.
+
+use std::{error::Error as StdError, fmt, sync::Arc, time::Duration};
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// A boxed error cause.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Why Remora answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matched and unmatched requests are rejected (or had no authority to pass
+    /// through to).
+    #[error("no route matches this request")]
+    NoRoute,
+    /// A passthrough request would come back to this listener.
+    #[error("request loops back to this proxy")]
+    Loop,
+    /// The request is malformed (downstream's fault).
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    /// The chosen service has no endpoint to send to.
+    #[error("service {service} has no healthy endpoints")]
+    NoEndpoints {
+        /// Service name.
+        service: Arc<str>,
+    },
+    /// A connection to the upstream could not be opened.
+    #[error("upstream {target}: connect failed: {}", Chain(.source.as_ref()))]
+    Connect {
+        /// Endpoint or authority.
+        target: String,
+        /// Cause.
+        source: BoxError,
+    },
+    /// The upstream connection or stream failed after it was opened.
+    #[error("upstream {target}: {}", Chain(.source.as_ref()))]
+    Reset {
+        /// Endpoint or authority.
+        target: String,
+        /// Cause.
+        source: BoxError,
+    },
+    /// No response headers within the route's timeout.
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl ProxyError {
+    /// The status the caller sees.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Loop => StatusCode::LOOP_DETECTED,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The `x-remora-error` reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no-route",
+            ProxyError::Loop => "proxy-loop",
+            ProxyError::BadRequest(_) => "malformed-request",
+            ProxyError::NoEndpoints { .. } => "no-healthy-endpoints",
+            ProxyError::Connect { .. } => "upstream-connect-failure",
+            ProxyError::Reset { .. } => "upstream-reset",
+            ProxyError::Timeout(_) => "timeout",
+        }
+    }
+
+    /// Whether the fault lies with the caller rather than upstream or the proxy.
+    pub fn is_downstream(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::NoRoute | ProxyError::Loop
+        )
+    }
+}
+
+/// Formats an error with its causes, `a: b: c`.
+struct Chain<'a>(&'a (dyn StdError + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// The one place an error becomes a response: the status from DESIGN.md's table,
+/// `x-remora-error: <reason>`, `server: remora`, and the error text as the body.
+pub fn rescue(err: &ProxyError) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(format!("{err}\n")));
+    *resp.status_mut() = err.status();
+    let h = resp.headers_mut();
+    h.insert(header::SERVER, HeaderValue::from_static("remora"));
+    h.insert("x-remora-error", HeaderValue::from_static(err.reason()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

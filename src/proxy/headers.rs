@@ -1,0 +1,177 @@
+//! Header hygiene between hops: request-smuggling checks, hop-by-hop removal (RFC 9110
+//! §7.6.1), `x-forwarded-*`, and upgrade detection.
+
+use http::{
+    header::{self, HeaderName},
+    HeaderMap, HeaderValue, Method, Version,
+};
+
+use super::error::ProxyError;
+
+/// Hop-by-hop headers that are never forwarded (besides those `Connection` lists).
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+];
+
+/// Refuses framing that two parsers could read differently (request smuggling):
+/// `Content-Length` together with `Transfer-Encoding`, or differing `Content-Length`s.
+pub fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            return Err(ProxyError::BadRequest(
+                "both content-length and transfer-encoding",
+            ));
+        }
+        if lengths.any(|v| v != first) || first.as_bytes().contains(&b',') {
+            return Err(ProxyError::BadRequest("conflicting content-length values"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether this is an HTTP/1.1 `Upgrade` request (WebSocket and the like).
+pub fn is_upgrade(version: Version, method: &Method, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && method != Method::CONNECT
+        && headers.contains_key(header::UPGRADE)
+        && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers. With `upgrade`, keeps `Upgrade` and sends `Connection: upgrade`.
+/// `TE: trailers` is kept (gRPC needs it); other `TE` values are dropped.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            if !(upgrade && name == header::UPGRADE) {
+                headers.remove(&name);
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(te) = headers.get(header::TE) {
+        let trailers = te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Appends the caller's address to `x-forwarded-for` and sets `x-forwarded-proto` when absent.
+pub fn add_forwarded(headers: &mut HeaderMap, client_ip: std::net::IpAddr, proto: &'static str) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    let ip = client_ip.to_string();
+    let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(prev) if headers.get_all(&XFF).iter().count() == 1 => format!("{prev}, {ip}"),
+        Some(_) => {
+            let all: Vec<&str> = headers
+                .get_all(&XFF)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            format!("{}, {ip}", all.join(", "))
+        }
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(XFF, v);
+    }
+    headers
+        .entry(XFP)
+        .or_insert(HeaderValue::from_static(proto));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        assert!(check_framing(&map(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked")
+        ]))
+        .is_err());
+        assert!(check_framing(&map(&[("content-length", "5"), ("content-length", "6")])).is_err());
+        assert!(check_framing(&map(&[("content-length", "5, 6")])).is_err());
+        assert!(check_framing(&map(&[("content-length", "5"), ("content-length", "5")])).is_ok());
+        assert!(check_framing(&map(&[("transfer-encoding", "chunked")])).is_ok());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "gzip, trailers"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("x-keep", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["te", "x-keep"]);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn upgrade_keeps_upgrade_headers() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade(Version::HTTP_11, &Method::GET, &h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = map(&[("x-forwarded-for", "1.1.1.1")]);
+        add_forwarded(&mut h, "10.0.0.1".parse().unwrap(), "http");
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+}

@@ -1,0 +1,84 @@
+//! The inbound listener's handler: callers' requests to the local app. Strips the caller
+//! identity header so it cannot be forged, then forwards to the app with the inbound timeout.
+
+use std::{sync::Arc, time::Duration};
+
+use http::{header::HeaderName, Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::{error::ProxyError, finish, forward, headers, AccessLine, ConnMeta, Tags};
+use crate::{body::ProxyBody, metrics::RequestMetrics, runtime::Runtime, upstream::Service};
+
+/// The header that carries the caller's verified identity to the app. Whatever a caller
+/// sends under this name is removed first.
+pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-remora-client-id");
+
+/// The inbound side of a config snapshot.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The local app as a one-endpoint service.
+    pub app: Arc<Service>,
+    /// Time the app has to answer with response headers.
+    pub timeout: Duration,
+    /// Request metrics (route "", service "app").
+    pub metrics: RequestMetrics,
+}
+
+/// Handles one request on the inbound listener.
+pub async fn handle(
+    rt: Arc<Runtime>,
+    conn: ConnMeta,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let snap = rt.snapshot();
+    let access = snap.access_log.then(|| AccessLine::capture(&req));
+    let Some(ib) = snap.inbound.as_ref() else {
+        let fallback = rt.metrics.request(conn.direction, "", "");
+        return finish(
+            &conn,
+            started,
+            Tags::default(),
+            &fallback,
+            Err(ProxyError::NoRoute),
+            access,
+        );
+    };
+    let mut tags = Tags {
+        service: ib.app.name(),
+        metrics: Some(&ib.metrics),
+        ..Tags::default()
+    };
+    let result = forward_to_app(ib, &conn, req, &mut tags).await;
+    finish(&conn, started, tags, &ib.metrics, result, access)
+}
+
+async fn forward_to_app(
+    ib: &Inbound,
+    conn: &ConnMeta,
+    mut req: Request<Incoming>,
+    tags: &mut Tags<'_>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    headers::check_framing(req.headers())?;
+    req.headers_mut().remove(CLIENT_ID);
+    let app = &ib.app;
+    let endpoint = app
+        .pick(req.headers())
+        .ok_or_else(|| ProxyError::NoEndpoints {
+            service: app.name().clone(),
+        })?;
+    tags.endpoint = Some(endpoint.addr());
+    let prepared = forward::prepare(req, conn, app.spec().protocol, None, Some(&endpoint))?;
+    let client = endpoint.client(prepared.request.version());
+    let addr = endpoint.addr();
+    forward::send(
+        client,
+        prepared,
+        Some(&endpoint),
+        &addr,
+        ib.timeout,
+        app.metrics(),
+    )
+    .await
+}

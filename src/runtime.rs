@@ -1,0 +1,184 @@
+//! The live state: a config snapshot (route table bound to live services, metric handles)
+//! published atomically, plus what outlives snapshots (metrics, readiness, passthrough
+//! pools). Each request loads the snapshot once.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+
+use crate::{
+    config::{file::File, Compiled, Limits},
+    metrics::{Direction, Metrics},
+    proxy::{
+        inbound::Inbound,
+        outbound::{Outbound, Passthrough},
+    },
+    routing::{table::Target, ActionSpec, Route, RouteTable},
+    upstream::Service,
+};
+
+/// Timeout for passed-through (unmatched) requests, like a route's default.
+const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One compiled config bound to live services.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The effective config, for `/config`.
+    pub file: File,
+    /// Protocol limits.
+    pub limits: Limits,
+    /// Whether to write the access log.
+    pub access_log: bool,
+    /// Outbound routes, when configured.
+    pub outbound: Option<Outbound>,
+    /// Inbound app forwarding, when configured.
+    pub inbound: Option<Inbound>,
+    /// Services by name.
+    pub services: BTreeMap<String, Arc<Service>>,
+}
+
+impl Snapshot {
+    /// Binds `compiled` to live services. A service whose definition equals one in `previous`
+    /// keeps its live state (endpoints, pools); others are created fresh.
+    pub fn build(compiled: Compiled, metrics: &Metrics, previous: Option<&Snapshot>) -> Self {
+        let Compiled {
+            file,
+            limits,
+            log,
+            inbound,
+            outbound,
+            services: specs,
+            ..
+        } = compiled;
+        let services: BTreeMap<String, Arc<Service>> = specs
+            .into_iter()
+            .map(|(name, spec)| {
+                let kept = previous
+                    .and_then(|p| p.services.get(&name))
+                    .filter(|s| *s.spec() == spec)
+                    .cloned();
+                let svc = kept.unwrap_or_else(|| Service::new(&name, spec, metrics));
+                (name, svc)
+            })
+            .collect();
+
+        let outbound = outbound.map(|ob| {
+            let d = Direction::Outbound;
+            let routes = ob
+                .routes
+                .into_iter()
+                .map(|spec| {
+                    let mut total = 0;
+                    let targets = match &spec.action {
+                        ActionSpec::Forward(list) => list
+                            .iter()
+                            .filter(|b| b.weight > 0)
+                            .map(|b| {
+                                total += b.weight;
+                                Target {
+                                    service: services[&b.service].clone(),
+                                    cumulative: total,
+                                    metrics: metrics.request(d, &spec.name, &b.service),
+                                }
+                            })
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    Route {
+                        local_metrics: metrics.request(d, &spec.name, ""),
+                        targets,
+                        total_weight: total,
+                        spec,
+                    }
+                })
+                .collect();
+            Outbound {
+                table: RouteTable {
+                    routes,
+                    unmatched: ob.unmatched,
+                },
+                unmatched_metrics: metrics.request(d, "", ""),
+                passthrough_metrics: metrics.request(d, "", "passthrough"),
+                passthrough_upstream: metrics.upstream("passthrough"),
+                passthrough_timeout: PASSTHROUGH_TIMEOUT,
+            }
+        });
+
+        let inbound = inbound.map(|ib| {
+            let kept = previous
+                .and_then(|p| p.inbound.as_ref())
+                .filter(|i| *i.app.spec() == ib.app)
+                .map(|i| i.app.clone());
+            Inbound {
+                app: kept.unwrap_or_else(|| Service::new("app", ib.app, metrics)),
+                timeout: ib.timeout,
+                metrics: metrics.request(Direction::Inbound, "", "app"),
+            }
+        });
+
+        Snapshot {
+            file,
+            limits,
+            access_log: log.access_log,
+            outbound,
+            inbound,
+            services,
+        }
+    }
+}
+
+/// Process-wide state shared by every listener.
+#[derive(Debug)]
+pub struct Runtime {
+    /// Metrics registry and handles.
+    pub metrics: Metrics,
+    snapshot: ArcSwap<Snapshot>,
+    ready: AtomicBool,
+    passthrough: Passthrough,
+}
+
+impl Runtime {
+    /// A runtime serving `compiled` (must run inside the tokio runtime).
+    pub fn new(compiled: Compiled) -> Arc<Self> {
+        let metrics = Metrics::new();
+        let snapshot = Snapshot::build(compiled, &metrics, None);
+        Arc::new(Self {
+            metrics,
+            snapshot: ArcSwap::from_pointee(snapshot),
+            ready: AtomicBool::new(false),
+            passthrough: Passthrough::new(Duration::from_secs(1)),
+        })
+    }
+
+    /// The current snapshot. Hold it for the whole request so the request sees one config.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Publishes a new snapshot atomically.
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Whether `/ready` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Sets readiness.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Clients for passed-through requests.
+    pub fn passthrough(&self) -> &Passthrough {
+        &self.passthrough
+    }
+}

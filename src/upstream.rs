@@ -1,0 +1,142 @@
+//! The upstream side: services (named sets of endpoints with a balancer), their discovery
+//! (static or DNS), and each endpoint's pooled connections.
+
+mod connector;
+mod dns;
+mod endpoint;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use http::HeaderMap;
+
+pub use connector::{ConnectError, Connector};
+pub use endpoint::{client, Endpoint, HttpClient, InFlight};
+
+use crate::{
+    balance::{Balancer, EndpointSet, Policy},
+    config::file::Protocol,
+    metrics::{Metrics, UpstreamMetrics},
+};
+
+/// A service's definition, compiled from the control file. Two equal specs describe the same
+/// service, so its live state can be kept across reloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Where the endpoints come from.
+    pub discovery: Discovery,
+    /// Upstream protocol.
+    pub protocol: Protocol,
+    /// Endpoint selection.
+    pub policy: Policy,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Pooled connection idle timeout.
+    pub idle_timeout: Duration,
+}
+
+/// Where a service's endpoints come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// A fixed list.
+    Static(Vec<SocketAddr>),
+    /// A DNS name re-resolved periodically.
+    Dns {
+        /// Host name.
+        host: String,
+        /// Port for every resolved address.
+        port: u16,
+        /// Re-resolution period.
+        refresh: Duration,
+    },
+}
+
+/// A live service: its current endpoints and balancer.
+#[derive(Debug)]
+pub struct Service {
+    name: Arc<str>,
+    spec: ServiceSpec,
+    endpoints: ArcSwap<EndpointSet>,
+    balancer: Balancer,
+    metrics: UpstreamMetrics,
+}
+
+impl Service {
+    /// Creates the service; a DNS service starts resolving in the background (so this must
+    /// run inside the tokio runtime).
+    pub fn new(name: &str, spec: ServiceSpec, metrics: &Metrics) -> Arc<Self> {
+        let svc = Arc::new(Self {
+            name: Arc::from(name),
+            metrics: metrics.upstream(name),
+            balancer: Balancer::new(spec.policy.clone()),
+            endpoints: ArcSwap::from_pointee(EndpointSet::default()),
+            spec,
+        });
+        match &svc.spec.discovery {
+            Discovery::Static(addrs) => svc.set_endpoints(addrs),
+            Discovery::Dns {
+                host,
+                port,
+                refresh,
+            } => dns::spawn(&svc, host.clone(), *port, *refresh),
+        }
+        svc
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Upstream attempt counters.
+    pub fn metrics(&self) -> &UpstreamMetrics {
+        &self.metrics
+    }
+
+    /// The definition it was built from.
+    pub fn spec(&self) -> &ServiceSpec {
+        &self.spec
+    }
+
+    /// Current endpoint addresses.
+    pub fn endpoint_addrs(&self) -> Vec<SocketAddr> {
+        self.endpoints
+            .load()
+            .endpoints
+            .iter()
+            .map(|e| e.addr())
+            .collect()
+    }
+
+    /// Picks an endpoint for a request with these headers; `None` when there is none.
+    pub fn pick(&self, headers: &HeaderMap) -> Option<Arc<Endpoint>> {
+        let set = self.endpoints.load();
+        self.balancer.pick(&set, headers).cloned()
+    }
+
+    /// Replaces the endpoint set, keeping the pools of endpoints that remain.
+    pub fn set_endpoints(&self, addrs: &[SocketAddr]) {
+        let current = self.endpoints.load();
+        if current.endpoints.len() == addrs.len()
+            && current
+                .endpoints
+                .iter()
+                .zip(addrs)
+                .all(|(e, a)| e.addr() == *a)
+        {
+            return;
+        }
+        let eps = addrs
+            .iter()
+            .map(
+                |a| match current.endpoints.iter().find(|e| e.addr() == *a) {
+                    Some(e) => e.clone(),
+                    None => Endpoint::new(*a, self.spec.connect_timeout, self.spec.idle_timeout),
+                },
+            )
+            .collect();
+        self.endpoints
+            .store(Arc::new(EndpointSet::new(eps, self.balancer.policy())));
+        tracing::debug!(service = %self.name, endpoints = ?addrs, "endpoints updated");
+    }
+}
