@@ -113,11 +113,17 @@ pub fn parse(name: &str, text: &str) -> Result<Compiled, ConfigError> {
 
 fn locate(index: &PositionIndex, p: Problem) -> Located {
     // serde names an unknown field in the message; point at that key, not its mapping.
+    // serde_path_to_error may or may not have appended the field to the path.
     let unknown_key = p
         .message
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split('`').next())
-        .and_then(|field| index.key(&p.path, field));
+        .and_then(|field| {
+            let parent = p.path.strip_suffix(field).map(|s| s.trim_end_matches('.'));
+            index
+                .key(&p.path, field)
+                .or_else(|| index.key(parent?, field))
+        });
     let pos = unknown_key.unwrap_or_else(|| index.locate(&p.path));
     Located {
         line: pos.line,

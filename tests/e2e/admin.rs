@@ -1,0 +1,331 @@
+//! The admin listener, metrics, graceful drain, and the real binary.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let up = echo("u").await;
+    let p = proxy(&format!(
+        r#"
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - name: r
+      match: {{ host: svc }}
+      backends: [{{ service: s, weight: 3 }}]
+services:
+  s: {{ endpoints: ["{}"] }}
+"#,
+        up.addr
+    ))
+    .await;
+    assert_eq!(get(p.admin, "a", "/live").await.status, 200);
+    assert_eq!(get(p.admin, "a", "/ready").await.status, 200);
+    assert_eq!(get(p.admin, "a", "/nope").await.status, 404);
+    let cfg = get(p.admin, "a", "/config").await;
+    assert_eq!(cfg.status, 200);
+    // The effective config: what the file said plus every default.
+    assert!(cfg.body.contains("weight: 3"), "{}", cfg.body);
+    assert!(
+        cfg.body.contains("timeout: 15s"),
+        "route default shown: {}",
+        cfg.body
+    );
+    assert!(
+        cfg.body.contains("load_balancer: least_request"),
+        "{}",
+        cfg.body
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_exactly() {
+    let up = status_seq(&[500, 200]).await;
+    let p = proxy(&format!(
+        r#"
+outbound:
+  listen: 127.0.0.1:0
+  unmatched: reject
+  routes:
+    - name: orders
+      match: {{ host: orders }}
+      backends: [{{ service: orders-v1 }}]
+services:
+  orders-v1: {{ endpoints: ["{}"] }}
+"#,
+        up.addr
+    ))
+    .await;
+    for _ in 0..7 {
+        get(p.outbound(), "orders", "/").await;
+    }
+    for _ in 0..3 {
+        get(p.outbound(), "unknown", "/").await;
+    }
+    let text = p.metrics().await;
+    let line = |s: &str| {
+        text.lines()
+            .find(|l| l.starts_with(s))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    assert_eq!(
+        line(r#"remora_requests_total{code="500",direction="outbound",route="orders",service="orders-v1"}"#).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        line(r#"remora_requests_total{code="200",direction="outbound",route="orders",service="orders-v1"}"#).as_deref(),
+        Some("6")
+    );
+    assert_eq!(
+        line(r#"remora_requests_total{code="404",direction="outbound",route="",service=""}"#)
+            .as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        line(r#"remora_request_duration_seconds_count{direction="outbound",route="orders",service="orders-v1"}"#)
+            .as_deref(),
+        Some("7")
+    );
+    assert!(text.contains(r#"remora_request_duration_seconds_bucket{direction="outbound",route="orders",service="orders-v1",le="0.0005"}"#));
+    assert!(text.contains(r#"le="30"}"#), "buckets reach 30 s");
+    assert_eq!(
+        line(r#"remora_upstream_attempts_total{result="success",service="orders-v1"}"#).as_deref(),
+        Some("7")
+    );
+    assert!(text.contains("remora_build_info{version=\""));
+    assert!(text.contains("process_resident_memory_bytes"));
+    assert!(text.contains("process_open_fds"));
+    assert!(text.contains(r#"remora_connections_open{direction="outbound"}"#));
+}
+
+#[tokio::test]
+async fn graceful_stop_finishes_in_flight_requests() {
+    let up = slow("slow", Duration::from_millis(600)).await;
+    let mut p = proxy(&format!(
+        r#"
+shutdown: {{ grace: 0s, drain_timeout: 10s }}
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - name: r
+      match: {{ host: svc }}
+      backends: [{{ service: s }}]
+      timeout: 5s
+services:
+  s: {{ endpoints: ["{}"] }}
+"#,
+        up.addr
+    ))
+    .await;
+    let out = p.outbound();
+    let in_flight = tokio::spawn(async move { get(out, "svc", "/").await });
+    wait_until(|| async { up.requests() == 1 }).await;
+    let stopped = p.begin_shutdown();
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, 200, "the in-flight request completes");
+    tokio::time::timeout(DEADLINE, stopped)
+        .await
+        .expect("drains")
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(out).await.is_err(),
+        "listener closed"
+    );
+}
+
+#[tokio::test]
+async fn readiness_turns_off_at_once_during_grace() {
+    let mut p = proxy("shutdown: { grace: 2s }\noutbound: { listen: 127.0.0.1:0 }\n").await;
+    let admin = p.admin;
+    let stopped = p.begin_shutdown();
+    wait_until(|| async { get(admin, "a", "/ready").await.status == 503 }).await;
+    // Still accepting during the grace period.
+    assert_eq!(get(p.outbound(), "nothing", "/").await.status, 502);
+    tokio::time::timeout(DEADLINE, stopped)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+// === the real binary ===
+
+/// A `remora` child process, killed on drop.
+struct Child_(Child);
+
+impl Drop for Child_ {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn remora() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_remora"))
+}
+
+fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("remora-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("remora.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn binary_version_help_and_check() {
+    let out = remora().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    for sub in [&["--help"][..], &["run", "--help"], &["check", "--help"]] {
+        assert!(
+            remora().args(sub).output().unwrap().status.success(),
+            "{sub:?}"
+        );
+    }
+    let good = temp_config("good", "version: 1\noutbound: { listen: 127.0.0.1:0 }\n");
+    assert_eq!(
+        remora().arg("check").arg(&good).status().unwrap().code(),
+        Some(0)
+    );
+    let bad = temp_config(
+        "bad",
+        "version: 1\noutbound: { listen: 127.0.0.1:0, colour: red }\n",
+    );
+    let out = remora().arg("check").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":2:34: outbound.colour: unknown field `colour`"),
+        "{err}"
+    );
+    let out = remora()
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "run refuses a bad config too");
+}
+
+#[test]
+fn binary_runs_serves_logs_and_stops_on_sigterm() {
+    let cfg = temp_config(
+        "run",
+        r#"version: 1
+admin: { listen: 127.0.0.1:0 }
+log: { format: json, level: info, access_log: true }
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - name: hello
+      match: { host: hello }
+      direct_response: { status: 200, body: "hi" }
+"#,
+    );
+    let child = remora()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Child_(child);
+    // Log lines arrive on a channel so every wait for one is bounded.
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = || {
+        lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a log line before the deadline")
+    };
+    // The "listener bound" lines say where the port-0 listeners ended up.
+    let (mut admin, mut outbound) = (None, None);
+    while admin.is_none() || outbound.is_none() {
+        let line = next_line();
+        let addr = line
+            .split("\"addr\":\"")
+            .nth(1)
+            .map(|s| s.split('"').next().unwrap().to_owned());
+        if line.contains("admin listener bound") {
+            admin = addr;
+        } else if line.contains("\"direction\":\"outbound\"") && line.contains("listener bound") {
+            outbound = addr;
+        }
+    }
+    let (admin, outbound) = (admin.unwrap(), outbound.unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let admin = admin.parse().unwrap();
+        wait_until(|| async { get(admin, "a", "/ready").await.status == 200 }).await;
+        let r = get(outbound.parse().unwrap(), "hello", "/greet").await;
+        assert_eq!(r.body, "hi");
+    });
+    // One flat JSON access log line for the request.
+    let access = loop {
+        let line = next_line();
+        if line.contains("\"target\":\"remora::access\"") {
+            break line;
+        }
+    };
+    for field in [
+        "\"method\":\"GET\"",
+        "\"authority\":\"hello\"",
+        "\"path\":\"/greet\"",
+        "\"status\":200",
+        "\"route\":\"hello\"",
+        "\"direction\":\"outbound\"",
+        "\"duration_ms\":",
+    ] {
+        assert!(access.contains(field), "{field} missing from {access}");
+    }
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(0));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "exits after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn binary_exits_1_when_a_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let cfg = temp_config(
+        "taken",
+        &format!("version: 1\nadmin: {{ listen: \"127.0.0.1:0\" }}\noutbound: {{ listen: \"{addr}\" }}\n"),
+    );
+    let out = remora()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&addr.to_string()) && err.contains("outbound"),
+        "{err}"
+    );
+}

@@ -1,0 +1,133 @@
+//! Config validation: every problem at once, each with line, column and field path; and every
+//! shipped file in config/ loads.
+
+fn errors(text: &str) -> Vec<String> {
+    match remora::config::parse("f.yaml", text) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => e.to_string().lines().map(str::to_owned).collect(),
+    }
+}
+
+#[test]
+fn every_problem_is_reported_with_its_place() {
+    let text = r#"version: 1
+admin: { listen: "nonsense" }
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - name: a
+      match: { host: shop, path: { regex: "(" } }
+      backends: [{ service: invntory }]
+    - name: a
+      match: { host: "a.*.b" }
+      backends: [{ service: inventory, weight: 0 }]
+    - name: c
+      backends: [{ service: inventory, wieght: 5 }]
+    - name: d
+      timeout: 2x
+      direct_response: { status: 200 }
+    - name: e
+      redirect: { status: 200, location: "/x" }
+services:
+  inventory:
+    endpoints: ["10.0.0.1:8080", "bad-addr"]
+  other:
+    dns: "no-port"
+"#;
+    let errs = errors(text);
+    let expect = [
+        "f.yaml:2:18: admin.listen: invalid socket address \"nonsense\"",
+        "f.yaml:7:43: outbound.routes[0].match.path.regex: invalid regex \"(\"",
+        "f.yaml:8:29: outbound.routes[0].backends[0].service: unknown service \"invntory\" (did you mean \"inventory\"?)",
+        "f.yaml:9:13: outbound.routes[1].name: duplicate route name \"a\"",
+        "f.yaml:10:22: outbound.routes[1].match.host: invalid host pattern \"a.*.b\"",
+        "f.yaml:11:17: outbound.routes[1].backends: total weight is 0",
+        "f.yaml:13:40: outbound.routes[2].backends[0].wieght: unknown field `wieght`",
+        "f.yaml:15:16: outbound.routes[3].timeout: invalid duration \"2x\"",
+        "f.yaml:18:27: outbound.routes[4].redirect.status: redirect status must be",
+        "f.yaml:21:34: services.inventory.endpoints[1]: invalid socket address \"bad-addr\"",
+        "f.yaml:23:10: services.other.dns: invalid dns target \"no-port\"",
+    ];
+    for e in expect {
+        assert!(
+            errs.iter().any(|l| l.starts_with(e)),
+            "missing {e:?} in:\n{}",
+            errs.join("\n")
+        );
+    }
+    assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+}
+
+#[test]
+fn syntax_and_type_errors_have_positions() {
+    let errs = errors("version: 1\noutbound:\n  listen: [oops\n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("f.yaml:"), "{}", errs[0]);
+    let errs = errors("version: 1\nlimits:\n  max_connections: lots\n");
+    assert!(
+        errs[0].starts_with("f.yaml:3:20: limits.max_connections: invalid type"),
+        "{errs:?}"
+    );
+    let errs = errors("version: 2\noutbound: {}\n");
+    assert!(
+        errs[0].starts_with("f.yaml:1:10: version: unsupported version 2"),
+        "{errs:?}"
+    );
+    let errs = errors("version: 1\nunknown_section: {}\n");
+    assert!(
+        errs[0].contains("unknown field `unknown_section`"),
+        "{errs:?}"
+    );
+    let errs = errors("version: 1\n");
+    assert!(errs[0].contains("nothing to serve"), "{errs:?}");
+}
+
+#[test]
+fn durations_and_listener_conflicts() {
+    for ok in ["250ms", "2s", "1m", "1.5s"] {
+        let text = format!("version: 1\noutbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: r\n      timeout: {ok}\n      direct_response: {{ status: 200 }}\n");
+        assert!(remora::config::parse("f", &text).is_ok(), "{ok}");
+    }
+    let errs = errors(
+        "version: 1\nadmin: { listen: 127.0.0.1:7000 }\noutbound: { listen: 127.0.0.1:7000 }\n",
+    );
+    assert!(
+        errs[0].contains("outbound.listen: address 127.0.0.1:7000 is already used by admin.listen"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn every_shipped_config_loads() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            if let Err(e) = remora::config::load(&path) {
+                panic!("{e}");
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "config/ ships at least the demo");
+}
+
+#[test]
+fn deploy_manifest_embeds_a_valid_config() {
+    use serde::Deserialize;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut found = 0;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v = serde_yaml::Value::deserialize(doc).unwrap();
+        if v["kind"] == "ConfigMap" {
+            let cfg = v["data"]["remora.yaml"].as_str().expect("remora.yaml key");
+            if let Err(e) = remora::config::parse("deploy/kubernetes.yaml#remora.yaml", cfg) {
+                panic!("{e}");
+            }
+            found += 1;
+        }
+    }
+    assert_eq!(found, 1);
+}

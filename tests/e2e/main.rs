@@ -1,0 +1,9 @@
+//! End-to-end tests through Remora's real listeners, against upstreams on 127.0.0.1:0.
+
+mod support;
+
+mod admin;
+mod config_errors;
+mod protocols;
+mod routing;
+mod upstreams;

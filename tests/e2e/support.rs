@@ -1,0 +1,458 @@
+//! Test helpers: upstreams on 127.0.0.1:0 with scripted behaviour, an in-process Remora built
+//! from YAML text, and HTTP/1.1 and HTTP/2 clients.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+// === upstreams ===
+
+/// A handler for a test upstream.
+pub type Handler = Arc<dyn Fn(Request<Incoming>) -> BoxFuture<Response<TestBody>> + Send + Sync>;
+/// A boxed future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A running test upstream; stops when dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
+    /// Requests received.
+    pub requests: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts an upstream (HTTP/1.1 and HTTP/2, with upgrades) running `handler` on `listener`.
+pub fn serve_upstream(listener: TcpListener, handler: Handler) -> Upstream {
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (c, r) = (connections.clone(), requests.clone());
+    let task = tokio::spawn(async move {
+        let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            c.fetch_add(1, Ordering::SeqCst);
+            let (h, r, builder) = (handler.clone(), r.clone(), builder.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let fut = h(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        connections,
+        requests,
+        task,
+    }
+}
+
+/// An upstream answering with `handler`.
+pub async fn upstream_fn<F, Fut>(handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_upstream(listener, Arc::new(move |req| Box::pin(handler(req))))
+}
+
+/// An upstream that answers 200 with `x-upstream: NAME`, `x-path`, `x-version`, and a body
+/// listing the request headers it received, one `name: value` per line.
+pub async fn echo(name: &'static str) -> Upstream {
+    upstream_fn(move |req| async move { echo_response(name, &req) }).await
+}
+
+/// The echo upstream's answer.
+pub fn echo_response(name: &str, req: &Request<Incoming>) -> Response<TestBody> {
+    let mut body = String::new();
+    for (k, v) in req.headers() {
+        body.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+    }
+    Response::builder()
+        .header("x-upstream", name)
+        .header(
+            "x-path",
+            req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
+        )
+        .header("x-version", format!("{:?}", req.version()))
+        .header("x-method", req.method().as_str())
+        .body(TestBody::text(body))
+        .unwrap()
+}
+
+/// An upstream that answers with these statuses in turn (the last one repeats).
+pub async fn status_seq(seq: &[u16]) -> Upstream {
+    let seq = Arc::new(Mutex::new(seq.iter().copied().collect::<VecDeque<u16>>()));
+    upstream_fn(move |_req| {
+        let seq = seq.clone();
+        async move {
+            let code = {
+                let mut s = seq.lock().unwrap();
+                if s.len() > 1 {
+                    s.pop_front().unwrap()
+                } else {
+                    *s.front().unwrap()
+                }
+            };
+            Response::builder()
+                .status(code)
+                .body(TestBody::empty())
+                .unwrap()
+        }
+    })
+    .await
+}
+
+/// An upstream that waits `delay` before answering 200.
+pub async fn slow(name: &'static str, delay: Duration) -> Upstream {
+    upstream_fn(move |req| async move {
+        tokio::time::sleep(delay).await;
+        echo_response(name, &req)
+    })
+    .await
+}
+
+/// An upstream that streams the request body back, followed by `trailers` when given.
+pub async fn body_echo(trailers: Option<HeaderMap>) -> Upstream {
+    upstream_fn(move |req| {
+        let trailers = trailers.clone();
+        async move {
+            let ct = req.headers().get("content-type").cloned();
+            let mut resp = Response::new(TestBody::Echo {
+                inner: req.into_body(),
+                trailers,
+            });
+            if let Some(ct) = ct {
+                resp.headers_mut().insert("content-type", ct);
+            }
+            resp
+        }
+    })
+    .await
+}
+
+/// A local address with nothing listening on it.
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+// === bodies ===
+
+/// A body for tests: fixed, from a channel, or echoing another body then adding trailers.
+pub enum TestBody {
+    Frames(VecDeque<Frame<Bytes>>),
+    Channel(mpsc::Receiver<Frame<Bytes>>),
+    Echo {
+        inner: Incoming,
+        trailers: Option<HeaderMap>,
+    },
+}
+
+impl TestBody {
+    pub fn empty() -> Self {
+        TestBody::Frames(VecDeque::new())
+    }
+    pub fn text(s: impl Into<Bytes>) -> Self {
+        TestBody::Frames(VecDeque::from([Frame::data(s.into())]))
+    }
+    pub fn with_trailers(data: Vec<Bytes>, trailers: HeaderMap) -> Self {
+        let mut frames: VecDeque<_> = data.into_iter().map(Frame::data).collect();
+        frames.push_back(Frame::trailers(trailers));
+        TestBody::Frames(frames)
+    }
+    /// A body fed through a channel, for streaming tests.
+    pub fn channel() -> (mpsc::Sender<Frame<Bytes>>, Self) {
+        let (tx, rx) = mpsc::channel(4);
+        (tx, TestBody::Channel(rx))
+    }
+}
+
+impl Body for TestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            TestBody::Frames(f) => Poll::Ready(f.pop_front().map(Ok)),
+            TestBody::Channel(rx) => rx.poll_recv(cx).map(|f| f.map(Ok)),
+            TestBody::Echo { inner, trailers } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(None) => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+                other => other,
+            },
+        }
+    }
+}
+
+// === the proxy ===
+
+/// An in-process Remora; stops (gracefully) when dropped or `shutdown` is called.
+pub struct Proxy {
+    pub admin: SocketAddr,
+    pub outbound: Option<SocketAddr>,
+    pub inbound: Option<SocketAddr>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub fn outbound(&self) -> SocketAddr {
+        self.outbound.expect("outbound listener configured")
+    }
+    pub fn inbound(&self) -> SocketAddr {
+        self.inbound.expect("inbound listener configured")
+    }
+
+    /// Starts the graceful stop and returns the task that finishes when it is done.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.take().expect("running")
+    }
+
+    /// Stops and waits.
+    pub async fn shutdown(mut self) {
+        let task = self.begin_shutdown();
+        tokio::time::timeout(DEADLINE, task)
+            .await
+            .expect("proxy stops")
+            .unwrap();
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        get(self.admin, "admin", "/metrics").await.body
+    }
+
+    /// The value of one sample line in `/metrics`, e.g.
+    /// `remora_requests_total{code="200",direction="outbound",route="r",service="s"}`.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        text.lines().find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Starts Remora with this control file text. `version: 1` and an admin listener on port 0
+/// are added when missing; data listeners must say `listen: 127.0.0.1:0`.
+pub async fn proxy(yaml: &str) -> Proxy {
+    let mut text = String::new();
+    if !yaml.contains("version:") {
+        text.push_str("version: 1\n");
+    }
+    if !yaml.contains("admin:") {
+        text.push_str("admin: { listen: 127.0.0.1:0 }\n");
+    }
+    text.push_str(yaml);
+    let compiled = match remora::config::parse("test.yaml", &text) {
+        Ok(c) => c,
+        Err(e) => panic!("test config is invalid:\n{e}\n---\n{text}"),
+    };
+    let listeners = remora::app::Listeners::bind(&compiled).await.unwrap();
+    let addrs = listeners.addrs();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(remora::app::run(compiled, listeners, async move {
+        let _ = rx.await;
+    }));
+    let p = Proxy {
+        admin: addrs.admin,
+        outbound: addrs.outbound,
+        inbound: addrs.inbound,
+        stop: Some(tx),
+        task: Some(task),
+    };
+    wait_until(|| async { get(p.admin, "admin", "/ready").await.status == 200 }).await;
+    p
+}
+
+/// Polls `cond` until it holds, failing the test after `DEADLINE`.
+pub async fn wait_until<F, Fut>(cond: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met before the deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// === clients ===
+
+/// A response read to its end.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// Whether the echo upstream saw request header `name` with `value`.
+    pub fn saw(&self, name: &str, value: &str) -> bool {
+        self.body.lines().any(|l| l == format!("{name}: {value}"))
+    }
+    /// Whether the echo upstream saw request header `name` at all.
+    pub fn saw_header(&self, name: &str) -> bool {
+        self.body
+            .lines()
+            .any(|l| l.starts_with(&format!("{name}: ")))
+    }
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn h1_client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends `req` with `client` and reads the whole response.
+pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Resp {
+    let resp = tokio::time::timeout(DEADLINE, client.request(req))
+        .await
+        .expect("response before the deadline")
+        .expect("request succeeds at the HTTP level");
+    let (parts, body) = resp.into_parts();
+    let collected = tokio::time::timeout(DEADLINE, body.collect())
+        .await
+        .expect("body before the deadline")
+        .expect("body reads");
+    let trailers = collected.trailers().cloned();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+        trailers,
+    }
+}
+
+/// Sends `req` over a fresh HTTP/2 (prior knowledge) connection to `addr`; the request URI's
+/// authority becomes `:authority`, so it can name a host other than `addr`.
+pub async fn send_h2(addr: SocketAddr, req: Request<Full<Bytes>>) -> Resp {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = tokio::time::timeout(DEADLINE, sender.send_request(req))
+        .await
+        .expect("response before the deadline")
+        .expect("request succeeds at the HTTP level");
+    let (parts, body) = resp.into_parts();
+    let collected = tokio::time::timeout(DEADLINE, body.collect())
+        .await
+        .unwrap()
+        .unwrap();
+    let trailers = collected.trailers().cloned();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+        trailers,
+    }
+}
+
+/// `GET http://addr{path}` with `Host: host` over HTTP/1.1.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Resp {
+    get_with(addr, host, path, &[]).await
+}
+
+/// Like `get`, with extra headers.
+pub async fn get_with(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut b = Request::get(format!("http://{addr}{path}")).header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(&h1_client(), b.body(Full::default()).unwrap()).await
+}
+
+/// Sends raw bytes on a fresh connection and returns everything read until the peer closes
+/// or the deadline passes.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
