@@ -55,6 +55,11 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers. With `upgrade`, keeps `Upgrade` and sends `Connection: upgrade`.
 /// `TE: trailers` is kept (gRPC needs it); other `TE` values are dropped.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of these: one pass over the names (standard names compare as
+    // enum tags) is cheaper than a lookup for each.
+    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -90,29 +95,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::TE || name == header::UPGRADE
+}
+
 /// Appends the caller's address to `x-forwarded-for` and sets `x-forwarded-proto` when absent.
 pub fn add_forwarded(headers: &mut HeaderMap, client_ip: std::net::IpAddr, proto: &'static str) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    let ip = client_ip.to_string();
-    let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prev) if headers.get_all(&XFF).iter().count() == 1 => format!("{prev}, {ip}"),
-        Some(_) => {
-            let all: Vec<&str> = headers
-                .get_all(&XFF)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            format!("{}, {ip}", all.join(", "))
+    use std::fmt::Write;
+    let mut value = String::with_capacity(48);
+    let mut prev = headers
+        .get_all(&XFF)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .peekable();
+    if prev.peek().is_some() {
+        for p in prev {
+            value.push_str(p);
+            value.push_str(", ");
         }
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    }
+    let _ = write!(value, "{client_ip}");
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(XFF, v);
     }
-    headers
-        .entry(XFP)
-        .or_insert(HeaderValue::from_static(proto));
+    if !headers.contains_key(&XFP) {
+        headers.insert(XFP, HeaderValue::from_static(proto));
+    }
 }
 
 #[cfg(test)]

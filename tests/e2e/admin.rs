@@ -227,8 +227,9 @@ outbound:
       direct_response: { status: 200, body: "hi" }
 "#,
     );
+    // One worker: the single-threaded scheduler a one-CPU sidecar runs.
     let child = remora()
-        .args(["run", "--config"])
+        .args(["run", "--workers", "1", "--config"])
         .arg(&cfg)
         .stdout(Stdio::piped())
         .spawn()

@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Load benchmark: Remora vs nginx vs HAProxy doing the same job, one core each.
+#
+#   benches/load.sh            # installs wrk, h2load, nginx, haproxy when missing (needs root)
+#   DURATION=20 benches/load.sh
+#
+# Each proxy runs pinned to core 0 in front of the same upstream (nginx answering a small
+# fixed body on core 1); the load generator runs on core 1. HTTP/1.1 keep-alive load comes
+# from wrk, HTTP/2 (prior knowledge, upstream HTTP/1.1 for every proxy) from h2load. Prints
+# requests/s, p50 and p99 per proxy, Remora's ratios, and Remora's resident memory idle and
+# after load. Everything listens on 127.0.0.1 on ports picked free at start.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}        # seconds per run
+CONNS=${CONNS:-50}              # wrk connections
+H2_CONNS=${H2_CONNS:-10}        # h2load connections
+H2_STREAMS=${H2_STREAMS:-10}    # concurrent streams per h2 connection
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need h2load || ! need nginx || ! need haproxy; then
+  echo "installing wrk, h2load, nginx, haproxy" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client nginx-light haproxy >/dev/null
+fi
+cargo build --release --quiet
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+read -r UP REMORA_PORT NGINX_H1 NGINX_H2 HAPROXY_PORT ADMIN < <(python3 - <<'PY'
+import socket
+socks = [socket.socket() for _ in range(6)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+)
+
+wait_port() {
+  for _ in $(seq 200); do
+    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "port $1 never opened" >&2; exit 1
+}
+
+# --- the upstream: nginx on the load core, a small fixed body ---
+cat > "$work/upstream.conf" <<NGX
+worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP; location / { return 200 "hello from upstream\n"; } }
+}
+NGX
+taskset -c "$LOAD_CPU" nginx -c "$work/upstream.conf" -p "$work" &
+pids+=($!)
+
+# --- Remora ---
+cat > "$work/remora.yaml" <<YAML
+version: 1
+admin: { listen: 127.0.0.1:$ADMIN }
+log: { level: warn, format: json }
+outbound:
+  listen: 127.0.0.1:$REMORA_PORT
+  unmatched: reject
+  routes:
+    - name: bench
+      match: { host: bench }
+      backends: [{ service: upstream }]
+services:
+  upstream: { endpoints: ["127.0.0.1:$UP"], protocol: http1 }
+YAML
+TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" target/release/remora run --config "$work/remora.yaml" > "$work/remora.log" 2>&1 &
+remora_pid=$!
+pids+=($remora_pid)
+
+# --- nginx as the proxy (HTTP/1.1 and h2c need separate listeners in nginx) ---
+cat > "$work/nginx.conf" <<NGX
+worker_processes 1; daemon off; pid $work/nginx.pid; error_log $work/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_H1;
+    listen 127.0.0.1:$NGINX_H2 http2;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGX
+taskset -c "$PROXY_CPU" nginx -c "$work/nginx.conf" -p "$work" &
+pids+=($!)
+
+# --- HAProxy (detects h2c prior knowledge on an HTTP frontend) ---
+cat > "$work/haproxy.cfg" <<HAP
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend be
+backend be
+  server up 127.0.0.1:$UP maxconn 1000
+HAP
+taskset -c "$PROXY_CPU" haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.log" 2>&1 &
+pids+=($!)
+
+for p in $UP $REMORA_PORT $NGINX_H1 $NGINX_H2 $HAPROXY_PORT $ADMIN; do wait_port "$p"; done
+rss_kb() { awk '/VmRSS/ { print $2 }' "/proc/$1/status"; }
+idle_rss=$(rss_kb "$remora_pid")
+
+# wrk: prints "rps p50_ms p99_ms"
+h1() {
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: bench" "http://127.0.0.1:$1/" |
+    python3 -c '
+import re, sys
+t = sys.stdin.read()
+def ms(v):
+    n, u = re.match(r"([\d.]+)(\w+)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[u]
+rps = re.search(r"Requests/sec:\s+([\d.]+)", t).group(1)
+p50 = re.search(r"50%\s+(\S+)", t).group(1)
+p99 = re.search(r"99%\s+(\S+)", t).group(1)
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+if non2xx: print("warning: %s non-2xx responses" % non2xx.group(1), file=sys.stderr)
+print(rps, ms(p50), ms(p99))'
+}
+
+# h2load: prints "rps p50_ms p99_ms" from its per-request log
+h2() {
+  local log="$work/h2load-$1.log"
+  rm -f "$log"
+  taskset -c "$LOAD_CPU" h2load -D "$DURATION" -c "$H2_CONNS" -m "$H2_STREAMS" -t1 \
+    -H ":authority: bench" --log-file="$log" "http://127.0.0.1:$1/" > "$work/h2load-$1.out"
+  python3 - "$log" "$work/h2load-$1.out" <<'PY'
+import re, sys
+lat = sorted(int(l.split("\t")[2]) for l in open(sys.argv[1]) if l.strip())
+out = open(sys.argv[2]).read()
+rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1)
+ok = re.search(r"status codes: (\d+) 2xx", out)
+bad = re.search(r"(\d+) failed", out)
+if bad and int(bad.group(1)): print("warning: %s failed requests" % bad.group(1), file=sys.stderr)
+pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0
+print(rps, pct(0.50), pct(0.99))
+PY
+}
+
+printf '\nRemora %s; %ss per run; proxies pinned to CPU %s, load and upstream on CPU %s\n' \
+  "$(target/release/remora --version | awk '{print $2}')" "$DURATION" "$PROXY_CPU" "$LOAD_CPU"
+
+declare -A R
+# Warm-up: open pools and connections.
+h1 "$REMORA_PORT" >/dev/null 2>&1 || true
+
+R[direct_h1]=$(h1 "$UP")
+R[remora_h1]=$(h1 "$REMORA_PORT")
+R[nginx_h1]=$(h1 "$NGINX_H1")
+R[haproxy_h1]=$(h1 "$HAPROXY_PORT")
+R[remora_h2]=$(h2 "$REMORA_PORT")
+R[nginx_h2]=$(h2 "$NGINX_H2")
+R[haproxy_h2]=$(h2 "$HAPROXY_PORT")
+loaded_rss=$(rss_kb "$remora_pid")
+
+python3 - "$idle_rss" "$loaded_rss" \
+  "direct_h1=${R[direct_h1]}" "remora_h1=${R[remora_h1]}" "nginx_h1=${R[nginx_h1]}" "haproxy_h1=${R[haproxy_h1]}" \
+  "remora_h2=${R[remora_h2]}" "nginx_h2=${R[nginx_h2]}" "haproxy_h2=${R[haproxy_h2]}" <<'PY'
+import sys
+idle, loaded = int(sys.argv[1]), int(sys.argv[2])
+r = {}
+for a in sys.argv[3:]:
+    k, v = a.split("=")
+    rps, p50, p99 = v.split()
+    r[k] = (float(rps), float(p50), float(p99))
+print(f"\n{'run':<14}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
+for k, (rps, p50, p99) in r.items():
+    print(f"{k:<14}{rps:>12.0f}{p50:>10.3f}{p99:>10.3f}")
+print()
+for proto in ("h1", "h2"):
+    for other in ("nginx", "haproxy"):
+        ratio = r[f"remora_{proto}"][0] / r[f"{other}_{proto}"][0]
+        print(f"remora/{other} {proto} req/s: {ratio:.2f}x")
+print(f"\nremora RSS idle: {idle / 1024:.1f} MiB, after load: {loaded / 1024:.1f} MiB")
+PY
