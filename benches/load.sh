@@ -132,8 +132,11 @@ h1() {
 import re, sys
 t = sys.stdin.read()
 def ms(v):
-    n, u = re.match(r"([\d.]+)(\w+)", v).groups()
-    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[u]
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", v)
+    if not m:
+        sys.exit("cannot read wrk latency %r in:\n%s" % (v, t))
+    n, u = m.groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[u]
 rps = re.search(r"Requests/sec:\s+([\d.]+)", t).group(1)
 p50 = re.search(r"50%\s+(\S+)", t).group(1)
 p99 = re.search(r"99%\s+(\S+)", t).group(1)

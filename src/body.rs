@@ -11,18 +11,20 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::upstream::InFlight;
+use crate::upstream::{InFlight, Lease};
 
 /// A request or response body.
 #[derive(Debug)]
 pub enum ProxyBody {
-    /// Streamed from a peer; `_in_flight` keeps the endpoint's in-flight count until the body
-    /// ends or is dropped.
+    /// Streamed from a peer.
     Stream {
         /// The peer's body.
         body: Incoming,
-        /// Held for the least-request balancer.
+        /// Keeps the endpoint's in-flight count (least-request balancer) until the body ends
+        /// or is dropped.
         in_flight: Option<InFlight>,
+        /// The upstream connection, returned to its pool when the body ends.
+        lease: Option<Lease>,
     },
     /// A complete body made by Remora (`None` once sent).
     Full(Option<Bytes>),
@@ -40,11 +42,28 @@ impl ProxyBody {
         ProxyBody::Full((!b.is_empty()).then_some(b))
     }
 
+    /// An upstream response body holding its endpoint's in-flight count and connection
+    /// lease; both end with the body (at once when it is already empty).
+    pub fn upstream(body: Incoming, in_flight: Option<InFlight>, lease: Option<Lease>) -> Self {
+        if body.is_end_stream() {
+            if let Some(lease) = lease {
+                lease.release();
+            }
+            return ProxyBody::stream(body);
+        }
+        ProxyBody::Stream {
+            body,
+            in_flight,
+            lease,
+        }
+    }
+
     /// A streamed body.
     pub fn stream(body: Incoming) -> Self {
         ProxyBody::Stream {
             body,
             in_flight: None,
+            lease: None,
         }
     }
 }
@@ -64,10 +83,24 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Stream { body, in_flight } => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(None) = polled {
+            ProxyBody::Stream {
+                body,
+                in_flight,
+                lease,
+            } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                // hyper stops polling once `is_end_stream` is true, so the end is noticed here
+                // as well as on the final `None`.
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    _ => false,
+                };
+                if ended {
                     in_flight.take();
+                    if let Some(lease) = lease.take() {
+                        lease.release();
+                    }
                 }
                 polled
             }

@@ -1,17 +1,19 @@
 //! The upstream side: services (named sets of endpoints with a balancer), their discovery
-//! (static or DNS), and each endpoint's pooled connections.
+//! (static or DNS), and each endpoint's connection pool.
 
 mod connector;
 mod dns;
 mod endpoint;
+mod pool;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use http::HeaderMap;
 
-pub use connector::{ConnectError, Connector};
-pub use endpoint::{client, Endpoint, HttpClient, InFlight};
+pub use connector::{ConnectError, Target};
+pub use endpoint::{Endpoint, InFlight};
+pub use pool::{Lease, Pool, PoolError};
 
 use crate::{
     balance::{Balancer, EndpointSet, Policy},

@@ -1,5 +1,5 @@
 //! Sending a request upstream: builds the upstream request (URI with the caller's authority,
-//! protocol version, hop-by-hop hygiene, `x-forwarded-*`), sends it on a pooled connection
+//! protocol version, hop-by-hop hygiene, `x-forwarded-*`), sends it through a connection pool
 //! within the timeout, classifies failures, and tunnels upgraded connections.
 
 use std::{sync::Arc, time::Duration};
@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use http::{
     header,
     uri::{Authority, PathAndQuery, Scheme},
-    Request, Response, Uri, Version,
+    HeaderValue, Request, Response, Uri, Version,
 };
 use hyper::{body::Incoming, upgrade::OnUpgrade};
 use hyper_util::rt::TokioIo;
@@ -17,7 +17,7 @@ use crate::{
     body::ProxyBody,
     config::file::Protocol,
     metrics::{AttemptResult, UpstreamMetrics},
-    upstream::{Endpoint, HttpClient},
+    upstream::{Endpoint, Pool, PoolError},
 };
 
 /// A request made ready for its upstream, with the caller's side of a pending upgrade.
@@ -30,6 +30,8 @@ pub struct Prepared {
 
 /// Turns the caller's request into the upstream request: `path_and_query` replaces the
 /// original when a route rewrote it; `fallback_authority` is used when the caller sent none.
+/// HTTP/1.1 requests carry the origin form and `Host`; HTTP/2 ones the absolute URI (its
+/// authority becomes `:authority`).
 pub fn prepare(
     req: Request<Incoming>,
     conn: &ConnMeta,
@@ -48,19 +50,6 @@ pub fn prepare(
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::add_forwarded(&mut parts.headers, conn.peer.ip(), "http");
 
-    let authority = match parts.uri.authority() {
-        Some(a) => a.clone(),
-        None => match parts.headers.get(header::HOST) {
-            Some(h) => Authority::try_from(h.as_bytes())
-                .map_err(|_| ProxyError::BadRequest("invalid host header"))?,
-            None => match fallback_authority {
-                Some(ep) => {
-                    Authority::try_from(ep.addr().to_string()).map_err(|_| ProxyError::NoRoute)?
-                }
-                None => return Err(ProxyError::NoRoute),
-            },
-        },
-    };
     let pq = match path_and_query {
         Some(s) => PathAndQuery::try_from(s)
             .map_err(|_| ProxyError::BadRequest("rewritten path is not a valid URI"))?,
@@ -70,13 +59,6 @@ pub fn prepare(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(authority);
-    uri.path_and_query = Some(pq);
-    parts.uri =
-        Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-
     parts.version = match protocol {
         _ if upgrade => Version::HTTP_11,
         Protocol::Http1 => Version::HTTP_11,
@@ -84,9 +66,34 @@ pub fn prepare(
         Protocol::Auto if downstream_version == Version::HTTP_2 => Version::HTTP_2,
         Protocol::Auto => Version::HTTP_11,
     };
+    let authority = || -> Result<Authority, ProxyError> {
+        match parts.uri.authority() {
+            Some(a) => Ok(a.clone()),
+            None => match parts.headers.get(header::HOST) {
+                Some(h) => Authority::try_from(h.as_bytes())
+                    .map_err(|_| ProxyError::BadRequest("invalid host header")),
+                None => fallback_authority
+                    .and_then(|ep| Authority::try_from(ep.addr().to_string()).ok())
+                    .ok_or(ProxyError::NoRoute),
+            },
+        }
+    };
     if parts.version == Version::HTTP_2 {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority()?);
+        uri.path_and_query = Some(pq);
+        parts.uri =
+            Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
         // HTTP/2 carries the authority in `:authority`; a second copy in Host must not differ.
         parts.headers.remove(header::HOST);
+    } else {
+        if !parts.headers.contains_key(header::HOST) {
+            let host = HeaderValue::from_str(authority()?.as_str())
+                .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+            parts.headers.insert(header::HOST, host);
+        }
+        parts.uri = Uri::from(pq);
     }
     Ok(Prepared {
         request: Request::from_parts(parts, ProxyBody::stream(body)),
@@ -94,12 +101,11 @@ pub fn prepare(
     })
 }
 
-/// Sends `prepared` on `client` and waits at most `timeout` for response headers.
+/// Sends `prepared` through `pool` and waits at most `timeout` for response headers.
 pub async fn send(
-    client: &HttpClient,
+    pool: &Pool,
     prepared: Prepared,
     endpoint: Option<&Arc<Endpoint>>,
-    target: &(dyn std::fmt::Display + Sync),
     timeout: Duration,
     metrics: &UpstreamMetrics,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -108,27 +114,28 @@ pub async fn send(
         on_upgrade,
     } = prepared;
     let in_flight = endpoint.map(|e| e.start());
-    let result = tokio::time::timeout(timeout, client.request(request)).await;
-    let mut resp = match result {
+    let result = tokio::time::timeout(timeout, pool.send(request)).await;
+    let target = || pool.target().to_string();
+    let (mut resp, lease) = match result {
         Err(_) => {
             metrics.attempt(AttemptResult::Timeout);
             return Err(ProxyError::Timeout(timeout));
         }
-        Ok(Err(e)) if e.is_connect() => {
+        Ok(Err(PoolError::Connect(e))) => {
             metrics.attempt(AttemptResult::ConnectFailure);
             return Err(ProxyError::Connect {
-                target: target.to_string(),
-                source: cause(e),
+                target: target(),
+                source: Box::new(e),
             });
         }
-        Ok(Err(e)) => {
+        Ok(Err(PoolError::Http(e))) => {
             metrics.attempt(AttemptResult::Reset);
             return Err(ProxyError::Reset {
-                target: target.to_string(),
-                source: cause(e),
+                target: target(),
+                source: Box::new(e),
             });
         }
-        Ok(Ok(resp)) => resp,
+        Ok(Ok(pair)) => pair,
     };
     metrics.attempt(AttemptResult::Success);
 
@@ -139,16 +146,7 @@ pub async fn send(
         }
     }
     headers::strip_hop_by_hop(resp.headers_mut(), switching);
-    Ok(resp.map(|body| ProxyBody::Stream { body, in_flight }))
-}
-
-/// The error's own cause (hyper-util wraps it): the connect error or the hyper error.
-fn cause(e: hyper_util::client::legacy::Error) -> super::error::BoxError {
-    use std::error::Error;
-    match e.source() {
-        Some(s) => s.to_string().into(),
-        None => Box::new(e),
-    }
+    Ok(resp.map(|body| ProxyBody::upstream(body, in_flight, lease)))
 }
 
 /// Copies bytes both ways between an upgraded caller and upstream until either side closes.

@@ -70,13 +70,10 @@ async fn forward_to_app(
         })?;
     tags.endpoint = Some(endpoint.addr());
     let prepared = forward::prepare(req, conn, app.spec().protocol, None, Some(&endpoint))?;
-    let client = endpoint.client(prepared.request.version());
-    let addr = endpoint.addr();
     forward::send(
-        client,
+        endpoint.pool(),
         prepared,
         Some(&endpoint),
-        &addr,
         ib.timeout,
         app.metrics(),
     )

@@ -15,7 +15,7 @@ use crate::{
     metrics::{RequestMetrics, UpstreamMetrics},
     routing::{host_without_port, ActionSpec, RequestView, RouteTable},
     runtime::Runtime,
-    upstream::HttpClient,
+    upstream::{Pool, Target},
 };
 
 /// The outbound side of a config snapshot.
@@ -138,13 +138,10 @@ async fn route<'a>(
                 .spec
                 .request_headers
                 .apply(prepared.request.headers_mut());
-            let client = endpoint.client(prepared.request.version());
-            let addr = endpoint.addr();
             forward::send(
-                client,
+                endpoint.pool(),
                 prepared,
                 Some(&endpoint),
-                &addr,
                 route.spec.timeout,
                 service.metrics(),
             )
@@ -157,7 +154,7 @@ async fn route<'a>(
 
 /// Forwards an unmatched request to its own authority (explicit-proxy and transparent use).
 async fn passthrough(
-    clients: &Passthrough,
+    pools: &Passthrough,
     ob: &Outbound,
     conn: &ConnMeta,
     req: Request<Incoming>,
@@ -176,13 +173,12 @@ async fn passthrough(
     if loops_back(&authority, conn) {
         return Err(ProxyError::Loop);
     }
+    let pool = pools.pool(&authority)?;
     let prepared = forward::prepare(req, conn, Protocol::Auto, None, None)?;
-    let client = clients.client(prepared.request.version());
     forward::send(
-        client,
+        &pool,
         prepared,
         None,
-        &authority,
         ob.passthrough_timeout,
         &ob.passthrough_upstream,
     )
@@ -206,29 +202,52 @@ fn loops_back(authority: &str, conn: &ConnMeta) -> bool {
             .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified() || ip == conn.local.ip())
 }
 
-/// Pooled clients for passthrough, which connect to each request's own authority.
+/// Connection pools for passthrough, one per authority, each resolving its host by DNS.
 #[derive(Debug)]
 pub struct Passthrough {
-    http1: HttpClient,
-    http2: HttpClient,
+    pools: std::sync::Mutex<std::collections::HashMap<String, Pool>>,
+    connect_timeout: Duration,
 }
 
+/// Distinct authorities kept before the passthrough pools are emptied and start over.
+const MAX_PASSTHROUGH_POOLS: usize = 1024;
+
 impl Passthrough {
-    /// Clients with this connect timeout.
+    /// Pools with this connect timeout.
     pub fn new(connect_timeout: Duration) -> Self {
-        let c = crate::upstream::Connector::from_uri(connect_timeout);
-        let idle = Duration::from_secs(60);
         Self {
-            http1: crate::upstream::client(c.clone(), idle, false),
-            http2: crate::upstream::client(c, idle, true),
+            pools: Default::default(),
+            connect_timeout,
         }
     }
 
-    fn client(&self, version: http::Version) -> &HttpClient {
-        if version == http::Version::HTTP_2 {
-            &self.http2
-        } else {
-            &self.http1
+    /// The pool for `authority` (`host[:port]`, port 80 by default).
+    fn pool(&self, authority: &str) -> Result<Pool, ProxyError> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pools.get(authority) {
+            return Ok(p.clone());
         }
+        let host = host_without_port(authority);
+        let port = match &authority[host.len()..] {
+            "" => 80,
+            rest => rest
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok())
+                .ok_or(ProxyError::BadRequest("invalid port in authority"))?,
+        };
+        let target = Target::Host {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+        };
+        if pools.len() >= MAX_PASSTHROUGH_POOLS {
+            // Requests in flight keep their own handle; idle connections are closed.
+            pools.clear();
+        }
+        let pool = Pool::new(target, self.connect_timeout, Duration::from_secs(60));
+        pools.insert(authority.to_owned(), pool.clone());
+        Ok(pool)
     }
 }

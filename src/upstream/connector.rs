@@ -1,11 +1,8 @@
-//! Opens TCP connections for the upstream connection pools: to one fixed endpoint (services),
-//! or to the request's own authority resolved by DNS (passthrough). Applies the connect
-//! timeout and `TCP_NODELAY`.
+//! Opens TCP connections for the pools: to a fixed endpoint (services) or to a host name
+//! resolved by DNS (passthrough), within the connect timeout and with `TCP_NODELAY`.
 
-use std::{future::Future, io, net::SocketAddr, pin::Pin, task::Poll, time::Duration};
+use std::{io, net::SocketAddr, time::Duration};
 
-use http::Uri;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// Why a connection could not be opened.
@@ -27,7 +24,7 @@ pub enum ConnectError {
         /// The OS error.
         source: io::Error,
     },
-    /// The authority's host name did not resolve.
+    /// The host name did not resolve.
     #[error("resolve {host}: {reason}")]
     Resolve {
         /// Host name.
@@ -37,93 +34,60 @@ pub enum ConnectError {
     },
 }
 
-/// Where the connector connects.
-#[derive(Debug, Clone, Copy)]
-enum Target {
-    /// Always this endpoint, whatever the URI says (the URI keeps the caller's authority).
-    Fixed(SocketAddr),
-    /// The URI's authority, resolved by DNS (port 80 by default).
-    FromUri,
+/// Where a pool's connections go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One endpoint address.
+    Addr(SocketAddr),
+    /// A host name (or IP literal) and port, resolved for every new connection.
+    Host {
+        /// Host name or IP literal (IPv6 without brackets).
+        host: String,
+        /// Port.
+        port: u16,
+    },
 }
 
-/// A `tower::Service<Uri>` for `hyper_util`'s pooled client.
-#[derive(Debug, Clone)]
-pub struct Connector {
-    target: Target,
-    timeout: Duration,
-}
-
-impl Connector {
-    /// Connects to `addr` for every URI.
-    pub fn fixed(addr: SocketAddr, timeout: Duration) -> Self {
-        Self {
-            target: Target::Fixed(addr),
-            timeout,
-        }
-    }
-
-    /// Connects to each URI's own authority.
-    pub fn from_uri(timeout: Duration) -> Self {
-        Self {
-            target: Target::FromUri,
-            timeout,
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Addr(a) => write!(f, "{a}"),
+            Target::Host { host, port } => write!(f, "{host}:{port}"),
         }
     }
 }
 
-impl tower::Service<Uri> for Connector {
-    type Response = TokioIo<TcpStream>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let (target, timeout) = (self.target, self.timeout);
-        Box::pin(async move {
-            let addrs = match target {
-                Target::Fixed(addr) => vec![addr],
-                Target::FromUri => resolve(&uri).await?,
+/// Connects to `target`, trying each resolved address in turn.
+pub async fn connect(target: &Target, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    match target {
+        Target::Addr(addr) => connect_addr(*addr, timeout).await,
+        Target::Host { host, port } => {
+            let addrs: Vec<SocketAddr> = match host.parse() {
+                Ok(ip) => vec![SocketAddr::new(ip, *port)],
+                Err(_) => tokio::net::lookup_host((host.as_str(), *port))
+                    .await
+                    .map_err(|e| ConnectError::Resolve {
+                        host: host.clone(),
+                        reason: e.to_string(),
+                    })?
+                    .collect(),
             };
             let mut last = None;
             for addr in addrs {
-                match connect(addr, timeout).await {
-                    Ok(s) => return Ok(TokioIo::new(s)),
+                match connect_addr(addr, timeout).await {
+                    Ok(s) => return Ok(s),
                     Err(e) => last = Some(e),
                 }
             }
             Err(last.unwrap_or_else(|| ConnectError::Resolve {
-                host: uri.host().unwrap_or_default().to_owned(),
+                host: host.clone(),
                 reason: "no addresses".into(),
             }))
-        })
+        }
     }
 }
 
-async fn resolve(uri: &Uri) -> Result<Vec<SocketAddr>, ConnectError> {
-    let host = uri.host().unwrap_or_default();
-    let port = uri.port_u16().unwrap_or(80);
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    let err = |reason: String| ConnectError::Resolve {
-        host: host.to_owned(),
-        reason,
-    };
-    let addrs: Vec<_> = tokio::net::lookup_host((bare, port))
-        .await
-        .map_err(|e| err(e.to_string()))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(err("no addresses".into()));
-    }
-    Ok(addrs)
-}
-
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+async fn connect_addr(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout { addr, timeout })?

@@ -1,5 +1,5 @@
-//! One upstream endpoint: its address, its pooled connections (HTTP/1.1 and HTTP/2), and the
-//! count of requests in flight that the least-request balancer reads.
+//! One upstream endpoint: its address, its connection pool, and the count of requests in
+//! flight that the least-request balancer reads.
 
 use std::{
     net::SocketAddr,
@@ -10,36 +10,23 @@ use std::{
     time::Duration,
 };
 
-use http::Version;
-use hyper_util::{
-    client::legacy::Client,
-    rt::{TokioExecutor, TokioTimer},
-};
+use super::{connector::Target, pool::Pool};
 
-use super::connector::Connector;
-use crate::body::ProxyBody;
-
-/// A pooled HTTP client whose connections all go where its connector says.
-pub type HttpClient = Client<Connector, ProxyBody>;
-
-/// An upstream endpoint with its connection pools.
+/// An upstream endpoint with its connection pool.
 #[derive(Debug)]
 pub struct Endpoint {
     addr: SocketAddr,
     in_flight: AtomicUsize,
-    http1: HttpClient,
-    http2: HttpClient,
+    pool: Pool,
 }
 
 impl Endpoint {
-    /// An endpoint at `addr`; connections are opened lazily.
+    /// An endpoint at `addr`; connections are opened on demand.
     pub fn new(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
-        let connector = Connector::fixed(addr, connect_timeout);
         Arc::new(Self {
             addr,
             in_flight: AtomicUsize::new(0),
-            http1: client(connector.clone(), idle_timeout, false),
-            http2: client(connector, idle_timeout, true),
+            pool: Pool::new(Target::Addr(addr), connect_timeout, idle_timeout),
         })
     }
 
@@ -59,30 +46,10 @@ impl Endpoint {
         InFlight(self.clone())
     }
 
-    /// The pool for this protocol version (HTTP/2 prior knowledge, else HTTP/1.1).
-    pub fn client(&self, version: Version) -> &HttpClient {
-        if version == Version::HTTP_2 {
-            &self.http2
-        } else {
-            &self.http1
-        }
+    /// The endpoint's connection pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
-}
-
-/// Builds a pooled client. A request that fails on a reused connection before any byte was
-/// written is retried on a fresh one (hyper-util's `retry_canceled_requests`, on by default).
-pub fn client(connector: Connector, idle_timeout: Duration, http2_only: bool) -> HttpClient {
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http2_only(http2_only)
-        // The caller's Host header is kept; the URI carries the same authority.
-        .set_host(true);
-    if http2_only {
-        b.http2_adaptive_window(true);
-    }
-    b.build(connector)
 }
 
 /// Keeps one request counted as in flight on an endpoint.

@@ -46,6 +46,8 @@ pub struct Upstream {
     pub connections: Arc<AtomicUsize>,
     /// Requests received.
     pub requests: Arc<AtomicUsize>,
+    /// Connections that have ended.
+    pub closed: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -62,6 +64,9 @@ impl Upstream {
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
 }
 
 /// Starts an upstream (HTTP/1.1 and HTTP/2, with upgrades) running `handler` on `listener`.
@@ -69,7 +74,8 @@ pub fn serve_upstream(listener: TcpListener, handler: Handler) -> Upstream {
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(AtomicUsize::new(0));
-    let (c, r) = (connections.clone(), requests.clone());
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (c, r, d) = (connections.clone(), requests.clone(), closed.clone());
     let task = tokio::spawn(async move {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         loop {
@@ -77,7 +83,7 @@ pub fn serve_upstream(listener: TcpListener, handler: Handler) -> Upstream {
                 continue;
             };
             c.fetch_add(1, Ordering::SeqCst);
-            let (h, r, builder) = (handler.clone(), r.clone(), builder.clone());
+            let (h, r, d, builder) = (handler.clone(), r.clone(), d.clone(), builder.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     r.fetch_add(1, Ordering::SeqCst);
@@ -87,6 +93,7 @@ pub fn serve_upstream(listener: TcpListener, handler: Handler) -> Upstream {
                 let _ = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await;
+                d.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
@@ -94,6 +101,7 @@ pub fn serve_upstream(listener: TcpListener, handler: Handler) -> Upstream {
         addr,
         connections,
         requests,
+        closed,
         task,
     }
 }

@@ -299,3 +299,70 @@ services:
         Some("dns")
     );
 }
+
+#[tokio::test]
+async fn empty_and_sized_bodies_return_their_connection_to_the_pool() {
+    let up = upstream_fn(|req| async move {
+        let status = if req.uri().path() == "/empty" {
+            204
+        } else {
+            200
+        };
+        let body = if status == 204 {
+            TestBody::empty()
+        } else {
+            TestBody::text("sized")
+        };
+        http::Response::builder().status(status).body(body).unwrap()
+    })
+    .await;
+    let p = proxy(&service_route(&[up.addr], "    protocol: http1")).await;
+    for i in 0..30 {
+        let path = if i % 2 == 0 { "/empty" } else { "/sized" };
+        let r = get(p.outbound(), "svc", path).await;
+        assert!(r.status == 204 || r.body == "sized");
+    }
+    assert_eq!(
+        up.connections(),
+        1,
+        "every response handed its connection back"
+    );
+}
+
+#[tokio::test]
+async fn http2_upstream_shares_one_connection() {
+    let up = echo("h2").await;
+    let p = proxy(&service_route(&[up.addr], "    protocol: http2")).await;
+    let out = p.outbound();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            tokio::spawn(async move {
+                get(out, "svc", "/")
+                    .await
+                    .header("x-version")
+                    .map(str::to_owned)
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().as_deref(), Some("HTTP/2.0"));
+    }
+    assert_eq!(up.requests(), 20);
+    assert_eq!(
+        up.connections(),
+        1,
+        "concurrent requests multiplexed on one connection"
+    );
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    let up = echo("u").await;
+    let p = proxy(&service_route(&[up.addr], "    idle_timeout: 200ms")).await;
+    assert_eq!(get(p.outbound(), "svc", "/").await.status, 200);
+    assert_eq!(up.connections(), 1);
+    // The proxy closes the idle pooled connection; the next request opens a new one.
+    wait_until(|| async { up.closed() == 1 }).await;
+    assert_eq!(get(p.outbound(), "svc", "/").await.status, 200);
+    assert_eq!(up.connections(), 2);
+}

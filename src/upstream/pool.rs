@@ -1,0 +1,266 @@
+//! Connection pools for one upstream target, built on hyper's connection API.
+//!
+//! HTTP/1.1: a stack of idle connections, most recently used first; a connection returns to
+//! it only when its response body has ended (a `Lease` carried by the body), so a request
+//! never waits behind another. HTTP/2: one multiplexed connection, shared.
+//!
+//! A request that fails on a reused connection before any of it was written (the peer had
+//! closed the idle connection) is sent again on another one. Idle connections are closed
+//! after the idle timeout by a sweeper task that ends with the pool.
+//!
+//! Written here rather than using hyper-util's generic pooled client: this one costs a
+//! fraction per request (measured with `benches/load.sh`), and later layers (circuit
+//! breakers, outlier detection) need to see and bound each endpoint's connections. The idle
+//! stack sits behind a `std` mutex held only for a push or a pop, never across an await.
+
+use std::{
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
+
+use http::{Request, Response, Version};
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
+
+use super::connector::{self, ConnectError, Target};
+use crate::body::ProxyBody;
+
+/// Why a request could not be exchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No connection could be opened.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The connection opened but the HTTP handshake or the exchange failed.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// Pooled connections to one target. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    target: Target,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    http1: Mutex<Vec<Idle>>,
+    http2: tokio::sync::Mutex<Option<Shared>>,
+    sweeping: std::sync::Once,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+#[derive(Debug)]
+struct Shared {
+    sender: http2::SendRequest<ProxyBody>,
+    last_used: Instant,
+}
+
+/// A borrowed HTTP/1.1 connection, given back to its pool when the response body ends.
+#[derive(Debug)]
+pub struct Lease {
+    pool: Weak<Inner>,
+    sender: http1::SendRequest<ProxyBody>,
+}
+
+impl Lease {
+    /// The response was read to its end: the connection can take another request.
+    pub fn release(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            if !self.sender.is_closed() {
+                let idle = Idle {
+                    sender: self.sender,
+                    since: Instant::now(),
+                };
+                pool.http1
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(idle);
+            }
+        }
+    }
+}
+
+impl Pool {
+    /// A pool for `target`; connections are opened on demand.
+    pub fn new(target: Target, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                target,
+                connect_timeout,
+                idle_timeout,
+                http1: Mutex::new(Vec::new()),
+                http2: tokio::sync::Mutex::new(None),
+                sweeping: std::sync::Once::new(),
+            }),
+        }
+    }
+
+    /// Where the pool connects.
+    pub fn target(&self) -> &Target {
+        &self.inner.target
+    }
+
+    /// Idle HTTP/1.1 connections (for tests and metrics).
+    pub fn idle_http1(&self) -> usize {
+        self.inner.http1.lock().map_or(0, |v| v.len())
+    }
+
+    /// Sends `req` (HTTP/2 when its version says so) and returns the response, with the lease
+    /// to give back when an HTTP/1.1 response body ends (none for HTTP/2 and upgrades).
+    pub async fn send(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), PoolError> {
+        if req.version() == Version::HTTP_2 {
+            return self.send_http2(req).await.map(|r| (r, None));
+        }
+        let mut req = req;
+        // Reused connections first; one the peer closed gives the request back unsent.
+        while let Some(mut sender) = self.inner.take_idle() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.lease(resp, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+        let mut sender = self.connect_http1().await?;
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(self.lease(resp, sender)),
+            Err(e) => Err(e.into_error().into()),
+        }
+    }
+
+    fn lease(
+        &self,
+        resp: Response<Incoming>,
+        sender: http1::SendRequest<ProxyBody>,
+    ) -> (Response<Incoming>, Option<Lease>) {
+        // After a 101 the connection belongs to the upgrade.
+        let lease = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS).then(|| Lease {
+            pool: Arc::downgrade(&self.inner),
+            sender,
+        });
+        (resp, lease)
+    }
+
+    async fn send_http2(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, PoolError> {
+        let mut req = req;
+        for attempt in 0..2 {
+            let mut sender = {
+                let mut slot = self.inner.http2.lock().await;
+                match slot.as_mut() {
+                    Some(s) if !s.sender.is_closed() && attempt == 0 => {
+                        s.last_used = Instant::now();
+                        s.sender.clone()
+                    }
+                    _ => {
+                        let sender = self.connect_http2().await?;
+                        *slot = Some(Shared {
+                            sender: sender.clone(),
+                            last_used: Instant::now(),
+                        });
+                        sender
+                    }
+                }
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if attempt == 0 => req = unsent,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    async fn connect_http1(&self) -> Result<http1::SendRequest<ProxyBody>, PoolError> {
+        let stream = connector::connect(&self.inner.target, self.inner.connect_timeout).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        self.start_sweeper();
+        Ok(sender)
+    }
+
+    async fn connect_http2(&self) -> Result<http2::SendRequest<ProxyBody>, PoolError> {
+        let stream = connector::connect(&self.inner.target, self.inner.connect_timeout).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        self.start_sweeper();
+        Ok(sender)
+    }
+
+    /// Closes idle connections past the idle timeout, until the pool is dropped.
+    fn start_sweeper(&self) {
+        self.inner.sweeping.call_once(|| {
+            let weak = Arc::downgrade(&self.inner);
+            let period = (self.inner.idle_timeout / 2).max(Duration::from_millis(100));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(period).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.sweep().await;
+                }
+            });
+        });
+    }
+}
+
+impl Inner {
+    fn take_idle(&self) -> Option<http1::SendRequest<ProxyBody>> {
+        let mut idle = self.http1.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(conn) = idle.pop() {
+            if !conn.sender.is_closed() && conn.since.elapsed() < self.idle_timeout {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    async fn sweep(&self) {
+        let timeout = self.idle_timeout;
+        self.http1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|c| !c.sender.is_closed() && c.since.elapsed() < timeout);
+        let mut slot = self.http2.lock().await;
+        if slot
+            .as_ref()
+            .is_some_and(|s| s.sender.is_closed() || s.last_used.elapsed() >= timeout)
+        {
+            *slot = None;
+        }
+    }
+}
