@@ -16,12 +16,9 @@ use arc_swap::ArcSwap;
 use crate::{
     config::{file::File, Compiled, Limits},
     metrics::{Direction, Metrics},
-    proxy::{
-        inbound::Inbound,
-        outbound::{Outbound, Passthrough},
-    },
+    proxy::{inbound::Inbound, outbound::Outbound},
     routing::{table::Target, ActionSpec, Route, RouteTable},
-    upstream::Service,
+    upstream::{Passthrough, Service},
 };
 
 /// Timeout for passed-through (unmatched) requests, like a route's default.

@@ -4,6 +4,7 @@
 mod connector;
 mod dns;
 mod endpoint;
+pub mod passthrough;
 mod pool;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -11,8 +12,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use arc_swap::ArcSwap;
 use http::HeaderMap;
 
-pub use connector::{ConnectError, Target};
+pub use connector::{connect, ConnectError, Target};
 pub use endpoint::{Endpoint, InFlight};
+pub use passthrough::Passthrough;
 pub use pool::{Lease, Pool, PoolError};
 
 use crate::{

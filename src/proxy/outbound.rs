@@ -4,18 +4,19 @@
 
 use std::{sync::Arc, time::Duration};
 
-use http::{header, Request, Response};
+use http::{header, Method, Request, Response};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::{error::ProxyError, finish, forward, headers, AccessLine, ConnMeta, Tags};
 use crate::{
     body::ProxyBody,
     config::file::{Protocol, Unmatched},
-    metrics::{RequestMetrics, UpstreamMetrics},
+    metrics::{AttemptResult, RequestMetrics, UpstreamMetrics},
     routing::{host_without_port, ActionSpec, RequestView, RouteTable},
     runtime::Runtime,
-    upstream::{Pool, Target},
+    upstream::{self, passthrough, Passthrough},
 };
 
 /// The outbound side of a config snapshot.
@@ -66,6 +67,17 @@ async fn route<'a>(
     tags: &mut Tags<'a>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     headers::check_framing(req.headers())?;
+    if req.method() == Method::CONNECT {
+        // A tunnel's contents are opaque to routes: only passthrough applies.
+        return match ob.table.unmatched {
+            Unmatched::Reject => Err(ProxyError::NoRoute),
+            Unmatched::Passthrough => {
+                tags.metrics = Some(&ob.passthrough_metrics);
+                tags.service = "passthrough";
+                connect_tunnel(rt.passthrough(), ob, conn, req).await
+            }
+        };
+    }
     let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
         req.headers()
             .get(header::HOST)
@@ -173,7 +185,9 @@ async fn passthrough(
     if loops_back(&authority, conn) {
         return Err(ProxyError::Loop);
     }
-    let pool = pools.pool(&authority)?;
+    let pool = pools
+        .pool(&authority)
+        .ok_or(ProxyError::BadRequest("invalid port in authority"))?;
     let prepared = forward::prepare(req, conn, Protocol::Auto, None, None)?;
     forward::send(
         &pool,
@@ -183,6 +197,52 @@ async fn passthrough(
         &ob.passthrough_upstream,
     )
     .await
+}
+
+/// Answers `CONNECT host:port` (HTTPS through Remora as an HTTP proxy): opens a TCP
+/// connection to the authority, answers 200, and copies bytes both ways once the caller's
+/// connection is handed over.
+async fn connect_tunnel(
+    pools: &Passthrough,
+    ob: &Outbound,
+    conn: &ConnMeta,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .ok_or(ProxyError::BadRequest("CONNECT needs host:port"))?;
+    if loops_back(&authority, conn) {
+        return Err(ProxyError::Loop);
+    }
+    let target = passthrough::target(&authority)
+        .ok_or(ProxyError::BadRequest("invalid port in authority"))?;
+    let upstream = match upstream::connect(&target, pools.connect_timeout()).await {
+        Ok(s) => s,
+        Err(e) => {
+            ob.passthrough_upstream
+                .attempt(AttemptResult::ConnectFailure);
+            return Err(ProxyError::Connect {
+                target: authority,
+                source: Box::new(e),
+            });
+        }
+    };
+    ob.passthrough_upstream.attempt(AttemptResult::Success);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let (mut down, mut up) = (TokioIo::new(upgraded), upstream);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                    tracing::debug!(%authority, error = %e, "tunnel ended with an error");
+                }
+            }
+            Err(e) => tracing::debug!(%authority, error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    Ok(Response::new(ProxyBody::empty()))
 }
 
 /// Whether `authority` names this listener itself (a request that would loop forever).
@@ -200,54 +260,4 @@ fn loops_back(authority: &str, conn: &ConnMeta) -> bool {
         || bare
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified() || ip == conn.local.ip())
-}
-
-/// Connection pools for passthrough, one per authority, each resolving its host by DNS.
-#[derive(Debug)]
-pub struct Passthrough {
-    pools: std::sync::Mutex<std::collections::HashMap<String, Pool>>,
-    connect_timeout: Duration,
-}
-
-/// Distinct authorities kept before the passthrough pools are emptied and start over.
-const MAX_PASSTHROUGH_POOLS: usize = 1024;
-
-impl Passthrough {
-    /// Pools with this connect timeout.
-    pub fn new(connect_timeout: Duration) -> Self {
-        Self {
-            pools: Default::default(),
-            connect_timeout,
-        }
-    }
-
-    /// The pool for `authority` (`host[:port]`, port 80 by default).
-    fn pool(&self, authority: &str) -> Result<Pool, ProxyError> {
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = pools.get(authority) {
-            return Ok(p.clone());
-        }
-        let host = host_without_port(authority);
-        let port = match &authority[host.len()..] {
-            "" => 80,
-            rest => rest
-                .strip_prefix(':')
-                .and_then(|p| p.parse().ok())
-                .ok_or(ProxyError::BadRequest("invalid port in authority"))?,
-        };
-        let target = Target::Host {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port,
-        };
-        if pools.len() >= MAX_PASSTHROUGH_POOLS {
-            // Requests in flight keep their own handle; idle connections are closed.
-            pools.clear();
-        }
-        let pool = Pool::new(target, self.connect_timeout, Duration::from_secs(60));
-        pools.insert(authority.to_owned(), pool.clone());
-        Ok(pool)
-    }
 }

@@ -240,3 +240,53 @@ async fn passthrough_forwards_to_the_authority_and_refuses_loops() {
     assert_eq!(r.status, 508);
     assert_eq!(r.header("x-remora-error"), Some("proxy-loop"));
 }
+
+#[tokio::test]
+async fn connect_requests_are_tunnelled_on_passthrough_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A raw TCP echo server stands in for an HTTPS origin.
+    let origin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin_addr = origin.local_addr().unwrap();
+    let echo_task = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = origin.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let p = proxy("outbound: { listen: 127.0.0.1:0, unmatched: passthrough }\n").await;
+    let mut s = tokio::net::TcpStream::connect(p.outbound()).await.unwrap();
+    let req = format!("CONNECT {origin_addr} HTTP/1.1\r\nhost: {origin_addr}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    for msg in [&b"\x16\x03\x01 tls-ish bytes"[..], b"more"] {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(DEADLINE, s.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, msg);
+    }
+    // With unmatched: reject there is no tunnel.
+    let strict = proxy("outbound: { listen: 127.0.0.1:0, unmatched: reject }\n").await;
+    let out = raw(strict.outbound(), req.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    assert!(out.contains("x-remora-error: no-route"), "{out}");
+    echo_task.abort();
+}

@@ -366,3 +366,31 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     assert_eq!(get(p.outbound(), "svc", "/").await.status, 200);
     assert_eq!(up.connections(), 2);
 }
+
+/// A listener whose accept queue is full, so new connections to it hang in SYN-SENT.
+fn unresponsive_listener() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    l.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => return (l, fillers, addr), // the queue is full
+        }
+    }
+    panic!("accept queue never filled");
+}
+
+#[tokio::test]
+async fn connect_timeout_gives_502() {
+    let (_listener, _fillers, addr) = unresponsive_listener();
+    let p = proxy(&service_route(&[addr], "    connect_timeout: 200ms")).await;
+    let r = get(p.outbound(), "svc", "/").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("x-remora-error"), Some("upstream-connect-failure"));
+    assert!(r.body.contains("timed out after 200ms"), "{}", r.body);
+}
