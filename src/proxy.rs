@@ -14,7 +14,11 @@ use std::net::SocketAddr;
 use http::{header, Method, Request, Response};
 use tokio::time::Instant;
 
-use crate::{body::ProxyBody, metrics::Direction, metrics::RequestMetrics};
+use crate::{
+    body::ProxyBody,
+    metrics::{Direction, RequestMetrics},
+    runtime::Runtime,
+};
 
 pub use error::{rescue, ProxyError};
 
@@ -121,4 +125,23 @@ pub fn finish(
         );
     }
     resp
+}
+
+/// Answers a request on a listener whose section the current config no longer has (404, as
+/// no route can take it).
+pub fn unconfigured(
+    rt: &Runtime,
+    conn: &ConnMeta,
+    started: Instant,
+    access: Option<AccessLine>,
+) -> Response<ProxyBody> {
+    let fallback = rt.metrics.request(conn.direction, "", "");
+    finish(
+        conn,
+        started,
+        Tags::default(),
+        &fallback,
+        Err(ProxyError::NoRoute),
+        access,
+    )
 }

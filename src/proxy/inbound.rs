@@ -7,7 +7,9 @@ use http::{header::HeaderName, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::{error::ProxyError, finish, forward, headers, AccessLine, ConnMeta, Tags};
+use super::{
+    error::ProxyError, finish, forward, headers, unconfigured, AccessLine, ConnMeta, Tags,
+};
 use crate::{body::ProxyBody, metrics::RequestMetrics, runtime::Runtime, upstream::Service};
 
 /// The header that carries the caller's verified identity to the app. Whatever a caller
@@ -35,15 +37,7 @@ pub async fn handle(
     let snap = rt.snapshot();
     let access = snap.access_log.then(|| AccessLine::capture(&req));
     let Some(ib) = snap.inbound.as_ref() else {
-        let fallback = rt.metrics.request(conn.direction, "", "");
-        return finish(
-            &conn,
-            started,
-            Tags::default(),
-            &fallback,
-            Err(ProxyError::NoRoute),
-            access,
-        );
+        return unconfigured(&rt, &conn, started, access);
     };
     let mut tags = Tags {
         service: ib.app.name(),

@@ -9,7 +9,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::{error::ProxyError, finish, forward, headers, AccessLine, ConnMeta, Tags};
+use super::{
+    error::ProxyError, finish, forward, headers, unconfigured, AccessLine, ConnMeta, Tags,
+};
 use crate::{
     body::ProxyBody,
     config::file::{Protocol, Unmatched},
@@ -44,15 +46,7 @@ pub async fn handle(
     let snap = rt.snapshot();
     let access = snap.access_log.then(|| AccessLine::capture(&req));
     let Some(ob) = snap.outbound.as_ref() else {
-        let fallback = rt.metrics.request(conn.direction, "", "");
-        return finish(
-            &conn,
-            started,
-            Tags::default(),
-            &fallback,
-            Err(ProxyError::NoRoute),
-            access,
-        );
+        return unconfigured(&rt, &conn, started, access);
     };
     let mut tags = Tags::default();
     let result = route(&rt, ob, &conn, req, &mut tags).await;

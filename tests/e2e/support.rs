@@ -399,6 +399,11 @@ pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Resp {
         .await
         .expect("response before the deadline")
         .expect("request succeeds at the HTTP level");
+    read(resp).await
+}
+
+/// Reads a response to its end, trailers included.
+pub async fn read(resp: http::Response<Incoming>) -> Resp {
     let (parts, body) = resp.into_parts();
     let collected = tokio::time::timeout(DEADLINE, body.collect())
         .await
@@ -426,18 +431,7 @@ pub async fn send_h2(addr: SocketAddr, req: Request<Full<Bytes>>) -> Resp {
         .await
         .expect("response before the deadline")
         .expect("request succeeds at the HTTP level");
-    let (parts, body) = resp.into_parts();
-    let collected = tokio::time::timeout(DEADLINE, body.collect())
-        .await
-        .unwrap()
-        .unwrap();
-    let trailers = collected.trailers().cloned();
-    Resp {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
-        trailers,
-    }
+    read(resp).await
 }
 
 /// `GET http://addr{path}` with `Host: host` over HTTP/1.1.
