@@ -3,7 +3,10 @@
 //! adds: no lock, no label formatting, no allocation.
 
 use std::{
-    sync::{Arc, OnceLock},
+    sync::{
+        atomic::{AtomicU16, Ordering},
+        Arc, OnceLock,
+    },
     time::Duration,
 };
 
@@ -183,6 +186,7 @@ impl Metrics {
         RequestMetrics(Arc::new(RequestInner {
             duration: self.duration.with_label_values(&labels),
             codes: Default::default(),
+            extra: Default::default(),
             vec: self.requests.clone(),
             labels: labels.map(str::to_owned),
         }))
@@ -226,9 +230,14 @@ pub struct RequestMetrics(Arc<RequestInner>);
 struct RequestInner {
     duration: Histogram,
     codes: [OnceLock<IntCounter>; COMMON_CODES.len()],
+    /// Uncommon codes, each claiming a slot on first use (0 = free).
+    extra: [(AtomicU16, OnceLock<IntCounter>); EXTRA_CODES],
     vec: IntCounterVec,
     labels: [String; 3],
 }
+
+/// Uncommon status codes cached per label set before the labelled lookup is used.
+const EXTRA_CODES: usize = 8;
 
 impl RequestMetrics {
     /// Records one answered request.
@@ -238,12 +247,28 @@ impl RequestMetrics {
         let code = status.as_u16();
         match COMMON_CODES.binary_search(&code) {
             Ok(i) => inner.codes[i].get_or_init(|| inner.counter(code)).inc(),
-            Err(_) => inner.counter(code).inc(),
+            Err(_) => inner.extra_counter(code).inc(),
         }
     }
 }
 
 impl RequestInner {
+    /// The counter of an uncommon code: a cached slot when one is (or can be) claimed, else
+    /// the labelled lookup.
+    fn extra_counter(&self, code: u16) -> IntCounter {
+        for (slot, counter) in &self.extra {
+            let claimed = match slot.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => true,
+                Err(current) => current == code,
+            };
+            if claimed {
+                return counter.get_or_init(|| self.counter(code)).clone();
+            }
+        }
+        self.counter(code)
+    }
+
     fn counter(&self, code: u16) -> IntCounter {
         let [d, r, s] = &self.labels;
         let code = code_str(code);
@@ -292,6 +317,17 @@ mod tests {
         r.record(StatusCode::OK, Duration::from_millis(2));
         r.record(StatusCode::OK, Duration::from_millis(2));
         r.record(StatusCode::IM_A_TEAPOT, Duration::from_millis(2));
+        // More uncommon codes than cached slots still count correctly.
+        for code in 450..470 {
+            r.record(
+                StatusCode::from_u16(code).unwrap(),
+                Duration::from_millis(1),
+            );
+            r.record(
+                StatusCode::from_u16(code).unwrap(),
+                Duration::from_millis(1),
+            );
+        }
         let text = m.encode();
         assert!(text.contains(
             r#"remora_requests_total{code="200",direction="outbound",route="r1",service="svc"} 2"#
@@ -299,7 +335,13 @@ mod tests {
         assert!(text.contains(
             r#"remora_requests_total{code="418",direction="outbound",route="r1",service="svc"} 1"#
         ));
-        assert!(text.contains(r#"remora_request_duration_seconds_count{direction="outbound",route="r1",service="svc"} 3"#));
+        for code in 450..470 {
+            let line = format!(
+                r#"remora_requests_total{{code="{code}",direction="outbound",route="r1",service="svc"}} 2"#
+            );
+            assert!(text.contains(&line), "{line}");
+        }
+        assert!(text.contains(r#"remora_request_duration_seconds_count{direction="outbound",route="r1",service="svc"} 43"#));
         assert!(text.contains(r#"remora_build_info{version=""#));
         assert!(
             COMMON_CODES.windows(2).all(|w| w[0] < w[1]),

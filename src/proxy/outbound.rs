@@ -176,6 +176,9 @@ async fn passthrough(
                 .map(str::to_owned)
         })
         .ok_or(ProxyError::NoRoute)?;
+    if authority.parse::<http::uri::Authority>().is_err() {
+        return Err(ProxyError::BadRequest("invalid host"));
+    }
     if loops_back(&authority, conn) {
         return Err(ProxyError::Loop);
     }

@@ -4,7 +4,6 @@
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use super::{Pool, Target};
-use crate::routing::host_without_port;
 
 /// Distinct authorities kept before the passthrough pools are emptied and start over.
 const MAX_PASSTHROUGH_POOLS: usize = 1024;
@@ -51,18 +50,53 @@ impl Passthrough {
     }
 }
 
-/// `host[:port]` (port 80 by default) as a connection target.
+/// `host[:port]` (port 80 by default; IPv6 in brackets) as a connection target; `None` when
+/// the port is not a number.
 pub fn target(authority: &str) -> Option<Target> {
-    let host = host_without_port(authority);
-    let port = match &authority[host.len()..] {
-        "" => 80,
-        rest => rest.strip_prefix(':')?.parse().ok()?,
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(rest) => {
+            let (v6, after) = rest.split_once(']')?;
+            let port = if after.is_empty() {
+                None
+            } else {
+                Some(after.strip_prefix(':')?)
+            };
+            (v6, port)
+        }
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
     };
-    Some(Target::Host {
-        host: host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned(),
+    let port = match port {
+        None => 80,
+        Some(p) => p.parse().ok()?,
+    };
+    (!host.is_empty()).then(|| Target::Host {
+        host: host.to_owned(),
         port,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(host: &str, port: u16) -> Option<Target> {
+        Some(Target::Host {
+            host: host.into(),
+            port,
+        })
+    }
+
+    #[test]
+    fn parses_authorities() {
+        assert_eq!(target("a.b"), t("a.b", 80));
+        assert_eq!(target("a.b:8080"), t("a.b", 8080));
+        assert_eq!(target("[::1]:81"), t("::1", 81));
+        assert_eq!(target("[::1]"), t("::1", 80));
+        assert_eq!(target("h:notaport"), None);
+        assert_eq!(target("h:"), None);
+        assert_eq!(target(":80"), None);
+    }
 }

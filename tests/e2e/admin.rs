@@ -318,9 +318,10 @@ fn binary_exits_1_when_a_port_is_taken() {
         "taken",
         &format!("version: 1\nadmin: {{ listen: \"127.0.0.1:0\" }}\noutbound: {{ listen: \"{addr}\" }}\n"),
     );
+    // The config comes from REMORA_CONFIG here.
     let out = remora()
-        .args(["run", "--config"])
-        .arg(&cfg)
+        .arg("run")
+        .env("REMORA_CONFIG", &cfg)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -346,6 +346,24 @@ async fn content_length_with_chunked_cannot_smuggle_a_request() {
 }
 
 #[tokio::test]
+async fn unusable_authority_gets_400_with_reason() {
+    let p = proxy("outbound: { listen: 127.0.0.1:0, unmatched: passthrough }\n").await;
+    for host in ["bad host", "h:notaport"] {
+        let req = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        let out = raw(p.outbound(), req.as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{host}: {out}");
+        assert!(
+            out.contains("x-remora-error: malformed-request"),
+            "{host}: {out}"
+        );
+    }
+    let m = p
+        .metric(r#"remora_requests_total{code="400",direction="outbound",route="",service="passthrough"}"#)
+        .await;
+    assert_eq!(m, Some(2.0));
+}
+
+#[tokio::test]
 async fn oversized_header_block_gets_431() {
     let up = echo("u").await;
     let p = proxy(&format!(

@@ -106,6 +106,17 @@ async fn each_match_kind_selects_its_route() {
 }
 
 #[tokio::test]
+async fn absolute_form_requests_are_routed_by_their_authority() {
+    // HTTP_PROXY=http://remora: the request line names the service, the Host header agrees.
+    let (p, _a, _b) = setup().await;
+    let req = "GET http://shop/api/x?y=1 HTTP/1.1\r\nhost: shop\r\nconnection: close\r\n\r\n";
+    let out = raw(p.outbound(), req.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("x-upstream: a"), "{out}");
+    assert!(out.contains("x-path: /v2/api/x?y=1"), "{out}");
+}
+
+#[tokio::test]
 async fn unmatched_requests_are_rejected_with_404() {
     let (p, a, b) = setup().await;
     for host in ["wild.test", "other", "shop.evil"] {
