@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/live`, `/ready` (200 only when
-//! the config is loaded, every listener is bound and the process is not draining), and
-//! `/config` (the effective config as YAML).
+//! the config is loaded, every listener is bound and the process is not draining),
+//! `/config` (the effective config as YAML), `POST /reload` (reload the file now) and
+//! `GET /reload` (the last reload's outcome).
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -12,10 +13,19 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{body::ProxyBody, runtime::Runtime};
+use crate::{
+    body::ProxyBody,
+    reload::{Reloader, Status, Trigger},
+    runtime::Runtime,
+};
 
 /// Serves the admin endpoints until `stop` becomes true.
-pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    rt: Arc<Runtime>,
+    reloader: Option<Arc<Reloader>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
         let (stream, _) = tokio::select! {
@@ -28,11 +38,11 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, mut stop: watch::Rec
             },
             _ = stop.changed() => return,
         };
-        let (rt, builder) = (rt.clone(), builder.clone());
+        let (rt, reloader, builder) = (rt.clone(), reloader.clone(), builder.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let rt = rt.clone();
-                async move { Ok::<_, Infallible>(handle(&rt, req)) }
+                let (rt, reloader) = (rt.clone(), reloader.clone());
+                async move { Ok::<_, Infallible>(handle(&rt, reloader.as_deref(), req).await) }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
@@ -40,11 +50,31 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, mut stop: watch::Rec
 }
 
 /// Answers one admin request.
-pub fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<ProxyBody> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+pub async fn handle(
+    rt: &Runtime,
+    reloader: Option<&Reloader>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let path = req.uri().path();
+    if req.method() == Method::POST && path == "/reload" {
+        return match reloader {
+            Some(r) => match r.reload(Trigger::Admin).await {
+                Ok(changes) => text(StatusCode::OK, format!("reloaded: {changes}\n")),
+                Err(errors) => text(StatusCode::BAD_REQUEST, format!("{errors}\n")),
+            },
+            None => text(
+                StatusCode::CONFLICT,
+                "this Remora was not started from a file\n",
+            ),
+        };
     }
-    match req.uri().path() {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use GET (or POST /reload)\n",
+        );
+    }
+    match path {
         "/metrics" => {
             let mut resp = text(StatusCode::OK, rt.metrics.encode());
             resp.headers_mut().insert(
@@ -70,9 +100,33 @@ pub fn handle(rt: &Runtime, req: Request<Incoming>) -> Response<ProxyBody> {
                 format!("cannot render config: {e}\n"),
             ),
         },
+        "/reload" => match reloader {
+            Some(r) => reload_status(&r.status()),
+            None => text(
+                StatusCode::OK,
+                "this Remora was not started from a file; nothing to reload\n",
+            ),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /ready, /live or /config\n",
+            "not found; try /metrics, /ready, /live, /config, /reload\n",
+        ),
+    }
+}
+
+/// `GET /reload`: the last reload's outcome; 200 when it succeeded, 500 with its errors when
+/// it was refused (the previous config is still in force).
+fn reload_status(status: &Status) -> Response<ProxyBody> {
+    let at = status
+        .at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let how = status.trigger.map_or("start".to_owned(), |t| t.to_string());
+    match &status.result {
+        Ok(changes) => text(StatusCode::OK, format!("last reload: ok (trigger {how}, unix time {at}): {changes}\n")),
+        Err(errors) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("last reload: refused (trigger {how}, unix time {at}); the previous config is in force:\n{errors}\n"),
         ),
     }
 }

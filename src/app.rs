@@ -2,7 +2,7 @@
 //! listeners on one runtime state, and runs the graceful stop (`/ready` 503 at once, accept
 //! for `shutdown.grace`, then drain in-flight requests for at most `shutdown.drain_timeout`).
 
-use std::{future::Future, io, net::SocketAddr};
+use std::{future::Future, io, net::SocketAddr, path::PathBuf};
 
 use tokio::{
     net::TcpListener,
@@ -14,6 +14,7 @@ use crate::{
     config::Compiled,
     metrics::Direction,
     proxy::{inbound, outbound, server, ConnMeta},
+    reload::Reloader,
     runtime::Runtime,
 };
 
@@ -82,9 +83,23 @@ impl Listeners {
     }
 }
 
-/// Serves `compiled` on `listeners` until `signal` resolves, then stops gracefully.
-pub async fn run(compiled: Compiled, listeners: Listeners, signal: impl Future<Output = ()>) {
-    let shutdown = compiled.shutdown;
+/// The file a config was read from, so that it can be reloaded.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// The control file's path.
+    pub path: PathBuf,
+    /// The content that `compiled` was made from.
+    pub text: Vec<u8>,
+}
+
+/// Serves `compiled` on `listeners` until `signal` resolves, then stops gracefully. With a
+/// `source`, the file is reloaded when it changes, on SIGHUP and on `POST /reload`.
+pub async fn run(
+    compiled: Compiled,
+    listeners: Listeners,
+    source: Option<ConfigSource>,
+    signal: impl Future<Output = ()>,
+) {
     let limits = compiled.limits;
     let rt = Runtime::new(compiled);
     let addrs = listeners.addrs();
@@ -96,8 +111,17 @@ pub async fn run(compiled: Compiled, listeners: Listeners, signal: impl Future<O
     };
 
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let reloader = source.map(|s| Reloader::new(s.path, &s.text, rt.clone()));
+    if let Some(r) = &reloader {
+        r.spawn_triggers(admin_stop_rx.clone());
+    }
     tracing::info!(addr = %addrs.admin, "admin listener bound");
-    let admin_task = tokio::spawn(admin::serve(listeners.admin, rt.clone(), admin_stop_rx));
+    let admin_task = tokio::spawn(admin::serve(
+        listeners.admin,
+        rt.clone(),
+        reloader,
+        admin_stop_rx,
+    ));
 
     let mut tasks = Vec::new();
     for (listener, direction) in [
@@ -132,6 +156,8 @@ pub async fn run(compiled: Compiled, listeners: Listeners, signal: impl Future<O
     tracing::info!("ready");
 
     signal.await;
+    // The timing of the config in force now, which may have been reloaded.
+    let shutdown = rt.snapshot().shutdown;
     rt.set_ready(false);
     tracing::info!(grace = ?shutdown.grace, drain_timeout = ?shutdown.drain_timeout, "stopping: readiness off");
     tokio::time::sleep(shutdown.grace).await;

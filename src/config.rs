@@ -13,7 +13,9 @@ mod position;
 
 use std::{fmt, path::Path};
 
-pub use compile::{Compiled, InboundSpec, Limits, OutboundSpec, Problem, ShutdownSettings};
+pub use compile::{
+    Compiled, InboundSpec, Limits, OutboundSpec, Problem, ShutdownSettings, Startup,
+};
 use position::{Pos, PositionIndex};
 
 /// A config that cannot be used, with every problem found.
@@ -59,9 +61,14 @@ impl std::error::Error for ConfigError {}
 
 /// Reads and compiles the control file at `path`.
 pub fn load(path: &Path) -> Result<Compiled, ConfigError> {
+    load_with_text(path).map(|(_, compiled)| compiled)
+}
+
+/// Reads and compiles the control file at `path`, returning the text it was made from too.
+pub fn load_with_text(path: &Path) -> Result<(String, Compiled), ConfigError> {
     let name = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(text) => parse(&name, &text),
+        Ok(text) => parse(&name, &text).map(|c| (text, c)),
         Err(e) => Err(ConfigError {
             file: name,
             problems: vec![Located {

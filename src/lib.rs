@@ -8,7 +8,7 @@
 //! - [`upstream`]: services, discovery (static, DNS), endpoints with pooled connections.
 //! - [`balance`]: endpoint selection (least-request, round robin, random, ring hash).
 //! - [`runtime`]: the config snapshot published atomically, and process-wide state.
-//! - [`config`]: the control file, its validation and compilation.
+//! - [`config`]: the control file, its validation and compilation; [`reload`]: live reloads.
 //! - [`metrics`], [`admin`], [`telemetry`]: Prometheus metrics, the admin listener, logs.
 //! - [`body`]: the body type moved in both directions.
 
@@ -19,6 +19,7 @@ pub mod body;
 pub mod config;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod runtime;
 pub mod telemetry;

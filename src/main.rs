@@ -57,8 +57,8 @@ fn main() -> ExitCode {
             config: path,
             workers,
         } => {
-            let compiled = match config::load(&path) {
-                Ok(c) => c,
+            let (text, compiled) = match config::load_with_text(&path) {
+                Ok(pair) => pair,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(EXIT_BAD_CONFIG);
@@ -84,7 +84,11 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                app::run(compiled, listeners, app::stop_signal()).await;
+                let source = app::ConfigSource {
+                    path,
+                    text: text.into_bytes(),
+                };
+                app::run(compiled, listeners, Some(source), app::stop_signal()).await;
                 ExitCode::SUCCESS
             })
         }

@@ -86,6 +86,8 @@ pub struct Metrics {
     attempts: IntCounterVec,
     connections_open: IntGaugeVec,
     connection_errors: IntCounterVec,
+    reloads: IntCounterVec,
+    last_reload_success: prometheus::Gauge,
 }
 
 impl Default for Metrics {
@@ -150,6 +152,19 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "remora_config_reloads_total",
+                "Config reloads, by result (success, failure).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let last_reload_success = prometheus::Gauge::new(
+            "remora_config_last_reload_success_timestamp_seconds",
+            "Unix time at which the config in force was loaded.",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -157,6 +172,8 @@ impl Metrics {
             Box::new(connections_open.clone()),
             Box::new(connection_errors.clone()),
             Box::new(build_info),
+            Box::new(reloads.clone()),
+            Box::new(last_reload_success.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -170,6 +187,9 @@ impl Metrics {
             connections_open.with_label_values(&[d.as_str()]);
             connection_errors.with_label_values(&[d.as_str()]);
         }
+        for r in ["success", "failure"] {
+            reloads.with_label_values(&[r]);
+        }
         Self {
             registry,
             requests,
@@ -177,6 +197,8 @@ impl Metrics {
             attempts,
             connections_open,
             connection_errors,
+            reloads,
+            last_reload_success,
         }
     }
 
@@ -209,6 +231,23 @@ impl Metrics {
     pub fn connection_errors(&self, direction: Direction) -> IntCounter {
         self.connection_errors
             .with_label_values(&[direction.as_str()])
+    }
+
+    /// Counts a reload; a success also stamps the time the config in force was loaded.
+    pub fn reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.reloads.with_label_values(&[result]).inc();
+        if success {
+            self.config_loaded();
+        }
+    }
+
+    /// Stamps the time the config in force was loaded (at start and on each good reload).
+    pub fn config_loaded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_reload_success.set(now);
     }
 
     /// The registry in Prometheus text format.

@@ -14,7 +14,7 @@ use std::{
 use arc_swap::ArcSwap;
 
 use crate::{
-    config::{file::File, Compiled, Limits},
+    config::{file::File, Compiled, ShutdownSettings, Startup},
     metrics::{Direction, Metrics},
     proxy::{inbound::Inbound, outbound::Outbound},
     routing::{table::Target, ActionSpec, Route, RouteTable},
@@ -29,8 +29,10 @@ const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Snapshot {
     /// The effective config, for `/config`.
     pub file: File,
-    /// Protocol limits.
-    pub limits: Limits,
+    /// Settings only a restart applies (reloads that change them are refused).
+    pub startup: Startup,
+    /// Graceful stop timing, read when a stop begins.
+    pub shutdown: ShutdownSettings,
     /// Whether to write the access log.
     pub access_log: bool,
     /// Outbound routes, when configured.
@@ -45,9 +47,10 @@ impl Snapshot {
     /// Binds `compiled` to live services. A service whose definition equals one in `previous`
     /// keeps its live state (endpoints, pools); others are created fresh.
     pub fn build(compiled: Compiled, metrics: &Metrics, previous: Option<&Snapshot>) -> Self {
+        let startup = compiled.startup();
         let Compiled {
             file,
-            limits,
+            shutdown,
             log,
             inbound,
             outbound,
@@ -122,7 +125,8 @@ impl Snapshot {
 
         Snapshot {
             file,
-            limits,
+            startup,
+            shutdown,
             access_log: log.access_log,
             outbound,
             inbound,
@@ -146,6 +150,7 @@ impl Runtime {
     pub fn new(compiled: Compiled) -> Arc<Self> {
         let metrics = Metrics::new();
         let snapshot = Snapshot::build(compiled, &metrics, None);
+        metrics.config_loaded();
         Arc::new(Self {
             metrics,
             snapshot: ArcSwap::from_pointee(snapshot),

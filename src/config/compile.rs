@@ -54,6 +54,61 @@ pub struct Compiled {
     pub services: BTreeMap<String, ServiceSpec>,
 }
 
+/// The settings only a restart applies: listen addresses, protocol limits and logging.
+/// A reload that changes any of them is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Startup {
+    /// Admin listen address.
+    pub admin: SocketAddr,
+    /// Inbound listen address.
+    pub inbound: Option<SocketAddr>,
+    /// Outbound listen address.
+    pub outbound: Option<SocketAddr>,
+    /// Protocol limits.
+    pub limits: Limits,
+    /// Log filter.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: file::LogFormat,
+}
+
+impl Startup {
+    /// What differs from `other`, as the fields' paths.
+    pub fn differences(&self, other: &Startup) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.admin != other.admin {
+            out.push("admin.listen");
+        }
+        if self.inbound != other.inbound {
+            out.push("inbound (added, removed or listen)");
+        }
+        if self.outbound != other.outbound {
+            out.push("outbound (added, removed or listen)");
+        }
+        if self.limits != other.limits {
+            out.push("limits");
+        }
+        if self.log_level != other.log_level || self.log_format != other.log_format {
+            out.push("log.level / log.format");
+        }
+        out
+    }
+}
+
+impl Compiled {
+    /// The settings only a restart applies.
+    pub fn startup(&self) -> Startup {
+        Startup {
+            admin: self.admin,
+            inbound: self.inbound.as_ref().map(|i| i.listen),
+            outbound: self.outbound.as_ref().map(|o| o.listen),
+            limits: self.limits,
+            log_level: self.log.level.clone(),
+            log_format: self.log.format,
+        }
+    }
+}
+
 /// Runtime form of `limits:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -212,6 +212,106 @@ fn binary_version_help_and_check() {
     assert_eq!(out.status.code(), Some(64), "run refuses a bad config too");
 }
 
+/// A running `remora run` with its log lines on a channel (so every wait for one is
+/// bounded) and the addresses its port-0 listeners were bound to.
+struct Running {
+    child: Child_,
+    lines: std::sync::mpsc::Receiver<String>,
+    admin: std::net::SocketAddr,
+    outbound: std::net::SocketAddr,
+}
+
+impl Running {
+    fn start(cfg: &std::path::Path) -> Self {
+        // One worker: the single-threaded scheduler a one-CPU sidecar runs.
+        let child = remora()
+            .args(["run", "--workers", "1", "--config"])
+            .arg(cfg)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = Child_(child);
+        let stdout = child.0.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut running = Running {
+            child,
+            lines,
+            admin: "0.0.0.0:0".parse().unwrap(),
+            outbound: "0.0.0.0:0".parse().unwrap(),
+        };
+        // The "listener bound" lines say where the port-0 listeners ended up.
+        let (mut admin, mut outbound) = (None, None);
+        while admin.is_none() || outbound.is_none() {
+            let line = running.next_line();
+            let addr = line
+                .split("\"addr\":\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next()?.parse().ok());
+            if line.contains("admin listener bound") {
+                admin = addr;
+            } else if line.contains("\"direction\":\"outbound\"") && line.contains("listener bound")
+            {
+                outbound = addr;
+            }
+        }
+        running.admin = admin.unwrap();
+        running.outbound = outbound.unwrap();
+        running
+    }
+
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a log line before the deadline")
+    }
+
+    /// The next log line containing every one of `parts`.
+    fn line_with(&self, parts: &[&str]) -> String {
+        loop {
+            let line = self.next_line();
+            if parts.iter().all(|p| line.contains(p)) {
+                return line;
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.0.id().to_string();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "the process exits");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 #[test]
 fn binary_runs_serves_logs_and_stops_on_sigterm() {
     let cfg = temp_config(
@@ -227,61 +327,15 @@ outbound:
       direct_response: { status: 200, body: "hi" }
 "#,
     );
-    // One worker: the single-threaded scheduler a one-CPU sidecar runs.
-    let child = remora()
-        .args(["run", "--workers", "1", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = Child_(child);
-    // Log lines arrive on a channel so every wait for one is bounded.
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let next_line = || {
-        lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("a log line before the deadline")
-    };
-    // The "listener bound" lines say where the port-0 listeners ended up.
-    let (mut admin, mut outbound) = (None, None);
-    while admin.is_none() || outbound.is_none() {
-        let line = next_line();
-        let addr = line
-            .split("\"addr\":\"")
-            .nth(1)
-            .map(|s| s.split('"').next().unwrap().to_owned());
-        if line.contains("admin listener bound") {
-            admin = addr;
-        } else if line.contains("\"direction\":\"outbound\"") && line.contains("listener bound") {
-            outbound = addr;
-        }
-    }
-    let (admin, outbound) = (admin.unwrap(), outbound.unwrap());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let admin = admin.parse().unwrap();
+    let mut run = Running::start(&cfg);
+    let (admin, outbound) = (run.admin, run.outbound);
+    run.block_on(async {
         wait_until(|| async { get(admin, "a", "/ready").await.status == 200 }).await;
-        let r = get(outbound.parse().unwrap(), "hello", "/greet").await;
+        let r = get(outbound, "hello", "/greet").await;
         assert_eq!(r.body, "hi");
     });
     // One flat JSON access log line for the request.
-    let access = loop {
-        let line = next_line();
-        if line.contains("\"target\":\"remora::access\"") {
-            break line;
-        }
-    };
+    let access = run.line_with(&["\"target\":\"remora::access\""]);
     for field in [
         "\"method\":\"GET\"",
         "\"authority\":\"hello\"",
@@ -293,21 +347,26 @@ outbound:
     ] {
         assert!(access.contains(field), "{field} missing from {access}");
     }
-    let pid = child.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            assert_eq!(status.code(), Some(0));
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "exits after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    run.signal("-TERM");
+    assert_eq!(run.wait_exit(), Some(0));
+}
+
+#[test]
+fn binary_reloads_on_sighup() {
+    let config = |body: &str| {
+        format!(
+            "version: 1\nadmin: {{ listen: 127.0.0.1:0 }}\nlog: {{ format: json }}\noutbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: hello\n      direct_response: {{ status: 200, body: {body} }}\n"
+        )
+    };
+    let cfg = temp_config("sighup", &config("v1"));
+    let run = Running::start(&cfg);
+    let outbound = run.outbound;
+    run.block_on(async { assert_eq!(get(outbound, "any", "/").await.body, "v1") });
+    std::fs::write(&cfg, config("v2")).unwrap();
+    run.signal("-HUP");
+    // The file watch may notice the change first; either way SIGHUP reloads and says so.
+    run.line_with(&["config reloaded", "\"trigger\":\"sighup\""]);
+    run.block_on(async { assert_eq!(get(outbound, "any", "/").await.body, "v2") });
 }
 
 #[test]

@@ -5,5 +5,6 @@ mod support;
 mod admin;
 mod config_errors;
 mod protocols;
+mod reload;
 mod routing;
 mod upstreams;

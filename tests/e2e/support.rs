@@ -309,9 +309,9 @@ impl Drop for Proxy {
     }
 }
 
-/// Starts Remora with this control file text. `version: 1` and an admin listener on port 0
-/// are added when missing; data listeners must say `listen: 127.0.0.1:0`.
-pub async fn proxy(yaml: &str) -> Proxy {
+/// Completes test YAML: `version: 1` and an admin listener on port 0 are added when missing;
+/// data listeners must say `listen: 127.0.0.1:0`.
+pub fn complete(yaml: &str) -> String {
     let mut text = String::new();
     if !yaml.contains("version:") {
         text.push_str("version: 1\n");
@@ -320,14 +320,33 @@ pub async fn proxy(yaml: &str) -> Proxy {
         text.push_str("admin: { listen: 127.0.0.1:0 }\n");
     }
     text.push_str(yaml);
-    let compiled = match remora::config::parse("test.yaml", &text) {
+    text
+}
+
+/// Starts Remora with this control file text (see `complete`), not reloadable.
+pub async fn proxy(yaml: &str) -> Proxy {
+    start(&complete(yaml), None).await
+}
+
+/// Starts Remora from the control file at `path`, reloadable as in production.
+pub async fn proxy_file(path: &std::path::Path) -> Proxy {
+    let text = std::fs::read_to_string(path).unwrap();
+    let source = remora::app::ConfigSource {
+        path: path.to_owned(),
+        text: text.clone().into_bytes(),
+    };
+    start(&text, Some(source)).await
+}
+
+async fn start(text: &str, source: Option<remora::app::ConfigSource>) -> Proxy {
+    let compiled = match remora::config::parse("test.yaml", text) {
         Ok(c) => c,
         Err(e) => panic!("test config is invalid:\n{e}\n---\n{text}"),
     };
     let listeners = remora::app::Listeners::bind(&compiled).await.unwrap();
     let addrs = listeners.addrs();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(remora::app::run(compiled, listeners, async move {
+    let task = tokio::spawn(remora::app::run(compiled, listeners, source, async move {
         let _ = rx.await;
     }));
     let p = Proxy {

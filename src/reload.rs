@@ -1,0 +1,327 @@
+//! Live reloads of the control file. Triggers: the file changing (polled), SIGHUP, and
+//! `POST /reload` on the admin listener. A reload reads, validates and compiles the file off
+//! the request path, binds it to live services (a service whose definition did not change
+//! keeps its pools and state), and publishes it atomically: a request sees the old config or
+//! the new one, never a mix, and in-flight requests finish on the one they started with. A
+//! file that does not compile changes nothing; the error is logged, counted, and shown by
+//! `GET /reload`.
+//!
+//! The file is polled rather than watched with inotify: reading a small file twice a second
+//! is cheap, and one mechanism then covers in-place writes, rename-over, and the Kubernetes
+//! ConfigMap `..data` symlink swap (which inotify on the file itself misses). A change is
+//! applied once the content has held still for one poll, so a half-written file is not read.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    hash::{DefaultHasher, Hash, Hasher},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Mutex};
+
+use crate::{
+    config::{self, file::File},
+    runtime::{Runtime, Snapshot},
+};
+
+/// How often the file is checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The file's content changed.
+    File,
+    /// SIGHUP.
+    Signal,
+    /// `POST /reload`.
+    Admin,
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Trigger::File => "file",
+            Trigger::Signal => "sighup",
+            Trigger::Admin => "admin",
+        })
+    }
+}
+
+/// The outcome of the last reload, for `GET /reload`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// When it finished.
+    pub at: SystemTime,
+    /// What started it.
+    pub trigger: Option<Trigger>,
+    /// What changed, or every problem (one `FILE:LINE:COLUMN: path: message` per line).
+    pub result: Result<Changes, String>,
+}
+
+/// Reloads one control file into one runtime.
+#[derive(Debug)]
+pub struct Reloader {
+    path: PathBuf,
+    rt: Arc<Runtime>,
+    /// One reload at a time.
+    serial: Mutex<()>,
+    /// Hash of the content last read by a reload (or at start).
+    loaded: AtomicU64,
+    status: ArcSwap<Status>,
+}
+
+impl Reloader {
+    /// A reloader for `path`, whose content `loaded_text` is in force now.
+    pub fn new(path: PathBuf, loaded_text: &[u8], rt: Arc<Runtime>) -> Arc<Self> {
+        Arc::new(Self {
+            path,
+            rt,
+            serial: Mutex::new(()),
+            loaded: AtomicU64::new(digest(loaded_text)),
+            status: ArcSwap::from_pointee(Status {
+                at: SystemTime::now(),
+                trigger: None,
+                result: Ok(Changes::default()),
+            }),
+        })
+    }
+
+    /// The last reload's outcome.
+    pub fn status(&self) -> Arc<Status> {
+        self.status.load_full()
+    }
+
+    /// Reads, validates and publishes the file. `Err` lists every problem; nothing changed.
+    pub async fn reload(&self, trigger: Trigger) -> Result<Changes, String> {
+        let _one_at_a_time = self.serial.lock().await;
+        let result = self.try_reload().await;
+        let ok = result.is_ok();
+        self.rt.metrics.reload(ok);
+        match &result {
+            Ok(changes) => tracing::info!(%trigger, changes = %changes, "config reloaded"),
+            Err(e) => {
+                tracing::error!(%trigger, errors = %e, "config reload refused; the running config is unchanged")
+            }
+        }
+        self.status.store(Arc::new(Status {
+            at: SystemTime::now(),
+            trigger: Some(trigger),
+            result: result.clone(),
+        }));
+        result
+    }
+
+    async fn try_reload(&self) -> Result<Changes, String> {
+        let path = self.path.clone();
+        // Reading and compiling may take a while for a large file: keep it off the workers.
+        let (text, compiled) = tokio::task::spawn_blocking(move || {
+            let name = path.display().to_string();
+            let text =
+                std::fs::read(&path).map_err(|e| format!("{name}: cannot read the file: {e}"))?;
+            let utf8 = String::from_utf8_lossy(&text);
+            let compiled = config::parse(&name, &utf8).map_err(|e| e.to_string())?;
+            Ok::<_, String>((text, compiled))
+        })
+        .await
+        .map_err(|e| format!("reload task failed: {e}"))??;
+        self.loaded.store(digest(&text), Ordering::Release);
+
+        let current = self.rt.snapshot();
+        let startup = compiled.startup();
+        let fixed = current.startup.differences(&startup);
+        if !fixed.is_empty() {
+            return Err(format!(
+                "{}: changes need a restart and were not applied: {}",
+                self.path.display(),
+                fixed.join(", ")
+            ));
+        }
+        let next = Snapshot::build(compiled, &self.rt.metrics, Some(&current));
+        let changes = Changes::between(&current, &next);
+        self.rt.publish(next);
+        Ok(changes)
+    }
+
+    /// Starts the file poller and the SIGHUP handler; both end when `stop` turns true.
+    pub fn spawn_triggers(self: &Arc<Self>, stop: watch::Receiver<bool>) {
+        tokio::spawn(self.clone().poll_file(stop.clone()));
+        #[cfg(unix)]
+        tokio::spawn(self.clone().on_sighup(stop));
+    }
+
+    async fn poll_file(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut pending = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = stop.changed() => return,
+            }
+            // A missing file (mid-swap) is skipped; the next poll sees the new one.
+            let Ok(text) = tokio::fs::read(&self.path).await else {
+                continue;
+            };
+            let d = digest(&text);
+            if d == self.loaded.load(Ordering::Acquire) {
+                pending = None;
+            } else if pending == Some(d) {
+                pending = None;
+                let _ = self.reload(Trigger::File).await;
+            } else {
+                pending = Some(d);
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    async fn on_sighup(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install the SIGHUP handler; reload with POST /reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                Some(()) = hup.recv() => { let _ = self.reload(Trigger::Signal).await; }
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+fn digest(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// What a reload changed, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Routes added.
+    pub routes_added: Vec<String>,
+    /// Routes removed.
+    pub routes_removed: Vec<String>,
+    /// Routes whose definition changed.
+    pub routes_changed: Vec<String>,
+    /// Services added.
+    pub services_added: Vec<String>,
+    /// Services removed (drained: dropped once their last request ends).
+    pub services_removed: Vec<String>,
+    /// Services whose definition changed (they start with fresh state).
+    pub services_changed: Vec<String>,
+    /// Other sections changed (inbound, shutdown, access log).
+    pub other: Vec<&'static str>,
+}
+
+impl Changes {
+    fn between(old: &Snapshot, new: &Snapshot) -> Self {
+        let mut c = Changes::default();
+        diff(
+            &routes(&old.file),
+            &routes(&new.file),
+            &mut c.routes_added,
+            &mut c.routes_removed,
+            &mut c.routes_changed,
+        );
+        let services = |s: &Snapshot| -> BTreeMap<String, String> {
+            s.services
+                .iter()
+                .map(|(k, v)| (k.clone(), format!("{:?}", v.spec())))
+                .collect()
+        };
+        diff(
+            &services(old),
+            &services(new),
+            &mut c.services_added,
+            &mut c.services_removed,
+            &mut c.services_changed,
+        );
+        if yaml(&old.file.inbound) != yaml(&new.file.inbound) {
+            c.other.push("inbound");
+        }
+        if old.shutdown != new.shutdown {
+            c.other.push("shutdown");
+        }
+        if old.access_log != new.access_log {
+            c.other.push("log.access_log");
+        }
+        c
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+}
+
+impl fmt::Display for Changes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("no changes");
+        }
+        let mut parts = Vec::new();
+        for (label, names) in [
+            ("routes added", &self.routes_added),
+            ("routes removed", &self.routes_removed),
+            ("routes changed", &self.routes_changed),
+            ("services added", &self.services_added),
+            ("services removed", &self.services_removed),
+            ("services changed", &self.services_changed),
+        ] {
+            if !names.is_empty() {
+                parts.push(format!("{label}: {}", names.join(", ")));
+            }
+        }
+        if !self.other.is_empty() {
+            parts.push(format!("changed: {}", self.other.join(", ")));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// Each route's YAML by name.
+fn routes(file: &File) -> BTreeMap<String, String> {
+    let Some(config::file::Lenient::Ok(ob)) = &file.outbound else {
+        return BTreeMap::new();
+    };
+    ob.routes
+        .iter()
+        .filter_map(|r| match r {
+            config::file::Lenient::Ok(r) => Some((r.name.clone(), yaml(r))),
+            config::file::Lenient::Err { .. } => None,
+        })
+        .collect()
+}
+
+fn diff(
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+    added: &mut Vec<String>,
+    removed: &mut Vec<String>,
+    changed: &mut Vec<String>,
+) {
+    for (k, v) in new {
+        match old.get(k) {
+            None => added.push(k.clone()),
+            Some(o) if o != v => changed.push(k.clone()),
+            Some(_) => {}
+        }
+    }
+    removed.extend(old.keys().filter(|k| !new.contains_key(*k)).cloned());
+}
+
+/// A config part as YAML, for comparison.
+fn yaml<T: serde::Serialize>(part: &T) -> String {
+    serde_yaml::to_string(part).unwrap_or_default()
+}

@@ -1,0 +1,415 @@
+//! Live reloads through the real listeners: every trigger, under load, with a broken file in
+//! the middle; state kept for unchanged services; refused changes; an upgraded connection
+//! surviving a reload.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::*;
+
+/// A control file in its own temporary folder.
+struct ConfigFile {
+    dir: PathBuf,
+    generation: usize,
+}
+
+impl ConfigFile {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("remora-reload-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir, generation: 0 }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join("remora.yaml")
+    }
+
+    /// Truncates and rewrites the file in place, as many editors do.
+    fn write_in_place(&self, yaml: &str) {
+        std::fs::write(self.path(), complete(yaml)).unwrap();
+    }
+
+    /// Writes a temporary file and renames it over the control file.
+    fn rename_over(&mut self, yaml: &str) {
+        self.generation += 1;
+        let tmp = self.dir.join(format!(".remora.yaml.{}", self.generation));
+        std::fs::write(&tmp, complete(yaml)).unwrap();
+        std::fs::rename(tmp, self.path()).unwrap();
+    }
+
+    /// Lays the file out as a Kubernetes ConfigMap volume does: `remora.yaml` →
+    /// `..data/remora.yaml`, `..data` → `..<generation>`.
+    fn configmap(&mut self, yaml: &str) {
+        self.swap_configmap(yaml);
+        let _ = std::fs::remove_file(self.path());
+        std::os::unix::fs::symlink("..data/remora.yaml", self.path()).unwrap();
+    }
+
+    /// Updates the ConfigMap the way the kubelet does: a new folder, then `..data` swapped to it
+    /// by renaming a new symlink over it.
+    fn swap_configmap(&mut self, yaml: &str) {
+        self.generation += 1;
+        let gen_dir = format!("..gen{}", self.generation);
+        std::fs::create_dir_all(self.dir.join(&gen_dir)).unwrap();
+        std::fs::write(self.dir.join(&gen_dir).join("remora.yaml"), complete(yaml)).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&gen_dir, &tmp).unwrap();
+        std::fs::rename(tmp, self.dir.join("..data")).unwrap();
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn routes_to(service: &str, a: &Upstream, b: &Upstream, extra_route: &str) -> String {
+    format!(
+        r#"
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - name: main
+      match: {{ host: svc }}
+      backends: [{{ service: {service} }}]
+{extra_route}
+services:
+  a: {{ endpoints: ["{}"] }}
+  b: {{ endpoints: ["{}"] }}
+"#,
+        a.addr, b.addr
+    )
+}
+
+async fn post_reload(admin: std::net::SocketAddr) -> Resp {
+    let req = Request::post(format!("http://{admin}/reload"))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    send(&h1_client(), req).await
+}
+
+async fn upstream_of(p: &Proxy) -> String {
+    get(p.outbound(), "svc", "/")
+        .await
+        .header("x-upstream")
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Waits until requests reach `name`.
+async fn until_served_by(p: &Proxy, name: &str) {
+    wait_until(|| async { upstream_of(p).await == name }).await;
+}
+
+async fn reload_count(p: &Proxy, result: &str) -> f64 {
+    let sample = format!(r#"remora_config_reloads_total{{result="{result}"}}"#);
+    p.metric(&sample).await.unwrap_or(0.0)
+}
+
+/// Counts answers per upstream and anything that was not a 200.
+#[derive(Default)]
+struct Tally {
+    ok_a: AtomicUsize,
+    ok_b: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+impl Tally {
+    fn record(&self, status: u16, upstream: Option<&str>) {
+        match (status, upstream) {
+            (200, Some("a")) => self.ok_a.fetch_add(1, Ordering::Relaxed),
+            (200, Some("b")) => self.ok_b.fetch_add(1, Ordering::Relaxed),
+            _ => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// Sends requests on one keep-alive connection until `stop` (at most `cap` of them).
+async fn load_loop(
+    out: std::net::SocketAddr,
+    http2: bool,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    cap: usize,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let stream = tokio::net::TcpStream::connect(out).await.unwrap();
+    let io = TokioIo::new(stream);
+    let mut h1 = None;
+    let mut h2 = None;
+    if http2 {
+        let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(c);
+        h2 = Some(s);
+    } else {
+        let (s, c) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(c);
+        h1 = Some(s);
+    }
+    for _ in 0..cap {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let req = Request::get("http://svc/")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let resp = match (&mut h1, &mut h2) {
+            (Some(s), _) => {
+                s.ready().await.expect("keep-alive connection stays open");
+                s.send_request(req).await
+            }
+            (_, Some(s)) => s.send_request(req).await,
+            _ => unreachable!(),
+        };
+        match resp {
+            Ok(r) => {
+                let (parts, body) = r.into_parts();
+                let _ = http_body_util::BodyExt::collect(body).await;
+                tally.record(
+                    parts.status.as_u16(),
+                    parts
+                        .headers
+                        .get("x-upstream")
+                        .and_then(|v| v.to_str().ok()),
+                );
+            }
+            Err(_) => {
+                tally.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_drop_nothing() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let mut cfg = ConfigFile::new("load");
+    cfg.configmap(&routes_to("a", &a, &b, ""));
+    let p = proxy_file(&cfg.path()).await;
+    let out = p.outbound();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let loads: Vec<_> = [false, false, true]
+        .into_iter()
+        .map(|h2| tokio::spawn(load_loop(out, h2, stop.clone(), tally.clone(), 200_000)))
+        .collect();
+
+    // 1. ConfigMap symlink swap.
+    cfg.swap_configmap(&routes_to("b", &a, &b, ""));
+    until_served_by(&p, "b").await;
+    // 2. A broken file: refused, counted, and the running config keeps serving.
+    cfg.swap_configmap("outbound: { listen: 127.0.0.1:0, routes: [ { name: x, backends: [ { service: nope } ] } ] }\n");
+    wait_until(|| async { reload_count(&p, "failure").await >= 1.0 }).await;
+    assert_eq!(upstream_of(&p).await, "b");
+    // 3. POST /reload after a fix.
+    cfg.swap_configmap(&routes_to("a", &a, &b, ""));
+    let r = post_reload(p.admin).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(upstream_of(&p).await, "a");
+
+    // The same through a plain file: rename-over, then an in-place write.
+    let mut plain = ConfigFile::new("load-plain");
+    plain.rename_over(&routes_to("a", &a, &b, ""));
+    let p2 = proxy_file(&plain.path()).await;
+    plain.rename_over(&routes_to("b", &a, &b, ""));
+    until_served_by(&p2, "b").await;
+    plain.write_in_place(&routes_to("a", &a, &b, ""));
+    until_served_by(&p2, "a").await;
+    assert_eq!(reload_count(&p2, "success").await, 2.0);
+
+    stop.store(true, Ordering::Relaxed);
+    for l in loads {
+        tokio::time::timeout(DEADLINE, l).await.unwrap().unwrap();
+    }
+    let (ok_a, ok_b, failed) = (
+        tally.ok_a.load(Ordering::Relaxed),
+        tally.ok_b.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        failed, 0,
+        "requests failed during reloads ({ok_a} from a, {ok_b} from b)"
+    );
+    assert!(
+        ok_a > 0 && ok_b > 0,
+        "traffic followed the reloads: {ok_a} from a, {ok_b} from b"
+    );
+    assert!(reload_count(&p, "success").await >= 2.0);
+    assert_eq!(reload_count(&p, "failure").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_broken_file_changes_nothing_and_says_why() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let mut cfg = ConfigFile::new("broken");
+    cfg.rename_over(&routes_to("a", &a, &b, ""));
+    let p = proxy_file(&cfg.path()).await;
+    let before = get(p.admin, "a", "/config").await.body;
+
+    cfg.rename_over("outbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: r\n      backends: [{ service: missing }]\n");
+    let r = post_reload(p.admin).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body
+            .contains(":7:29: outbound.routes[0].backends[0].service: unknown service \"missing\""),
+        "{}",
+        r.body
+    );
+    let status = get(p.admin, "a", "/reload").await;
+    assert_eq!(status.status, 500);
+    assert!(
+        status.body.contains("refused") && status.body.contains("unknown service"),
+        "{}",
+        status.body
+    );
+    assert_eq!(
+        get(p.admin, "a", "/config").await.body,
+        before,
+        "/config unchanged"
+    );
+    assert_eq!(get(p.admin, "a", "/ready").await.status, 200);
+    assert_eq!(upstream_of(&p).await, "a");
+    assert_eq!(reload_count(&p, "failure").await, 1.0);
+}
+
+#[tokio::test]
+async fn reload_reports_what_changed_and_keeps_unchanged_services() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let mut cfg = ConfigFile::new("state");
+    cfg.rename_over(&routes_to("a", &a, &b, ""));
+    let p = proxy_file(&cfg.path()).await;
+    assert_eq!(upstream_of(&p).await, "a");
+    assert_eq!(a.connections(), 1);
+
+    // A new route; service a is untouched, so its pooled connection is kept.
+    let extra = "    - name: extra\n      match: { host: other }\n      direct_response: { status: 200, body: hi }\n";
+    cfg.rename_over(&routes_to("a", &a, &b, extra));
+    let r = post_reload(p.admin).await;
+    assert_eq!(r.body, "reloaded: routes added: extra\n");
+    assert_eq!(get(p.outbound(), "other", "/").await.body, "hi");
+    assert_eq!(upstream_of(&p).await, "a");
+    assert_eq!(a.connections(), 1, "the unchanged service kept its pool");
+
+    // Service a changes: it starts over with fresh state.
+    let changed = routes_to("a", &a, &b, extra).replace(
+        &format!("a: {{ endpoints: [\"{}\"] }}", a.addr),
+        &format!("a: {{ endpoints: [\"{}\"], connect_timeout: 2s }}", a.addr),
+    );
+    cfg.rename_over(&changed);
+    let r = post_reload(p.admin).await;
+    assert_eq!(r.body, "reloaded: services changed: a\n");
+    assert_eq!(upstream_of(&p).await, "a");
+    assert_eq!(a.connections(), 2, "a changed service gets fresh pools");
+
+    cfg.rename_over(&routes_to("a", &a, &b, ""));
+    assert_eq!(
+        post_reload(p.admin).await.body,
+        "reloaded: routes removed: extra; services changed: a\n"
+    );
+    assert_eq!(
+        get(p.outbound(), "other", "/").await.status,
+        502,
+        "unmatched requests pass through again"
+    );
+}
+
+#[tokio::test]
+async fn changes_that_need_a_restart_are_refused() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let mut cfg = ConfigFile::new("restart");
+    cfg.rename_over(&routes_to("a", &a, &b, ""));
+    let p = proxy_file(&cfg.path()).await;
+    cfg.rename_over(&format!(
+        "limits: {{ max_connections: 5 }}\n{}",
+        routes_to("b", &a, &b, "")
+    ));
+    let r = post_reload(p.admin).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("need a restart") && r.body.contains("limits"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        upstream_of(&p).await,
+        "a",
+        "nothing from the refused file applies"
+    );
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_survives_a_reload() {
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ws = upstream_fn(|mut req| async move {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let mut io = TokioIo::new(on.await.unwrap());
+            let mut buf = [0u8; 64];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        http::Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(TestBody::empty())
+            .unwrap()
+    })
+    .await;
+    let b = echo("b").await;
+    let mut cfg = ConfigFile::new("ws");
+    cfg.rename_over(&routes_to("a", &ws, &b, ""));
+    let p = proxy_file(&cfg.path()).await;
+
+    let stream = tokio::net::TcpStream::connect(p.outbound()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let req = Request::get("/chat")
+        .header("host", "svc")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+
+    // Route svc elsewhere and drop the service the socket went through.
+    cfg.rename_over(&routes_to("b", &b, &b, ""));
+    assert_eq!(post_reload(p.admin).await.status, 200);
+    assert_eq!(upstream_of(&p).await, "b");
+    io.write_all(b"still here").await.unwrap();
+    let mut got = [0u8; 10];
+    tokio::time::timeout(DEADLINE, io.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"still here");
+}
+
+#[tokio::test]
+async fn proxies_started_from_text_cannot_reload() {
+    let p = proxy("outbound: { listen: 127.0.0.1:0 }\n").await;
+    assert_eq!(post_reload(p.admin).await.status, 409);
+}
