@@ -15,6 +15,7 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     body::ProxyBody,
+    explain::{explain, Probe},
     reload::{Reloader, Status, Trigger},
     runtime::Runtime,
 };
@@ -100,6 +101,7 @@ pub async fn handle(
                 format!("cannot render config: {e}\n"),
             ),
         },
+        "/debug/route" => debug_route(rt, req.uri().query().unwrap_or("")),
         "/reload" => match reloader {
             Some(r) => reload_status(&r.status()),
             None => text(
@@ -109,7 +111,7 @@ pub async fn handle(
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /ready, /live, /config, /reload\n",
+            "not found; try /metrics, /ready, /live, /config, /reload, /debug/route\n",
         ),
     }
 }
@@ -131,6 +133,88 @@ fn reload_status(status: &Status) -> Response<ProxyBody> {
     }
 }
 
+/// `GET /debug/route?method=GET&url=http://svc/path&header=name:value[&format=json]`:
+/// `remora explain` on the live config.
+fn debug_route(rt: &Runtime, query: &str) -> Response<ProxyBody> {
+    let (mut method, mut url, mut headers, mut json) = ("GET".to_owned(), None, Vec::new(), false);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v);
+        match k {
+            "method" => method = v,
+            "url" => url = Some(v),
+            "header" => headers.push(v),
+            "format" => json = v == "json",
+            _ => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {k:?}\n"),
+                )
+            }
+        }
+    }
+    let Some(url) = url else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "give url=..., e.g. /debug/route?method=GET&url=http://inventory/api\n",
+        );
+    };
+    let probe = match Probe::new(&method, &url, headers.iter().map(String::as_str)) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let snap = rt.snapshot();
+    let Some(ob) = &snap.outbound else {
+        return text(StatusCode::NOT_FOUND, "no outbound section, so no routes\n");
+    };
+    let routes = ob.table.routes.iter().map(|r| &r.spec);
+    let explanation = explain(&probe, routes, ob.table.unmatched, &snap.services);
+    if json {
+        let mut resp = text(
+            StatusCode::OK,
+            serde_json::to_string_pretty(&explanation).unwrap_or_default(),
+        );
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    } else {
+        text(StatusCode::OK, explanation.to_string())
+    }
+}
+
+/// Decodes `%XX` escapes and `+` (space) in a query parameter value.
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', h, l]) => hex(*h).zip(hex(*l)).map(|(h, l)| h * 16 + l),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(body));
     *resp.status_mut() = status;
@@ -139,4 +223,21 @@ fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn decodes_query_values() {
+        assert_eq!(
+            percent_decode("http%3A%2F%2Fsvc%2Fa%3Fb%3D1"),
+            "http://svc/a?b=1"
+        );
+        assert_eq!(percent_decode("x-canary%3A+true"), "x-canary: true");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%C3%A9"), "é");
+    }
 }

@@ -9,6 +9,7 @@
 //! - [`balance`]: endpoint selection (least-request, round robin, random, ring hash).
 //! - [`runtime`]: the config snapshot published atomically, and process-wide state.
 //! - [`config`]: the control file, its validation and compilation; [`reload`]: live reloads.
+//! - [`explain`], [`route_test`]: which route a request takes and why; route test cases.
 //! - [`metrics`], [`admin`], [`telemetry`]: Prometheus metrics, the admin listener, logs.
 //! - [`body`]: the body type moved in both directions.
 
@@ -17,9 +18,11 @@ pub mod app;
 pub mod balance;
 pub mod body;
 pub mod config;
+pub mod explain;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod route_test;
 pub mod routing;
 pub mod runtime;
 pub mod telemetry;

@@ -33,6 +33,30 @@ enum Command {
         #[arg(long, env = "REMORA_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
     },
+    /// Show which route a request takes and why, the backend split, policies and endpoints.
+    Explain {
+        /// The control file.
+        #[arg(long, short, env = "REMORA_CONFIG")]
+        config: PathBuf,
+        /// Request method, e.g. GET.
+        method: String,
+        /// Request URL, e.g. http://inventory/api/items?page=2 (or a path with -H 'host: ...').
+        url: String,
+        /// A request header, 'name: value'; repeatable.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run route test cases against a control file (0 all pass, 1 any fails, 64 bad files).
+    Test {
+        /// The control file.
+        file: PathBuf,
+        /// The cases: a YAML file with `cases: [{ name, request: { method, url, headers },
+        /// expect: { route, backend, status, path, location, passthrough } }]`.
+        cases: PathBuf,
+    },
     /// Validate a control file and exit (0 valid, 64 invalid; problems on stderr).
     Check {
         /// The control file.
@@ -53,6 +77,14 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
         },
+        Command::Test { file, cases } => route_test(&file, &cases),
+        Command::Explain {
+            config: path,
+            method,
+            url,
+            headers,
+            json,
+        } => explain(&path, &method, &url, &headers, json),
         Command::Run {
             config: path,
             workers,
@@ -107,5 +139,96 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
             .worker_threads(workers)
             .enable_all()
             .build()
+    }
+}
+
+/// `remora explain`: 0 when explained, 2 for a bad request description, 64 for a bad config.
+fn explain(
+    path: &std::path::Path,
+    method: &str,
+    url: &str,
+    headers: &[String],
+    json: bool,
+) -> ExitCode {
+    let compiled = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let probe = match remora::explain::Probe::new(method, url, headers.iter().map(String::as_str)) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("remora explain: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(outbound) = &compiled.outbound else {
+        eprintln!(
+            "remora explain: {} has no outbound section, so no routes",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let explanation = remora::explain::explain(
+        &probe,
+        &outbound.routes,
+        outbound.unmatched,
+        &compiled.services,
+    );
+    if json {
+        match serde_json::to_string_pretty(&explanation) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("remora explain: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{explanation}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// `remora test`: 0 when every case passes, 1 when one fails, 64 when a file is unusable.
+fn route_test(file: &std::path::Path, cases: &std::path::Path) -> ExitCode {
+    let compiled = match config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let case_file = std::fs::read_to_string(cases)
+        .map_err(|e| format!("{}: cannot read the file: {e}", cases.display()))
+        .and_then(|text| {
+            serde_yaml::from_str::<remora::route_test::CaseFile>(&text).map_err(|e| {
+                match e.location() {
+                    Some(l) => format!("{}:{}:{}: {e}", cases.display(), l.line(), l.column()),
+                    None => format!("{}: {e}", cases.display()),
+                }
+            })
+        });
+    let case_file = match case_file {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    match remora::route_test::run(&compiled, &case_file) {
+        Ok(report) => {
+            print!("{report}");
+            if report.failed() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("remora test: {}: {e}", file.display());
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
     }
 }

@@ -4,6 +4,7 @@ mod support;
 
 mod admin;
 mod config_errors;
+mod explain;
 mod protocols;
 mod reload;
 mod routing;

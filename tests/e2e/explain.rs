@@ -1,0 +1,220 @@
+//! `remora explain`, the admin `/debug/route`, and `remora test`.
+
+use std::process::Command;
+
+use crate::support::*;
+
+const CONFIG: &str = r#"
+outbound:
+  listen: 127.0.0.1:0
+  unmatched: reject
+  routes:
+    - name: canary
+      match: { host: inventory, headers: { x-canary: { exact: "true" } } }
+      backends: [{ service: v2 }]
+    - name: inventory
+      match: { host: inventory, path: { prefix: /api }, method: [GET] }
+      backends: [{ service: v1, weight: 90 }, { service: v2, weight: 10 }]
+      rewrite: { prefix: /v2/api }
+      timeout: 2s
+      request_headers: { set: { x-env: prod } }
+    - name: docs
+      match: { host: "*.docs.test" }
+      redirect: { status: 301, location: "https://docs.example.com/" }
+    - name: never-tested
+      match: { host: lonely }
+      direct_response: { status: 204 }
+services:
+  v1: { endpoints: ["10.0.0.5:8080", "10.0.0.6:8080"], load_balancer: round_robin }
+  v2: { dns: "inventory-v2.shop.svc:8080", protocol: http2 }
+"#;
+
+fn write(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("remora-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn remora(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_remora"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn explain_says_which_route_and_why_the_others_did_not() {
+    let cfg = write("explain.yaml", &complete(CONFIG));
+    let cfg = cfg.to_str().unwrap();
+    let (code, out, err) = remora(&[
+        "explain",
+        "--config",
+        cfg,
+        "GET",
+        "http://inventory/api/items?page=2",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let expected = [
+        "GET /api/items?page=2 (host inventory)",
+        "  route canary: no, header x-canary is not = \"true\"",
+        "  route inventory: MATCH",
+        "    timeout 2s",
+        "    rewritten to /v2/api/items?page=2",
+        "    request headers: set x-env: prod",
+        "    backend v1 weight 90 (90.0%): auto, round_robin, connect timeout 1s, static",
+        "      endpoints: 10.0.0.5:8080, 10.0.0.6:8080",
+        "    backend v2 weight 10 (10.0%): http2, least_request, connect timeout 1s, dns inventory-v2.shop.svc:8080 every 5s",
+        "      endpoints: resolved at run time",
+    ];
+    assert_eq!(out.lines().collect::<Vec<_>>(), expected, "{out}");
+
+    let (_, out, _) = remora(&[
+        "explain",
+        "-c",
+        cfg,
+        "POST",
+        "/api",
+        "-H",
+        "host: inventory",
+    ]);
+    assert!(
+        out.contains("route inventory: no, method POST is not one of GET"),
+        "{out}"
+    );
+    assert!(out.contains("no route matches: answered 404"), "{out}");
+
+    let (code, out, _) = remora(&["explain", "-c", cfg, "GET", "http://a.docs.test/", "--json"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["outcome"]["kind"], "route");
+    assert_eq!(v["outcome"]["route"], "docs");
+    assert_eq!(v["outcome"]["action"]["type"], "redirect");
+    assert_eq!(v["outcome"]["action"]["status"], 301);
+    assert_eq!(v["skipped"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        v["skipped"][1]["reason"],
+        "host \"a.docs.test\" is not inventory"
+    );
+
+    let (code, _, err) = remora(&["explain", "-c", cfg, "GET", "/no-host"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("names no host"), "{err}");
+}
+
+#[tokio::test]
+async fn debug_route_explains_on_the_live_config() {
+    let p = proxy(CONFIG).await;
+    let url =
+        "/debug/route?method=GET&url=http%3A%2F%2Finventory%2Fapi%2Fx&header=x-canary%3A+true";
+    let r = get(p.admin, "admin", url).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("route canary: MATCH"), "{}", r.body);
+    let r = get(p.admin, "admin", &format!("{url}&format=json")).await;
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["outcome"]["route"], "canary");
+    assert_eq!(get(p.admin, "admin", "/debug/route").await.status, 400);
+    assert_eq!(
+        get(p.admin, "admin", "/debug/route?url=%2Fx").await.status,
+        400,
+        "no host"
+    );
+}
+
+#[test]
+fn route_tests_pass_fail_and_report_uncovered_routes() {
+    let cfg = write("routes.yaml", &complete(CONFIG));
+    let passing = write(
+        "pass.routes-test.yaml",
+        r#"cases:
+  - name: canary
+    request: { url: http://inventory/api/x, headers: { x-canary: "true" } }
+    expect: { route: canary, backend: v2, path: /api/x }
+  - request: { url: http://inventory/api/items?a=1 }
+    expect: { route: inventory, backend: v2, path: /v2/api/items?a=1 }
+  - request: { url: http://b.docs.test/ }
+    expect: { route: docs, status: 301, location: "https://docs.example.com/" }
+  - request: { method: DELETE, url: http://inventory/api }
+    expect: { status: 404 }
+"#,
+    );
+    let (code, out, err) = remora(&["test", cfg.to_str().unwrap(), passing.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("4 passed, 0 failed"), "{out}");
+    assert!(
+        out.contains("routes no case covered: never-tested"),
+        "{out}"
+    );
+
+    let failing = write(
+        "fail.routes-test.yaml",
+        r#"cases:
+  - name: wrong route
+    request: { url: http://inventory/api/x }
+    expect: { route: canary }
+  - name: forwarded has no own status
+    request: { url: http://inventory/api/x }
+    expect: { status: 200 }
+  - name: backend not in split
+    request: { url: http://inventory/api/x, headers: { x-canary: "true" } }
+    expect: { backend: v1 }
+"#,
+    );
+    let (code, out, _) = remora(&["test", cfg.to_str().unwrap(), failing.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAIL  wrong route: expected route canary, got route inventory"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "FAIL  forwarded has no own status: expected status 200, but the request is forwarded"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL  backend not in split: expected backend v1, route sends to v2 (100%)"),
+        "{out}"
+    );
+    assert!(out.contains("0 passed, 3 failed"), "{out}");
+
+    let bad = write(
+        "bad.routes-test.yaml",
+        "cases:\n  - request: { url: http://x/ }\n    expect: { rout: a }\n",
+    );
+    let (code, _, err) = remora(&["test", cfg.to_str().unwrap(), bad.to_str().unwrap()]);
+    assert_eq!(code, Some(64));
+    assert!(
+        err.contains("bad.routes-test.yaml:") && err.contains("unknown field `rout`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn shipped_route_tests_pass_against_the_demo() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".routes-test.yaml") {
+            let config = dir.join(format!("{stem}.yaml"));
+            let (code, out, err) =
+                remora(&["test", config.to_str().unwrap(), path.to_str().unwrap()]);
+            assert_eq!(code, Some(0), "{name}: {out}{err}");
+            assert!(
+                !out.contains("routes no case covered"),
+                "{name} covers every route: {out}"
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
+}
