@@ -2,16 +2,17 @@
 //! listeners on one runtime state, and runs the graceful stop (`/ready` 503 at once, accept
 //! for `shutdown.grace`, then drain in-flight requests for at most `shutdown.drain_timeout`).
 
-use std::{future::Future, io, net::SocketAddr, path::PathBuf};
+use std::{future::Future, io, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use tokio::{
     net::TcpListener,
-    sync::{mpsc, watch},
+    sync::{mpsc, watch, Mutex},
+    task::JoinHandle,
 };
 
 use crate::{
     admin,
-    config::Compiled,
+    config::{Compiled, Limits, Startup},
     metrics::Direction,
     proxy::{inbound, outbound, server, ConnMeta},
     reload::Reloader,
@@ -100,7 +101,7 @@ pub async fn run(
     source: Option<ConfigSource>,
     signal: impl Future<Output = ()>,
 ) {
-    let limits = compiled.limits;
+    let startup = compiled.startup();
     let rt = Runtime::new(compiled);
     let addrs = listeners.addrs();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -109,9 +110,24 @@ pub async fn run(
         stop: stop_rx.clone(),
         drained: drained_tx,
     };
+    let data = DataListeners::new(rt.clone(), life);
+    data.start(
+        Direction::Inbound,
+        listeners.inbound,
+        startup.inbound,
+        startup.limits,
+    )
+    .await;
+    data.start(
+        Direction::Outbound,
+        listeners.outbound,
+        startup.outbound,
+        startup.limits,
+    )
+    .await;
 
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-    let reloader = source.map(|s| Reloader::new(s.path, &s.text, rt.clone()));
+    let reloader = source.map(|s| Reloader::new(s.path, &s.text, rt.clone(), data.clone()));
     if let Some(r) = &reloader {
         r.spawn_triggers(admin_stop_rx.clone());
     }
@@ -122,36 +138,6 @@ pub async fn run(
         reloader,
         admin_stop_rx,
     ));
-
-    let mut tasks = Vec::new();
-    for (listener, direction) in [
-        (listeners.inbound, Direction::Inbound),
-        (listeners.outbound, Direction::Outbound),
-    ] {
-        let Some(listener) = listener else { continue };
-        let local = server::local_addr(&listener);
-        tracing::info!(addr = %local, direction = direction.as_str(), "listener bound");
-        let meta = ConnMeta {
-            peer: local,
-            local,
-            direction,
-        };
-        let (rt, life) = (rt.clone(), life.clone());
-        tasks.push(tokio::spawn(async move {
-            let metrics = rt.metrics.clone();
-            match direction {
-                Direction::Inbound => {
-                    let h = move |conn, req| inbound::handle(rt.clone(), conn, req);
-                    server::serve(listener, limits, meta, &metrics, life, h).await;
-                }
-                Direction::Outbound => {
-                    let h = move |conn, req| outbound::handle(rt.clone(), conn, req);
-                    server::serve(listener, limits, meta, &metrics, life, h).await;
-                }
-            }
-        }));
-    }
-    drop(life);
     rt.set_ready(true);
     tracing::info!("ready");
 
@@ -162,9 +148,7 @@ pub async fn run(
     tracing::info!(grace = ?shutdown.grace, drain_timeout = ?shutdown.drain_timeout, "stopping: readiness off");
     tokio::time::sleep(shutdown.grace).await;
     let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
-    }
+    data.close().await;
     // Every connection task holds a sender; `recv` returns `None` once all have finished.
     match tokio::time::timeout(shutdown.drain_timeout, drained_rx.recv()).await {
         Ok(_) => tracing::info!("drained"),
@@ -172,6 +156,188 @@ pub async fn run(
     }
     let _ = admin_stop_tx.send(true);
     let _ = admin_task.await;
+}
+
+/// The inbound and outbound accept loops, which a reload may move to a new address, add,
+/// remove, or restart with new limits. A new address is bound before the old listener stops
+/// accepting; connections already open stay on the loop that accepted them until they end.
+#[derive(Debug)]
+pub struct DataListeners {
+    rt: Arc<Runtime>,
+    /// Dropped at close, so the process can see every connection end.
+    life: std::sync::Mutex<Option<server::Lifecycle>>,
+    slots: Mutex<[Option<Slot>; 2]>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// The address as configured (port 0 stays 0 here).
+    configured: SocketAddr,
+    limits: Limits,
+    accept_stop: watch::Sender<bool>,
+    task: JoinHandle<TcpListener>,
+}
+
+/// Listeners bound for a reload that has not been applied yet.
+#[derive(Debug, Default)]
+pub struct Plan {
+    changes: Vec<(Direction, Change)>,
+}
+
+#[derive(Debug)]
+enum Change {
+    /// Start accepting on a new listener (replacing any current one).
+    Bind(TcpListener, SocketAddr, Limits),
+    /// Keep the listener; accept with new limits.
+    Limits(Limits),
+    /// Stop accepting.
+    Remove,
+}
+
+impl DataListeners {
+    fn new(rt: Arc<Runtime>, life: server::Lifecycle) -> Arc<Self> {
+        Arc::new(Self {
+            rt,
+            life: std::sync::Mutex::new(Some(life)),
+            slots: Mutex::new([None, None]),
+        })
+    }
+
+    async fn start(
+        &self,
+        d: Direction,
+        listener: Option<TcpListener>,
+        configured: Option<SocketAddr>,
+        limits: Limits,
+    ) {
+        if let (Some(l), Some(addr)) = (listener, configured) {
+            let slot = self.spawn(d, l, addr, limits);
+            self.slots.lock().await[index(d)] = slot;
+        }
+    }
+
+    fn spawn(
+        &self,
+        d: Direction,
+        listener: TcpListener,
+        configured: SocketAddr,
+        limits: Limits,
+    ) -> Option<Slot> {
+        let life = self
+            .life
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let local = server::local_addr(&listener);
+        tracing::info!(addr = %local, direction = d.as_str(), "listener bound");
+        let meta = ConnMeta {
+            peer: local,
+            local,
+            direction: d,
+        };
+        let (accept_stop, accept_rx) = watch::channel(false);
+        let rt = self.rt.clone();
+        let task = tokio::spawn(async move {
+            let metrics = rt.metrics.clone();
+            match d {
+                Direction::Inbound => {
+                    let h = move |conn, req| inbound::handle(rt.clone(), conn, req);
+                    server::serve(listener, limits, meta, &metrics, life, accept_rx, h).await
+                }
+                Direction::Outbound => {
+                    let h = move |conn, req| outbound::handle(rt.clone(), conn, req);
+                    server::serve(listener, limits, meta, &metrics, life, accept_rx, h).await
+                }
+            }
+        });
+        Some(Slot {
+            configured,
+            limits,
+            accept_stop,
+            task,
+        })
+    }
+
+    /// Binds every new address `next` needs. Nothing changes until `commit`; on an error the
+    /// listeners bound so far are closed again.
+    pub async fn prepare(&self, next: &Startup) -> Result<Plan, String> {
+        let slots = self.slots.lock().await;
+        let mut plan = Plan::default();
+        for (d, want) in [
+            (Direction::Inbound, next.inbound),
+            (Direction::Outbound, next.outbound),
+        ] {
+            let current = slots[index(d)].as_ref();
+            let change = match (current, want) {
+                (None, None) => None,
+                (Some(_), None) => Some(Change::Remove),
+                (Some(cur), Some(addr)) if cur.configured == addr => {
+                    (cur.limits != next.limits).then_some(Change::Limits(next.limits))
+                }
+                (_, Some(addr)) => {
+                    let listener = TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| format!("cannot listen on {addr} ({}): {e}", d.as_str()))?;
+                    Some(Change::Bind(listener, addr, next.limits))
+                }
+            };
+            plan.changes.extend(change.map(|c| (d, c)));
+        }
+        Ok(plan)
+    }
+
+    /// Applies a prepared plan; returns what changed, for the reload's summary.
+    pub async fn commit(&self, plan: Plan) -> Vec<String> {
+        let mut slots = self.slots.lock().await;
+        let mut done = Vec::new();
+        for (d, change) in plan.changes {
+            let slot = &mut slots[index(d)];
+            match change {
+                Change::Bind(listener, addr, limits) => {
+                    let old = slot.take();
+                    *slot = self.spawn(d, listener, addr, limits);
+                    if let Some(old) = old {
+                        let _ = old.accept_stop.send(true);
+                    }
+                    done.push(format!("{} listener on {addr}", d.as_str()));
+                }
+                Change::Limits(limits) => {
+                    if let Some(old) = slot.take() {
+                        let _ = old.accept_stop.send(true);
+                        // Connections arriving meanwhile wait in the accept queue.
+                        if let Ok(listener) = old.task.await {
+                            *slot = self.spawn(d, listener, old.configured, limits);
+                        }
+                    }
+                    done.push(format!("{} limits", d.as_str()));
+                }
+                Change::Remove => {
+                    if let Some(old) = slot.take() {
+                        let _ = old.accept_stop.send(true);
+                    }
+                    done.push(format!("{} listener removed", d.as_str()));
+                }
+            }
+        }
+        done
+    }
+
+    /// Stops every accept loop and lets go of the drain handle.
+    async fn close(&self) {
+        self.life.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let slots = std::mem::take(&mut *self.slots.lock().await);
+        for slot in slots.into_iter().flatten() {
+            let _ = slot.accept_stop.send(true);
+            let _ = slot.task.await;
+        }
+    }
+}
+
+fn index(d: Direction) -> usize {
+    match d {
+        Direction::Inbound => 0,
+        Direction::Outbound => 1,
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -27,6 +27,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{watch, Mutex};
 
 use crate::{
+    app::DataListeners,
     config::{self, file::File},
     runtime::{Runtime, Snapshot},
 };
@@ -71,6 +72,7 @@ pub struct Status {
 pub struct Reloader {
     path: PathBuf,
     rt: Arc<Runtime>,
+    listeners: Arc<DataListeners>,
     /// One reload at a time.
     serial: Mutex<()>,
     /// Hash of the content last read by a reload (or at start).
@@ -80,10 +82,16 @@ pub struct Reloader {
 
 impl Reloader {
     /// A reloader for `path`, whose content `loaded_text` is in force now.
-    pub fn new(path: PathBuf, loaded_text: &[u8], rt: Arc<Runtime>) -> Arc<Self> {
+    pub fn new(
+        path: PathBuf,
+        loaded_text: &[u8],
+        rt: Arc<Runtime>,
+        listeners: Arc<DataListeners>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             path,
             rt,
+            listeners,
             serial: Mutex::new(()),
             loaded: AtomicU64::new(digest(loaded_text)),
             status: ArcSwap::from_pointee(Status {
@@ -136,7 +144,7 @@ impl Reloader {
 
         let current = self.rt.snapshot();
         let startup = compiled.startup();
-        let fixed = current.startup.differences(&startup);
+        let fixed = current.startup.restart_only(&startup);
         if !fixed.is_empty() {
             return Err(format!(
                 "{}: changes need a restart and were not applied: {}",
@@ -144,9 +152,16 @@ impl Reloader {
                 fixed.join(", ")
             ));
         }
+        // New addresses are bound before anything changes, so a bind error changes nothing.
+        let plan = self
+            .listeners
+            .prepare(&startup)
+            .await
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
         let next = Snapshot::build(compiled, &self.rt.metrics, Some(&current));
-        let changes = Changes::between(&current, &next);
+        let mut changes = Changes::between(&current, &next);
         self.rt.publish(next);
+        changes.other.extend(self.listeners.commit(plan).await);
         Ok(changes)
     }
 
@@ -220,8 +235,8 @@ pub struct Changes {
     pub services_removed: Vec<String>,
     /// Services whose definition changed (they start with fresh state).
     pub services_changed: Vec<String>,
-    /// Other sections changed (inbound, shutdown, access log).
-    pub other: Vec<&'static str>,
+    /// Other changes (inbound, shutdown, access log, listeners moved or restarted).
+    pub other: Vec<String>,
 }
 
 impl Changes {
@@ -248,13 +263,13 @@ impl Changes {
             &mut c.services_changed,
         );
         if yaml(&old.file.inbound) != yaml(&new.file.inbound) {
-            c.other.push("inbound");
+            c.other.push("inbound".to_owned());
         }
         if old.shutdown != new.shutdown {
-            c.other.push("shutdown");
+            c.other.push("shutdown".to_owned());
         }
         if old.access_log != new.access_log {
-            c.other.push("log.access_log");
+            c.other.push("log.access_log".to_owned());
         }
         c
     }

@@ -54,8 +54,9 @@ pub struct Compiled {
     pub services: BTreeMap<String, ServiceSpec>,
 }
 
-/// The settings only a restart applies: listen addresses, protocol limits and logging.
-/// A reload that changes any of them is refused.
+/// The settings applied when listeners start: listen addresses, protocol limits and
+/// logging. A reload moves, adds, removes or restarts data listeners to apply them; the admin
+/// address and the log settings need a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Startup {
     /// Admin listen address.
@@ -73,20 +74,11 @@ pub struct Startup {
 }
 
 impl Startup {
-    /// What differs from `other`, as the fields' paths.
-    pub fn differences(&self, other: &Startup) -> Vec<&'static str> {
+    /// What differs from `other` that only a restart can apply, as the fields' paths.
+    pub fn restart_only(&self, other: &Startup) -> Vec<&'static str> {
         let mut out = Vec::new();
         if self.admin != other.admin {
             out.push("admin.listen");
-        }
-        if self.inbound != other.inbound {
-            out.push("inbound (added, removed or listen)");
-        }
-        if self.outbound != other.outbound {
-            out.push("outbound (added, removed or listen)");
-        }
-        if self.limits != other.limits {
-            out.push("limits");
         }
         if self.log_level != other.log_level || self.log_format != other.log_format {
             out.push("log.level / log.format");

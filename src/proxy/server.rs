@@ -41,15 +41,20 @@ pub struct Lifecycle {
     pub drained: mpsc::Sender<()>,
 }
 
-/// Accepts connections on `listener` until `life.stop`, serving each with `handler`.
+/// Accepts connections on `listener` until `life.stop` or `accept_stop`, serving each with
+/// `handler`, and hands the listener back. `accept_stop` ends only this accept loop (a reload
+/// moving or restarting the listener); its connections go on until they end or the process
+/// stops.
 pub async fn serve<H, F>(
     listener: TcpListener,
     limits: Limits,
     meta: ConnMeta,
     metrics: &Metrics,
     life: Lifecycle,
+    mut accept_stop: watch::Receiver<bool>,
     handler: H,
-) where
+) -> TcpListener
+where
     H: Fn(ConnMeta, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
@@ -62,6 +67,7 @@ pub async fn serve<H, F>(
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
             _ = stop.changed() => break,
+            _ = accept_stop.changed() => break,
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -74,6 +80,7 @@ pub async fn serve<H, F>(
                 }
             },
             _ = stop.changed() => break,
+            _ = accept_stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
         let conn = ConnMeta {
@@ -135,6 +142,7 @@ pub async fn serve<H, F>(
         direction = meta.direction.as_str(),
         "listener stopped accepting"
     );
+    listener
 }
 
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {

@@ -335,13 +335,13 @@ async fn changes_that_need_a_restart_are_refused() {
     cfg.rename_over(&routes_to("a", &a, &b, ""));
     let p = proxy_file(&cfg.path()).await;
     cfg.rename_over(&format!(
-        "limits: {{ max_connections: 5 }}\n{}",
+        "log: {{ level: debug }}\n{}",
         routes_to("b", &a, &b, "")
     ));
     let r = post_reload(p.admin).await;
     assert_eq!(r.status, 400);
     assert!(
-        r.body.contains("need a restart") && r.body.contains("limits"),
+        r.body.contains("need a restart") && r.body.contains("log.level"),
         "{}",
         r.body
     );
@@ -412,4 +412,121 @@ async fn an_upgraded_connection_survives_a_reload() {
 async fn proxies_started_from_text_cannot_reload() {
     let p = proxy("outbound: { listen: 127.0.0.1:0 }\n").await;
     assert_eq!(post_reload(p.admin).await.status, 409);
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_listener_moves_to_a_new_address_without_dropping_open_connections() {
+    use hyper_util::rt::TokioIo;
+    let (a, b) = (echo("a").await, echo("b").await);
+    let mut cfg = ConfigFile::new("move");
+    cfg.rename_over(&routes_to("a", &a, &b, ""));
+    let p = proxy_file(&cfg.path()).await;
+    let old = p.outbound();
+
+    // A keep-alive connection opened on the old listener.
+    let stream = tokio::net::TcpStream::connect(old).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = || {
+        Request::get("http://svc/")
+            .body(Full::<Bytes>::default())
+            .unwrap()
+    };
+    assert_eq!(sender.send_request(req()).await.unwrap().status(), 200);
+
+    let port = free_port();
+    let moved = routes_to("a", &a, &b, "")
+        .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"));
+    cfg.rename_over(&moved);
+    let r = post_reload(p.admin).await;
+    assert_eq!(
+        r.body,
+        format!("reloaded: changed: outbound listener on 127.0.0.1:{port}\n")
+    );
+
+    let new: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(get(new, "svc", "/").await.header("x-upstream"), Some("a"));
+    // The open connection still works; the old address takes no new ones.
+    sender.ready().await.unwrap();
+    assert_eq!(sender.send_request(req()).await.unwrap().status(), 200);
+    wait_until(|| async { tokio::net::TcpStream::connect(old).await.is_err() }).await;
+
+    // An address that cannot be bound refuses the reload and changes nothing.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let blocked = routes_to("b", &a, &b, "").replace(
+        "listen: 127.0.0.1:0",
+        &format!("listen: {}", taken.local_addr().unwrap()),
+    );
+    cfg.rename_over(&blocked);
+    let r = post_reload(p.admin).await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("cannot listen on"), "{}", r.body);
+    assert_eq!(
+        get(new, "svc", "/").await.header("x-upstream"),
+        Some("a"),
+        "still the old config"
+    );
+}
+
+#[tokio::test]
+async fn new_limits_apply_to_new_connections() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let mut cfg = ConfigFile::new("limits");
+    cfg.rename_over(&routes_to("a", &a, &b, ""));
+    let p = proxy_file(&cfg.path()).await;
+    let big = "x".repeat(12_000);
+    assert_eq!(
+        get_with(p.outbound(), "svc", "/", &[("x-big", &big)])
+            .await
+            .status,
+        200
+    );
+
+    cfg.rename_over(&format!(
+        "limits: {{ max_header_bytes: 8192 }}\n{}",
+        routes_to("a", &a, &b, "")
+    ));
+    let r = post_reload(p.admin).await;
+    assert_eq!(r.body, "reloaded: changed: outbound limits\n");
+    let req = format!("GET / HTTP/1.1\r\nhost: svc\r\nx-big: {big}\r\n\r\n");
+    let out = raw(p.outbound(), req.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    assert_eq!(get(p.outbound(), "svc", "/").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_reload_can_add_the_inbound_listener() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let mut cfg = ConfigFile::new("add-inbound");
+    cfg.rename_over(&routes_to("a", &a, &b, ""));
+    let p = proxy_file(&cfg.path()).await;
+    let port = free_port();
+    cfg.rename_over(&format!(
+        "inbound: {{ listen: \"127.0.0.1:{port}\", app: \"{}\" }}\n{}",
+        b.addr,
+        routes_to("a", &a, &b, "")
+    ));
+    let r = post_reload(p.admin).await;
+    assert!(
+        r.body
+            .contains(&format!("inbound listener on 127.0.0.1:{port}")),
+        "{}",
+        r.body
+    );
+    let inbound: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(
+        get(inbound, "app", "/").await.header("x-upstream"),
+        Some("b")
+    );
 }
