@@ -158,58 +158,16 @@ async fn grpc_bidi_stream_is_not_buffered() {
 
 #[tokio::test]
 async fn websocket_upgrade_is_tunnelled() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = upstream_fn(|mut req| async move {
-        let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let mut io = TokioIo::new(on.await.unwrap());
-            let mut buf = [0u8; 64];
-            loop {
-                let n = io.read(&mut buf).await.unwrap_or(0);
-                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        });
-        http::Response::builder()
-            .status(101)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
-            .body(TestBody::empty())
-            .unwrap()
-    })
-    .await;
+    let up = ws_echo().await;
     let p = proxy(&route_to(up.addr, "auto")).await;
-    let stream = tokio::net::TcpStream::connect(p.outbound()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn.with_upgrades());
-    let req = Request::get("/chat")
-        .header("host", "svc")
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .header("sec-websocket-version", "13")
-        .body(Full::<Bytes>::default())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    assert_eq!(resp.headers()["upgrade"], "websocket");
+    let (headers, mut io) = open_upgrade(p.outbound(), "svc").await;
+    assert_eq!(headers["upgrade"], "websocket");
     assert_eq!(
-        resp.headers()["sec-websocket-accept"],
+        headers["sec-websocket-accept"],
         "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     );
-    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
     for msg in [&b"ping"[..], b"second message"] {
-        io.write_all(msg).await.unwrap();
-        let mut buf = vec![0u8; msg.len()];
-        tokio::time::timeout(DEADLINE, io.read_exact(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(buf, msg);
+        echo_through(&mut io, msg).await;
     }
 }
 

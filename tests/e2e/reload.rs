@@ -354,58 +354,18 @@ async fn changes_that_need_a_restart_are_refused() {
 
 #[tokio::test]
 async fn an_upgraded_connection_survives_a_reload() {
-    use hyper_util::rt::TokioIo;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let ws = upstream_fn(|mut req| async move {
-        let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let mut io = TokioIo::new(on.await.unwrap());
-            let mut buf = [0u8; 64];
-            while let Ok(n) = io.read(&mut buf).await {
-                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        });
-        http::Response::builder()
-            .status(101)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .body(TestBody::empty())
-            .unwrap()
-    })
-    .await;
-    let b = echo("b").await;
+    let (ws, b) = (ws_echo().await, echo("b").await);
     let mut cfg = ConfigFile::new("ws");
     cfg.rename_over(&routes_to("a", &ws, &b, ""));
     let p = proxy_file(&cfg.path()).await;
-
-    let stream = tokio::net::TcpStream::connect(p.outbound()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn.with_upgrades());
-    let req = Request::get("/chat")
-        .header("host", "svc")
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .body(Full::<Bytes>::default())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    let (_, mut io) = open_upgrade(p.outbound(), "svc").await;
+    echo_through(&mut io, b"before").await;
 
     // Route svc elsewhere and drop the service the socket went through.
     cfg.rename_over(&routes_to("b", &b, &b, ""));
     assert_eq!(post_reload(p.admin).await.status, 200);
     assert_eq!(upstream_of(&p).await, "b");
-    io.write_all(b"still here").await.unwrap();
-    let mut got = [0u8; 10];
-    tokio::time::timeout(DEADLINE, io.read_exact(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&got, b"still here");
+    echo_through(&mut io, b"still here").await;
 }
 
 #[tokio::test]

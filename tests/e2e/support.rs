@@ -191,6 +191,76 @@ pub async fn body_echo(trailers: Option<HeaderMap>) -> Upstream {
     .await
 }
 
+/// An upstream that accepts WebSocket upgrades and echoes every byte back.
+pub async fn ws_echo() -> Upstream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    upstream_fn(|mut req| async move {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let mut io = TokioIo::new(on.await.unwrap());
+            let mut buf = [0u8; 64];
+            loop {
+                let n = io.read(&mut buf).await.unwrap_or(0);
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+            .body(TestBody::empty())
+            .unwrap()
+    })
+    .await
+}
+
+/// Opens a WebSocket upgrade to `host` through `addr`; returns the 101 response's headers
+/// and the upgraded connection.
+pub async fn open_upgrade(
+    addr: SocketAddr,
+    host: &str,
+) -> (HeaderMap, TokioIo<hyper::upgrade::Upgraded>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let req = Request::get("/chat")
+        .header("host", host)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = tokio::time::timeout(DEADLINE, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    let headers = resp.headers().clone();
+    let io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    (headers, io)
+}
+
+/// Writes `msg` and expects it echoed back.
+pub async fn echo_through<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    io: &mut T,
+    msg: &[u8],
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    io.write_all(msg).await.unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    tokio::time::timeout(DEADLINE, io.read_exact(&mut buf))
+        .await
+        .expect("echo before the deadline")
+        .unwrap();
+    assert_eq!(buf, msg);
+}
+
 /// A local address with nothing listening on it.
 pub async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
