@@ -163,6 +163,10 @@ pub struct Matched {
     pub request_headers: Vec<String>,
     /// Response header edits.
     pub response_headers: Vec<String>,
+    /// Local rate limit, e.g. `200/s, burst 50`.
+    pub rate_limit: Option<String>,
+    /// Injected faults, e.g. `delay 1% by 100ms; abort 0.1% with 503`.
+    pub fault: Option<String>,
 }
 
 /// A route's action.
@@ -356,6 +360,19 @@ fn matched(spec: &RouteSpec, view: &RequestView<'_>, services: &dyn ServiceInfo)
             .map(|rw| rw.apply(view.path, view.query)),
         request_headers: edits(&spec.request_headers),
         response_headers: edits(&spec.response_headers),
+        rate_limit: spec
+            .rate_limit
+            .map(|(rate, burst)| format!("{rate}/s, burst {burst}")),
+        fault: spec.fault.as_ref().map(|f| {
+            let mut parts = Vec::new();
+            if let Some((p, d)) = f.delay {
+                parts.push(format!("delay {p}% by {}", HumanDuration(d)));
+            }
+            if let Some((p, s)) = f.abort {
+                parts.push(format!("abort {p}% with {}", s.as_u16()));
+            }
+            parts.join("; ")
+        }),
     }
 }
 
@@ -417,6 +434,12 @@ impl fmt::Display for Explanation {
             }
             Outcome::Route(m) => {
                 writeln!(f, "  route {}: MATCH", m.route)?;
+                if let Some(rl) = &m.rate_limit {
+                    writeln!(f, "    rate limit {rl}")?;
+                }
+                if let Some(fault) = &m.fault {
+                    writeln!(f, "    fault: {fault}")?;
+                }
                 match &m.action {
                     Action::Redirect { status, location } => {
                         writeln!(f, "    redirect {status} to {location}")?

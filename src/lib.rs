@@ -7,6 +7,7 @@
 //! - [`routing`]: route matching and the route table.
 //! - [`upstream`]: services, discovery (static, DNS), endpoints with pooled connections.
 //! - [`balance`]: endpoint selection (least-request, round robin, random, ring hash).
+//! - [`resilience`]: rate limiting and fault injection.
 //! - [`runtime`]: the config snapshot published atomically, and process-wide state.
 //! - [`config`]: the control file, its validation and compilation; [`reload`]: live reloads.
 //! - [`explain`], [`route_test`]: which route a request takes and why; route test cases.
@@ -22,6 +23,7 @@ pub mod explain;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod resilience;
 pub mod route_test;
 pub mod routing;
 pub mod runtime;

@@ -88,6 +88,8 @@ pub struct Metrics {
     connection_errors: IntCounterVec,
     reloads: IntCounterVec,
     last_reload_success: prometheus::Gauge,
+    rate_limited: IntCounterVec,
+    faults: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -165,6 +167,22 @@ impl Metrics {
             "Unix time at which the config in force was loaded.",
         )
         .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "remora_rate_limited_total",
+                "Requests refused with 429 by a local rate limit, by listener.",
+            ),
+            &["direction"],
+        )
+        .expect("valid metric");
+        let faults = IntCounterVec::new(
+            Opts::new(
+                "remora_faults_injected_total",
+                "Faults injected by routes, by kind (delay, abort).",
+            ),
+            &["route", "kind"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -174,6 +192,8 @@ impl Metrics {
             Box::new(build_info),
             Box::new(reloads.clone()),
             Box::new(last_reload_success.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(faults.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -185,6 +205,7 @@ impl Metrics {
             .expect("process collector registers once");
         for d in [Direction::Inbound, Direction::Outbound] {
             connections_open.with_label_values(&[d.as_str()]);
+            rate_limited.with_label_values(&[d.as_str()]);
             connection_errors.with_label_values(&[d.as_str()]);
         }
         for r in ["success", "failure"] {
@@ -199,6 +220,8 @@ impl Metrics {
             connection_errors,
             reloads,
             last_reload_success,
+            rate_limited,
+            faults,
         }
     }
 
@@ -231,6 +254,19 @@ impl Metrics {
     pub fn connection_errors(&self, direction: Direction) -> IntCounter {
         self.connection_errors
             .with_label_values(&[direction.as_str()])
+    }
+
+    /// The rate-limited counter of a listener.
+    pub fn rate_limited(&self, direction: Direction) -> IntCounter {
+        self.rate_limited.with_label_values(&[direction.as_str()])
+    }
+
+    /// Fault counters for a route.
+    pub fn faults(&self, route: &str) -> FaultMetrics {
+        FaultMetrics {
+            delay: self.faults.with_label_values(&[route, "delay"]),
+            abort: self.faults.with_label_values(&[route, "abort"]),
+        }
     }
 
     /// Counts a reload; a success also stamps the time the config in force was loaded.
@@ -332,6 +368,15 @@ fn code_str(code: u16) -> CodeStr {
         b'0' + (c / 10 % 10) as u8,
         b'0' + (c % 10) as u8,
     ])
+}
+
+/// Pre-resolved fault counters for one route.
+#[derive(Debug, Clone)]
+pub struct FaultMetrics {
+    /// Requests delayed.
+    pub delay: IntCounter,
+    /// Requests aborted.
+    pub abort: IntCounter,
 }
 
 /// Pre-resolved attempt counters for one service.

@@ -17,6 +17,7 @@ use crate::{
     config::{file::File, Compiled, ShutdownSettings, Startup},
     metrics::{Direction, Metrics},
     proxy::{inbound::Inbound, outbound::Outbound},
+    resilience::RateLimiter,
     routing::{table::Target, ActionSpec, Route, RouteTable},
     upstream::{Passthrough, Service},
 };
@@ -91,8 +92,19 @@ impl Snapshot {
                             .collect(),
                         _ => Vec::new(),
                     };
+                    // A bucket keeps its state while its route's limit is unchanged.
+                    let limiter = spec.rate_limit.map(|(rate, burst)| {
+                        previous
+                            .and_then(|p| p.outbound.as_ref())
+                            .and_then(|o| o.table.routes.iter().find(|r| r.spec.name == spec.name))
+                            .filter(|r| r.spec.rate_limit == spec.rate_limit)
+                            .and_then(|r| r.limiter.clone())
+                            .unwrap_or_else(|| Arc::new(RateLimiter::new(rate, burst)))
+                    });
                     Route {
                         local_metrics: metrics.request(d, &spec.name, ""),
+                        limiter,
+                        faults: metrics.faults(&spec.name),
                         targets,
                         total_weight: total,
                         spec,
@@ -108,6 +120,7 @@ impl Snapshot {
                 passthrough_metrics: metrics.request(d, "", "passthrough"),
                 passthrough_upstream: metrics.upstream("passthrough"),
                 passthrough_timeout: PASSTHROUGH_TIMEOUT,
+                rate_limited: metrics.rate_limited(d),
             }
         });
 
@@ -116,9 +129,19 @@ impl Snapshot {
                 .and_then(|p| p.inbound.as_ref())
                 .filter(|i| *i.app.spec() == ib.app)
                 .map(|i| i.app.clone());
+            let limiter = ib.rate_limit.map(|(rate, burst)| {
+                previous
+                    .and_then(|p| p.inbound.as_ref())
+                    .filter(|i| i.rate_limit == ib.rate_limit)
+                    .and_then(|i| i.limiter.clone())
+                    .unwrap_or_else(|| Arc::new(RateLimiter::new(rate, burst)))
+            });
             Inbound {
                 app: kept.unwrap_or_else(|| Service::new("app", ib.app, metrics)),
                 timeout: ib.timeout,
+                rate_limit: ib.rate_limit,
+                limiter,
+                rate_limited: metrics.rate_limited(Direction::Inbound),
                 metrics: metrics.request(Direction::Inbound, "", "app"),
             }
         });

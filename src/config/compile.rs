@@ -132,6 +132,8 @@ pub struct InboundSpec {
     pub app: ServiceSpec,
     /// Time the app has to answer with response headers.
     pub timeout: Duration,
+    /// Local rate limit for all callers (requests per second, burst).
+    pub rate_limit: Option<(u32, u32)>,
 }
 
 /// Runtime form of `outbound:`.
@@ -201,6 +203,10 @@ pub fn compile(file: File) -> Result<Compiled, Vec<Problem>> {
                 idle_timeout: ib.idle_timeout.0,
             },
             timeout: ib.timeout.0,
+            rate_limit: ib
+                .rate_limit
+                .as_ref()
+                .and_then(|r| c.rate_limit("inbound.rate_limit", r)),
         }
     });
 
@@ -454,6 +460,14 @@ impl Ctx {
         if r.timeout.0.is_zero() {
             self.err(&format!("{path}.timeout"), "must be greater than 0".into());
         }
+        let rate_limit = r
+            .rate_limit
+            .as_ref()
+            .and_then(|rl| self.rate_limit(&format!("{path}.rate_limit"), rl));
+        let fault = r
+            .fault
+            .as_ref()
+            .and_then(|f| self.fault(&format!("{path}.fault"), f));
         if self.problems.len() != before {
             return None;
         }
@@ -465,6 +479,59 @@ impl Ctx {
             request_headers,
             response_headers,
             rewrite,
+            rate_limit,
+            fault,
+        })
+    }
+
+    fn rate_limit(&mut self, path: &str, r: &file::RateLimitFile) -> Option<(u32, u32)> {
+        if r.requests_per_second == 0 {
+            self.err(
+                &format!("{path}.requests_per_second"),
+                "must be at least 1".into(),
+            );
+            return None;
+        }
+        let burst = r.burst.unwrap_or(r.requests_per_second);
+        if burst == 0 {
+            self.err(&format!("{path}.burst"), "must be at least 1".into());
+            return None;
+        }
+        Some((r.requests_per_second, burst))
+    }
+
+    fn fault(&mut self, path: &str, f: &file::FaultFile) -> Option<crate::resilience::Fault> {
+        let before = self.problems.len();
+        let mut percent = |at: String, p: f64| {
+            if !(0.0..=100.0).contains(&p) {
+                self.err(&at, format!("percent must be between 0 and 100, got {p}"));
+            }
+        };
+        if let Some(d) = &f.delay {
+            percent(format!("{path}.delay.percent"), d.percent);
+        }
+        if let Some(a) = &f.abort {
+            percent(format!("{path}.abort.percent"), a.percent);
+        }
+        let abort = match &f.abort {
+            Some(a) => match StatusCode::from_u16(a.status) {
+                Ok(s) if a.status >= 200 => Some((a.percent, s)),
+                _ => {
+                    self.err(
+                        &format!("{path}.abort.status"),
+                        format!("invalid status {}: use 200 to 599", a.status),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        if f.delay.is_none() && f.abort.is_none() {
+            self.err(path, "give `delay`, `abort`, or both".into());
+        }
+        (self.problems.len() == before).then(|| crate::resilience::Fault {
+            delay: f.delay.as_ref().map(|d| (d.percent, d.duration.0)),
+            abort,
         })
     }
 

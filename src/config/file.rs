@@ -230,6 +230,9 @@ pub struct InboundFile {
     /// Idle pooled connections to the app are closed after this long. Default: 60s.
     #[serde(default = "default_pool_idle")]
     pub idle_timeout: HumanDuration,
+    /// Local rate limit for all callers together: over it, 429 with `retry-after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitFile>,
 }
 
 fn default_inbound_listen() -> String {
@@ -302,6 +305,55 @@ pub struct RouteFile {
     /// Path rewrite applied when forwarding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<RewriteFile>,
+    /// Local rate limit for this route: over it, 429 with `retry-after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitFile>,
+    /// Faults to inject, for chaos testing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultFile>,
+}
+
+/// `rate_limit:` a token bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    /// Average requests per second allowed.
+    pub requests_per_second: u32,
+    /// Requests allowed at once after a quiet period. Default: `requests_per_second`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+/// `fault:` of a route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultFile {
+    /// Delay a share of requests before forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelayFile>,
+    /// Answer a share of requests with an error status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbortFile>,
+}
+
+/// `fault.delay:`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelayFile {
+    /// Share of requests delayed, 0 to 100.
+    pub percent: f64,
+    /// How long.
+    pub duration: HumanDuration,
+}
+
+/// `fault.abort:`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbortFile {
+    /// Share of requests aborted, 0 to 100.
+    pub percent: f64,
+    /// Status to answer with.
+    pub status: u16,
 }
 
 fn default_route_timeout() -> HumanDuration {

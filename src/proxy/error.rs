@@ -5,7 +5,7 @@ use std::{error::Error as StdError, fmt, sync::Arc, time::Duration};
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::ProxyBody;
+use crate::{body::ProxyBody, resilience::rate_limit::retry_after_secs};
 
 /// A boxed error cause.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -48,6 +48,12 @@ pub enum ProxyError {
     /// No response headers within the route's timeout.
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
+    /// A local rate limit refused the request; a token is available after the duration.
+    #[error("rate limit exceeded; retry in {0:?}")]
+    RateLimited(Duration),
+    /// The route's fault injection answered instead of the upstream.
+    #[error("fault injected by the route")]
+    FaultInjected(StatusCode),
 }
 
 impl ProxyError {
@@ -60,6 +66,8 @@ impl ProxyError {
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::FaultInjected(status) => *status,
         }
     }
 
@@ -73,6 +81,8 @@ impl ProxyError {
             ProxyError::Connect { .. } => "upstream-connect-failure",
             ProxyError::Reset { .. } => "upstream-reset",
             ProxyError::Timeout(_) => "timeout",
+            ProxyError::RateLimited(_) => "rate-limited",
+            ProxyError::FaultInjected(_) => "fault-injected",
         }
     }
 
@@ -80,7 +90,11 @@ impl ProxyError {
     pub fn is_downstream(&self) -> bool {
         matches!(
             self,
-            ProxyError::BadRequest(_) | ProxyError::NoRoute | ProxyError::Loop
+            ProxyError::BadRequest(_)
+                | ProxyError::NoRoute
+                | ProxyError::Loop
+                | ProxyError::RateLimited(_)
+                | ProxyError::FaultInjected(_)
         )
     }
 }
@@ -112,5 +126,11 @@ pub fn rescue(err: &ProxyError) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if let ProxyError::RateLimited(wait) = err {
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_secs(*wait)),
+        );
+    }
     resp
 }

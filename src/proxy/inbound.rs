@@ -10,7 +10,12 @@ use tokio::time::Instant;
 use super::{
     error::ProxyError, finish, forward, headers, unconfigured, AccessLine, ConnMeta, Tags,
 };
-use crate::{body::ProxyBody, metrics::RequestMetrics, runtime::Runtime, upstream::Service};
+use prometheus::IntCounter;
+
+use crate::{
+    body::ProxyBody, metrics::RequestMetrics, resilience::RateLimiter, runtime::Runtime,
+    upstream::Service,
+};
 
 /// The header that carries the caller's verified identity to the app. Whatever a caller
 /// sends under this name is removed first.
@@ -25,6 +30,12 @@ pub struct Inbound {
     pub timeout: Duration,
     /// Request metrics (route "", service "app").
     pub metrics: RequestMetrics,
+    /// Local rate limit (requests per second, burst), as configured.
+    pub rate_limit: Option<(u32, u32)>,
+    /// The listener's token bucket; kept across reloads while the limit is unchanged.
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// Requests refused by the rate limit.
+    pub rate_limited: IntCounter,
 }
 
 /// Handles one request on the inbound listener.
@@ -55,6 +66,12 @@ async fn forward_to_app(
     tags: &mut Tags<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     headers::check_framing(req.headers())?;
+    if let Some(limiter) = &ib.limiter {
+        limiter.try_acquire().map_err(|wait| {
+            ib.rate_limited.inc();
+            ProxyError::RateLimited(wait)
+        })?;
+    }
     req.headers_mut().remove(CLIENT_ID);
     let app = &ib.app;
     let endpoint = app

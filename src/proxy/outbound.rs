@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 use http::{header, Method, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use prometheus::IntCounter;
 use tokio::time::Instant;
 
 use super::{
@@ -34,6 +35,8 @@ pub struct Outbound {
     pub passthrough_upstream: UpstreamMetrics,
     /// Timeout for passed-through requests.
     pub passthrough_timeout: Duration,
+    /// Requests refused by route rate limits.
+    pub rate_limited: IntCounter,
 }
 
 /// Handles one request on the outbound listener.
@@ -96,6 +99,23 @@ async fn route<'a>(
     };
     tags.route = &route.spec.name;
     tags.metrics = Some(&route.local_metrics);
+    if let Some(limiter) = &route.limiter {
+        limiter.try_acquire().map_err(|wait| {
+            ob.rate_limited.inc();
+            ProxyError::RateLimited(wait)
+        })?;
+    }
+    if let Some(fault) = &route.spec.fault {
+        let decision = fault.decide();
+        if let Some(delay) = decision.delay {
+            route.faults.delay.inc();
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(status) = decision.abort {
+            route.faults.abort.inc();
+            return Err(ProxyError::FaultInjected(status));
+        }
+    }
 
     let mut resp = match &route.spec.action {
         ActionSpec::Redirect { status, location } => {

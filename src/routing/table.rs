@@ -7,7 +7,12 @@ use bytes::Bytes;
 use http::{header::HeaderName, HeaderMap, HeaderValue, StatusCode};
 
 use super::matcher::{Mismatch, PathMatch, RequestView, RouteMatch};
-use crate::{config::file::Unmatched, metrics::RequestMetrics, upstream::Service};
+use crate::{
+    config::file::Unmatched,
+    metrics::{FaultMetrics, RequestMetrics},
+    resilience::{Fault, RateLimiter},
+    upstream::Service,
+};
 
 /// A route as compiled from the control file, before it is bound to live services.
 #[derive(Debug)]
@@ -26,6 +31,10 @@ pub struct RouteSpec {
     pub response_headers: HeaderEdits,
     /// Path rewrite when forwarding.
     pub rewrite: Option<Rewrite>,
+    /// Local rate limit (requests per second, burst).
+    pub rate_limit: Option<(u32, u32)>,
+    /// Faults to inject.
+    pub fault: Option<Fault>,
 }
 
 /// What a route does.
@@ -152,6 +161,10 @@ pub struct Route {
     /// Metrics for responses the route makes itself (redirect, direct response, errors
     /// before a backend was chosen).
     pub local_metrics: RequestMetrics,
+    /// The route's token bucket; kept across reloads while `spec.rate_limit` is unchanged.
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// Counters of injected delays and aborts.
+    pub faults: FaultMetrics,
 }
 
 /// One backend of a bound route.

@@ -7,5 +7,6 @@ mod config_errors;
 mod explain;
 mod protocols;
 mod reload;
+mod resilience;
 mod routing;
 mod upstreams;

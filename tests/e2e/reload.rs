@@ -490,3 +490,39 @@ async fn a_reload_can_add_the_inbound_listener() {
         Some("b")
     );
 }
+
+#[tokio::test]
+async fn a_rate_limit_keeps_its_state_across_reloads_that_do_not_change_it() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let limited = "    - name: limited\n      match: { host: lim }\n      direct_response: { status: 200 }\n      rate_limit: { requests_per_second: 1, burst: 2 }\n";
+    let mut cfg = ConfigFile::new("limiter");
+    cfg.rename_over(&routes_to("a", &a, &b, limited));
+    let p = proxy_file(&cfg.path()).await;
+    for _ in 0..2 {
+        assert_eq!(get(p.outbound(), "lim", "/").await.status, 200);
+    }
+    assert_eq!(get(p.outbound(), "lim", "/").await.status, 429);
+
+    // Another route changes: the bucket stays empty.
+    cfg.rename_over(&routes_to("b", &a, &b, limited));
+    assert_eq!(post_reload(p.admin).await.status, 200);
+    assert_eq!(
+        get(p.outbound(), "lim", "/").await.status,
+        429,
+        "state kept"
+    );
+
+    // The limit itself changes: a fresh bucket.
+    cfg.rename_over(&routes_to(
+        "b",
+        &a,
+        &b,
+        &limited.replace("burst: 2", "burst: 5"),
+    ));
+    assert_eq!(post_reload(p.admin).await.status, 200);
+    assert_eq!(
+        get(p.outbound(), "lim", "/").await.status,
+        200,
+        "new limit, new bucket"
+    );
+}

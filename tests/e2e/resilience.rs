@@ -1,0 +1,174 @@
+//! Rate limits and fault injection through the real listeners.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+fn routed(up: &Upstream, route_extra: &str) -> String {
+    format!(
+        r#"
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - name: r
+      match: {{ host: svc }}
+      backends: [{{ service: s }}]
+{route_extra}
+services:
+  s: {{ endpoints: ["{}"] }}
+"#,
+        up.addr
+    )
+}
+
+#[tokio::test]
+async fn route_rate_limit_answers_429_with_retry_after() {
+    let up = echo("u").await;
+    let p = proxy(&routed(
+        &up,
+        "      rate_limit: { requests_per_second: 1, burst: 3 }",
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get(p.outbound(), "svc", "/").await.status, 200);
+    }
+    let r = get(p.outbound(), "svc", "/").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("x-remora-error"), Some("rate-limited"));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(
+        up.requests(),
+        3,
+        "a limited request never reaches the upstream"
+    );
+    let m = p
+        .metric(r#"remora_rate_limited_total{direction="outbound"}"#)
+        .await;
+    assert_eq!(m, Some(1.0));
+    let m = p
+        .metric(r#"remora_requests_total{code="429",direction="outbound",route="r",service=""}"#)
+        .await;
+    assert_eq!(m, Some(1.0));
+}
+
+#[tokio::test]
+async fn inbound_rate_limit_covers_all_callers() {
+    let app = echo("app").await;
+    let p = proxy(&format!(
+        "inbound: {{ listen: 127.0.0.1:0, app: \"{}\", rate_limit: {{ requests_per_second: 1, burst: 2 }} }}\n",
+        app.addr
+    ))
+    .await;
+    let statuses: Vec<u16> = statuses_of(p.inbound(), 4).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        2,
+        "{statuses:?}"
+    );
+    let m = p
+        .metric(r#"remora_rate_limited_total{direction="inbound"}"#)
+        .await;
+    assert_eq!(m, Some(2.0));
+}
+
+async fn statuses_of(addr: std::net::SocketAddr, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(get(addr, "app", "/").await.status.as_u16());
+    }
+    out
+}
+
+#[tokio::test]
+async fn abort_faults_follow_their_percentage() {
+    let up = echo("u").await;
+    let p = proxy(&routed(
+        &up,
+        "      fault: { abort: { percent: 50, status: 503 } }",
+    ))
+    .await;
+    let n = 400;
+    let mut aborted = 0;
+    for _ in 0..n {
+        let r = get(p.outbound(), "svc", "/").await;
+        if r.status == 503 {
+            assert_eq!(r.header("x-remora-error"), Some("fault-injected"));
+            aborted += 1;
+        } else {
+            assert_eq!(r.status, 200);
+        }
+    }
+    // Binomial(400, 0.5): the standard deviation is 10.
+    assert!((150..=250).contains(&aborted), "{aborted} of {n} aborted");
+    assert_eq!(
+        up.requests(),
+        n - aborted,
+        "aborted requests never reach the upstream"
+    );
+    let m = p
+        .metric(r#"remora_faults_injected_total{kind="abort",route="r"}"#)
+        .await;
+    assert_eq!(m, Some(aborted as f64));
+}
+
+#[tokio::test]
+async fn delay_faults_hold_requests_back() {
+    let up = echo("u").await;
+    let p = proxy(&routed(
+        &up,
+        "      fault: { delay: { percent: 100, duration: 300ms } }",
+    ))
+    .await;
+    let started = tokio::time::Instant::now();
+    let r = get(p.outbound(), "svc", "/").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "delayed at least 300ms"
+    );
+    let m = p
+        .metric(r#"remora_faults_injected_total{kind="delay",route="r"}"#)
+        .await;
+    assert_eq!(m, Some(1.0));
+}
+
+#[test]
+fn bad_policies_are_config_errors() {
+    let text = "version: 1\noutbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: r\n      direct_response: { status: 200 }\n      rate_limit: { requests_per_second: 0 }\n      fault: { abort: { percent: 150, status: 42 } }\n";
+    let err = remora::config::parse("f.yaml", text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "f.yaml:7:42: outbound.routes[0].rate_limit.requests_per_second: must be at least 1"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("outbound.routes[0].fault.abort.percent: percent must be between 0 and 100"),
+        "{err}"
+    );
+    assert!(
+        err.contains("outbound.routes[0].fault.abort.status: invalid status 42"),
+        "{err}"
+    );
+}
+
+#[test]
+fn explain_shows_the_policies() {
+    let text = "version: 1\noutbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: r\n      direct_response: { status: 200 }\n      rate_limit: { requests_per_second: 200, burst: 50 }\n      fault: { delay: { percent: 1, duration: 100ms }, abort: { percent: 0.1, status: 503 } }\n";
+    let c = remora::config::parse("f.yaml", text).unwrap();
+    let ob = c.outbound.as_ref().unwrap();
+    let probe = remora::explain::Probe::new("GET", "http://x/", []).unwrap();
+    let out = remora::explain::explain(&probe, &ob.routes, ob.unmatched, &c.services).to_string();
+    assert!(out.contains("    rate limit 200/s, burst 50"), "{out}");
+    assert!(
+        out.contains("    fault: delay 1% by 100ms; abort 0.1% with 503"),
+        "{out}"
+    );
+}
