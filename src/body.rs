@@ -11,7 +11,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::upstream::{InFlight, Lease};
+use crate::{
+    resilience::breaker::RequestPermit,
+    upstream::{InFlight, Lease},
+};
 
 /// A request or response body.
 #[derive(Debug)]
@@ -23,6 +26,8 @@ pub enum ProxyBody {
         /// Keeps the endpoint's in-flight count (least-request balancer) until the body ends
         /// or is dropped.
         in_flight: Option<InFlight>,
+        /// Keeps the request counted by its service's circuit breaker until then too.
+        permit: Option<RequestPermit>,
         /// The upstream connection, returned to its pool when the body ends.
         lease: Option<Lease>,
     },
@@ -44,7 +49,12 @@ impl ProxyBody {
 
     /// An upstream response body holding its endpoint's in-flight count and connection
     /// lease; both end with the body (at once when it is already empty).
-    pub fn upstream(body: Incoming, in_flight: Option<InFlight>, lease: Option<Lease>) -> Self {
+    pub fn upstream(
+        body: Incoming,
+        in_flight: Option<InFlight>,
+        permit: Option<RequestPermit>,
+        lease: Option<Lease>,
+    ) -> Self {
         if body.is_end_stream() {
             if let Some(lease) = lease {
                 lease.release();
@@ -54,6 +64,7 @@ impl ProxyBody {
         ProxyBody::Stream {
             body,
             in_flight,
+            permit,
             lease,
         }
     }
@@ -63,6 +74,7 @@ impl ProxyBody {
         ProxyBody::Stream {
             body,
             in_flight: None,
+            permit: None,
             lease: None,
         }
     }
@@ -86,6 +98,7 @@ impl Body for ProxyBody {
             ProxyBody::Stream {
                 body,
                 in_flight,
+                permit,
                 lease,
             } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
@@ -98,6 +111,7 @@ impl Body for ProxyBody {
                 };
                 if ended {
                     in_flight.take();
+                    permit.take();
                     if let Some(lease) = lease.take() {
                         lease.release();
                     }

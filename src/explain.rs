@@ -211,6 +211,8 @@ pub struct Backend {
     pub connect_timeout: String,
     /// Where endpoints come from.
     pub discovery: String,
+    /// Circuit breaker limits.
+    pub circuit_breaker: String,
     /// Current endpoints (`None`: resolved only at run time).
     pub endpoints: Option<Vec<String>>,
 }
@@ -406,6 +408,13 @@ fn backend(name: &str, weight: u32, total: u32, services: &dyn ServiceInfo) -> B
                 format!("dns {host}:{port} every {}", HumanDuration(*refresh))
             }
         }),
+        circuit_breaker: text(&|s| {
+            let b = s.breaker;
+            format!(
+                "at most {} requests, {} connections, {} pending",
+                b.max_requests, b.max_connections, b.max_pending_requests
+            )
+        }),
         endpoints: services
             .endpoints(name)
             .map(|eps| eps.iter().map(SocketAddr::to_string).collect()),
@@ -472,6 +481,7 @@ impl fmt::Display for Explanation {
                                 b.connect_timeout,
                                 b.discovery
                             )?;
+                            writeln!(f, "      circuit breaker: {}", b.circuit_breaker)?;
                             match &b.endpoints {
                                 Some(eps) if eps.is_empty() => {
                                     writeln!(f, "      endpoints: none")?

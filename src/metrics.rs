@@ -90,6 +90,8 @@ pub struct Metrics {
     last_reload_success: prometheus::Gauge,
     rate_limited: IntCounterVec,
     faults: IntCounterVec,
+    breaker_open: IntGaugeVec,
+    breaker_overflows: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -183,6 +185,22 @@ impl Metrics {
             &["route", "kind"],
         )
         .expect("valid metric");
+        let breaker_open = IntGaugeVec::new(
+            Opts::new(
+                "remora_circuit_breaker_open",
+                "1 while one of the service's circuit breaker limits is saturated.",
+            ),
+            &["service"],
+        )
+        .expect("valid metric");
+        let breaker_overflows = IntCounterVec::new(
+            Opts::new(
+                "remora_circuit_breaker_overflows_total",
+                "Requests refused with 503 overloaded, by service and limit.",
+            ),
+            &["service", "limit"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -194,6 +212,8 @@ impl Metrics {
             Box::new(last_reload_success.clone()),
             Box::new(rate_limited.clone()),
             Box::new(faults.clone()),
+            Box::new(breaker_open.clone()),
+            Box::new(breaker_overflows.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -222,6 +242,8 @@ impl Metrics {
             last_reload_success,
             rate_limited,
             faults,
+            breaker_open,
+            breaker_overflows,
         }
     }
 
@@ -259,6 +281,19 @@ impl Metrics {
     /// The rate-limited counter of a listener.
     pub fn rate_limited(&self, direction: Direction) -> IntCounter {
         self.rate_limited.with_label_values(&[direction.as_str()])
+    }
+
+    /// Circuit breaker handles for a service.
+    pub fn breaker(&self, service: &str) -> crate::resilience::breaker::BreakerMetrics {
+        crate::resilience::breaker::BreakerMetrics {
+            open: self.breaker_open.with_label_values(&[service]),
+            overflow_requests: self
+                .breaker_overflows
+                .with_label_values(&[service, "max_requests"]),
+            overflow_pending: self
+                .breaker_overflows
+                .with_label_values(&[service, "max_pending_requests"]),
+        }
     }
 
     /// Fault counters for a route.

@@ -21,6 +21,7 @@ use crate::{
     balance::{Balancer, EndpointSet, Policy},
     config::file::Protocol,
     metrics::{Metrics, UpstreamMetrics},
+    resilience::{breaker, Breaker},
 };
 
 /// A service's definition, compiled from the control file. Two equal specs describe the same
@@ -37,6 +38,8 @@ pub struct ServiceSpec {
     pub connect_timeout: Duration,
     /// Pooled connection idle timeout.
     pub idle_timeout: Duration,
+    /// Circuit breaker limits.
+    pub breaker: breaker::Limits,
 }
 
 /// Where a service's endpoints come from.
@@ -63,6 +66,7 @@ pub struct Service {
     endpoints: ArcSwap<EndpointSet>,
     balancer: Balancer,
     metrics: UpstreamMetrics,
+    breaker: Arc<Breaker>,
 }
 
 impl Service {
@@ -72,6 +76,7 @@ impl Service {
         let svc = Arc::new(Self {
             name: Arc::from(name),
             metrics: metrics.upstream(name),
+            breaker: Breaker::new(spec.breaker, metrics.breaker(name)),
             balancer: Balancer::new(spec.policy.clone()),
             endpoints: ArcSwap::from_pointee(EndpointSet::default()),
             spec,
@@ -90,6 +95,11 @@ impl Service {
     /// The service's name.
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// The service's circuit breaker.
+    pub fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
     }
 
     /// Upstream attempt counters.
@@ -135,7 +145,12 @@ impl Service {
             .map(
                 |a| match current.endpoints.iter().find(|e| e.addr() == *a) {
                     Some(e) => e.clone(),
-                    None => Endpoint::new(*a, self.spec.connect_timeout, self.spec.idle_timeout),
+                    None => Endpoint::new(
+                        *a,
+                        self.spec.connect_timeout,
+                        self.spec.idle_timeout,
+                        Some(self.breaker.clone()),
+                    ),
                 },
             )
             .collect();

@@ -201,6 +201,7 @@ pub fn compile(file: File) -> Result<Compiled, Vec<Problem>> {
                 policy: Policy::RoundRobin,
                 connect_timeout: ib.connect_timeout.0,
                 idle_timeout: ib.idle_timeout.0,
+                breaker: Default::default(),
             },
             timeout: ib.timeout.0,
             rate_limit: ib
@@ -396,12 +397,30 @@ impl Ctx {
                 self.header_name(&format!("{path}.load_balancer.ring_hash.header"), header)?,
             ),
         };
+        let cb = &svc.circuit_breaker;
+        for (field, value) in [
+            ("max_connections", cb.max_connections),
+            ("max_pending_requests", cb.max_pending_requests),
+            ("max_requests", cb.max_requests),
+        ] {
+            if value == 0 {
+                self.err(
+                    &format!("{path}.circuit_breaker.{field}"),
+                    "must be at least 1".into(),
+                );
+            }
+        }
         Some(ServiceSpec {
             discovery,
             protocol: svc.protocol,
             policy,
             connect_timeout: svc.connect_timeout.0,
             idle_timeout: svc.idle_timeout.0,
+            breaker: crate::resilience::breaker::Limits {
+                max_connections: cb.max_connections,
+                max_pending_requests: cb.max_pending_requests,
+                max_requests: cb.max_requests,
+            },
         })
     }
 

@@ -590,6 +590,38 @@ pub struct ServiceFile {
     /// Idle pooled connections are closed after this long. Default: 60s.
     #[serde(default = "default_pool_idle")]
     pub idle_timeout: HumanDuration,
+    /// Bounds on the service's requests and connections. Default: 1024 each.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerFile,
+}
+
+/// `circuit_breaker:` of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerFile {
+    /// Most upstream connections across the service's endpoints. Default: 1024.
+    #[serde(default = "default_breaker_limit")]
+    pub max_connections: usize,
+    /// Most requests waiting for a connection when `max_connections` is reached. Default: 1024.
+    #[serde(default = "default_breaker_limit")]
+    pub max_pending_requests: usize,
+    /// Most requests in flight. Default: 1024.
+    #[serde(default = "default_breaker_limit")]
+    pub max_requests: usize,
+}
+
+impl Default for CircuitBreakerFile {
+    fn default() -> Self {
+        Self {
+            max_connections: default_breaker_limit(),
+            max_pending_requests: default_breaker_limit(),
+            max_requests: default_breaker_limit(),
+        }
+    }
+}
+
+fn default_breaker_limit() -> usize {
+    1024
 }
 
 fn default_dns_refresh() -> HumanDuration {

@@ -48,6 +48,9 @@ pub enum ProxyError {
     /// No response headers within the route's timeout.
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
+    /// The service's circuit breaker refused the request (the limit's name).
+    #[error("service is overloaded: circuit breaker {0} reached")]
+    Overloaded(&'static str),
     /// A local rate limit refused the request; a token is available after the duration.
     #[error("rate limit exceeded; retry in {0:?}")]
     RateLimited(Duration),
@@ -63,7 +66,9 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoints { .. } | ProxyError::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Connect { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -78,6 +83,7 @@ impl ProxyError {
             ProxyError::Loop => "proxy-loop",
             ProxyError::BadRequest(_) => "malformed-request",
             ProxyError::NoEndpoints { .. } => "no-healthy-endpoints",
+            ProxyError::Overloaded(_) => "overloaded",
             ProxyError::Connect { .. } => "upstream-connect-failure",
             ProxyError::Reset { .. } => "upstream-reset",
             ProxyError::Timeout(_) => "timeout",

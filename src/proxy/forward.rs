@@ -17,6 +17,7 @@ use crate::{
     body::ProxyBody,
     config::file::Protocol,
     metrics::{AttemptResult, UpstreamMetrics},
+    resilience::breaker::RequestPermit,
     upstream::{Endpoint, Pool, PoolError},
 };
 
@@ -106,6 +107,7 @@ pub async fn send(
     pool: &Pool,
     prepared: Prepared,
     endpoint: Option<&Arc<Endpoint>>,
+    permit: Option<RequestPermit>,
     timeout: Duration,
     metrics: &UpstreamMetrics,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -128,6 +130,9 @@ pub async fn send(
                 source: Box::new(e),
             });
         }
+        Ok(Err(PoolError::Overloaded(limit))) => {
+            return Err(ProxyError::Overloaded(limit.as_str()));
+        }
         Ok(Err(PoolError::Http(e))) => {
             metrics.attempt(AttemptResult::Reset);
             return Err(ProxyError::Reset {
@@ -146,7 +151,7 @@ pub async fn send(
         }
     }
     headers::strip_hop_by_hop(resp.headers_mut(), switching);
-    Ok(resp.map(|body| ProxyBody::upstream(body, in_flight, lease)))
+    Ok(resp.map(|body| ProxyBody::upstream(body, in_flight, permit, lease)))
 }
 
 /// Copies bytes both ways between an upgraded caller and upstream until either side closes.

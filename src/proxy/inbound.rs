@@ -74,6 +74,10 @@ async fn forward_to_app(
     }
     req.headers_mut().remove(CLIENT_ID);
     let app = &ib.app;
+    let permit = app
+        .breaker()
+        .admit()
+        .map_err(|o| ProxyError::Overloaded(o.as_str()))?;
     let endpoint = app
         .pick(req.headers())
         .ok_or_else(|| ProxyError::NoEndpoints {
@@ -85,6 +89,7 @@ async fn forward_to_app(
         endpoint.pool(),
         prepared,
         Some(&endpoint),
+        Some(permit),
         ib.timeout,
         app.metrics(),
     )

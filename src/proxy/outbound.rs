@@ -142,6 +142,10 @@ async fn route<'a>(
             let service = &target.service;
             tags.metrics = Some(&target.metrics);
             tags.service = service.name();
+            let permit = service
+                .breaker()
+                .admit()
+                .map_err(|o| ProxyError::Overloaded(o.as_str()))?;
             let endpoint = service
                 .pick(req.headers())
                 .ok_or_else(|| ProxyError::NoEndpoints {
@@ -168,6 +172,7 @@ async fn route<'a>(
                 endpoint.pool(),
                 prepared,
                 Some(&endpoint),
+                Some(permit),
                 route.spec.timeout,
                 service.metrics(),
             )
@@ -209,6 +214,7 @@ async fn passthrough(
     forward::send(
         &pool,
         prepared,
+        None,
         None,
         ob.passthrough_timeout,
         &ob.passthrough_upstream,

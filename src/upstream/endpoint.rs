@@ -11,6 +11,7 @@ use std::{
 };
 
 use super::{connector::Target, pool::Pool};
+use crate::resilience::Breaker;
 
 /// An upstream endpoint with its connection pool.
 #[derive(Debug)]
@@ -22,11 +23,16 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// An endpoint at `addr`; connections are opened on demand.
-    pub fn new(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+    pub fn new(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        breaker: Option<Arc<Breaker>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             addr,
             in_flight: AtomicUsize::new(0),
-            pool: Pool::new(Target::Addr(addr), connect_timeout, idle_timeout),
+            pool: Pool::new(Target::Addr(addr), connect_timeout, idle_timeout, breaker),
         })
     }
 

@@ -24,10 +24,13 @@ use hyper::{
     client::conn::{http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 
 use super::connector::{self, ConnectError, Target};
-use crate::body::ProxyBody;
+use crate::{
+    body::ProxyBody,
+    resilience::breaker::{Breaker, ConnectionSlot, Overflow},
+};
 
 /// Why a request could not be exchanged.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,9 @@ pub enum PoolError {
     /// The connection opened but the HTTP handshake or the exchange failed.
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// The service's circuit breaker refused the request.
+    #[error("circuit breaker: {} reached", .0.as_str())]
+    Overloaded(Overflow),
 }
 
 /// Pooled connections to one target. Cheap to clone.
@@ -54,6 +60,10 @@ struct Inner {
     http1: Mutex<Vec<Idle>>,
     http2: tokio::sync::Mutex<Option<Shared>>,
     sweeping: std::sync::Once,
+    /// The service's breaker, which counts this pool's connections.
+    breaker: Option<Arc<Breaker>>,
+    /// Woken when a connection comes back to `http1`.
+    returned: Notify,
 }
 
 #[derive(Debug)]
@@ -88,6 +98,7 @@ impl Lease {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(idle);
+                pool.returned.notify_one();
             }
         }
     }
@@ -95,7 +106,12 @@ impl Lease {
 
 impl Pool {
     /// A pool for `target`; connections are opened on demand.
-    pub fn new(target: Target, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(
+        target: Target,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        breaker: Option<Arc<Breaker>>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 target,
@@ -104,6 +120,8 @@ impl Pool {
                 http1: Mutex::new(Vec::new()),
                 http2: tokio::sync::Mutex::new(None),
                 sweeping: std::sync::Once::new(),
+                breaker,
+                returned: Notify::new(),
             }),
         }
     }
@@ -128,20 +146,39 @@ impl Pool {
             return self.send_http2(req).await.map(|r| (r, None));
         }
         let mut req = req;
-        // Reused connections first; one the peer closed gives the request back unsent.
-        while let Some(mut sender) = self.inner.take_idle() {
-            if sender.ready().await.is_err() {
-                continue;
+        let mut waiting = None;
+        let slot = loop {
+            // Reused connections first; one the peer closed gives the request back unsent.
+            while let Some(mut sender) = self.inner.take_idle() {
+                if sender.ready().await.is_err() {
+                    continue;
+                }
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok(self.lease(resp, sender)),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(e.into_error().into()),
+                    },
+                }
             }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.lease(resp, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(e.into_error().into()),
-                },
+            let Some(breaker) = &self.inner.breaker else {
+                break None;
+            };
+            if let Some(slot) = breaker.reserve_connection() {
+                break Some(slot);
             }
-        }
-        let mut sender = self.connect_http1().await?;
+            // At max_connections: wait, as one of at most max_pending_requests, for a
+            // connection of this pool to come back or one of the service's to close.
+            if waiting.is_none() {
+                waiting = Some(breaker.wait_slot().map_err(PoolError::Overloaded)?);
+            }
+            tokio::select! {
+                _ = self.inner.returned.notified() => {}
+                _ = breaker.connection_closed() => {}
+            }
+        };
+        drop(waiting);
+        let mut sender = self.connect_http1(slot).await?;
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(self.lease(resp, sender)),
             Err(e) => Err(e.into_error().into()),
@@ -172,7 +209,8 @@ impl Pool {
                         s.sender.clone()
                     }
                     _ => {
-                        let sender = self.connect_http2().await?;
+                        let room = self.http2_slot().await?;
+                        let sender = self.connect_http2(room).await?;
                         *slot = Some(Shared {
                             sender: sender.clone(),
                             last_used: Instant::now(),
@@ -192,12 +230,35 @@ impl Pool {
         unreachable!("the second attempt returns")
     }
 
-    async fn connect_http1(&self) -> Result<http1::SendRequest<ProxyBody>, PoolError> {
+    /// Room for the HTTP/2 connection under the breaker's `max_connections`.
+    async fn http2_slot(&self) -> Result<Option<ConnectionSlot>, PoolError> {
+        let Some(breaker) = &self.inner.breaker else {
+            return Ok(None);
+        };
+        let mut waiting = None;
+        loop {
+            if let Some(slot) = breaker.reserve_connection() {
+                return Ok(Some(slot));
+            }
+            if waiting.is_none() {
+                waiting = Some(breaker.wait_slot().map_err(PoolError::Overloaded)?);
+            }
+            breaker.connection_closed().await;
+        }
+    }
+
+    /// Opens an HTTP/1.1 connection; `slot` (its place under the breaker) is held until the
+    /// connection closes.
+    async fn connect_http1(
+        &self,
+        slot: Option<ConnectionSlot>,
+    ) -> Result<http1::SendRequest<ProxyBody>, PoolError> {
         let stream = connector::connect(&self.inner.target, self.inner.connect_timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
@@ -206,7 +267,10 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn connect_http2(&self) -> Result<http2::SendRequest<ProxyBody>, PoolError> {
+    async fn connect_http2(
+        &self,
+        slot: Option<ConnectionSlot>,
+    ) -> Result<http2::SendRequest<ProxyBody>, PoolError> {
         let stream = connector::connect(&self.inner.target, self.inner.connect_timeout).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -214,6 +278,7 @@ impl Pool {
             .handshake(TokioIo::new(stream))
             .await?;
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
             }

@@ -69,8 +69,10 @@ fn explain_says_which_route_and_why_the_others_did_not() {
         "    rewritten to /v2/api/items?page=2",
         "    request headers: set x-env: prod",
         "    backend v1 weight 90 (90.0%): auto, round_robin, connect timeout 1s, static",
+        "      circuit breaker: at most 1024 requests, 1024 connections, 1024 pending",
         "      endpoints: 10.0.0.5:8080, 10.0.0.6:8080",
         "    backend v2 weight 10 (10.0%): http2, least_request, connect timeout 1s, dns inventory-v2.shop.svc:8080 every 5s",
+        "      circuit breaker: at most 1024 requests, 1024 connections, 1024 pending",
         "      endpoints: resolved at run time",
     ];
     assert_eq!(out.lines().collect::<Vec<_>>(), expected, "{out}");

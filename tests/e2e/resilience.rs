@@ -172,3 +172,110 @@ fn explain_shows_the_policies() {
         "{out}"
     );
 }
+
+fn breaker_config(up: &Upstream, breaker: &str) -> String {
+    format!(
+        r#"
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - name: r
+      match: {{ host: svc }}
+      backends: [{{ service: s }}]
+      timeout: 5s
+services:
+  s:
+    endpoints: ["{}"]
+    protocol: http1
+    circuit_breaker: {breaker}
+"#,
+        up.addr
+    )
+}
+
+/// Sends `n` requests at once and returns their statuses and `x-remora-error`s.
+async fn concurrently(out: std::net::SocketAddr, n: usize) -> Vec<(u16, Option<String>)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                let r = get(out, "svc", "/").await;
+                (
+                    r.status.as_u16(),
+                    r.header("x-remora-error").map(str::to_owned),
+                )
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn max_requests_fails_fast_with_503_overloaded() {
+    let up = slow("slow", Duration::from_millis(500)).await;
+    let p = proxy(&breaker_config(&up, "{ max_requests: 2 }")).await;
+    let results = concurrently(p.outbound(), 5).await;
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let overloaded = results
+        .iter()
+        .filter(|(s, e)| *s == 503 && e.as_deref() == Some("overloaded"))
+        .count();
+    assert_eq!((ok, overloaded), (2, 3), "{results:?}");
+    assert_eq!(
+        up.requests(),
+        2,
+        "refused requests never reach the upstream"
+    );
+    let m = p
+        .metric(r#"remora_circuit_breaker_overflows_total{limit="max_requests",service="s"}"#)
+        .await;
+    assert_eq!(m, Some(3.0));
+    let open = p
+        .metric(r#"remora_circuit_breaker_open{service="s"}"#)
+        .await;
+    assert_eq!(open, Some(0.0), "closed again once the requests finished");
+}
+
+#[tokio::test]
+async fn max_connections_queues_up_to_max_pending() {
+    let up = slow("slow", Duration::from_millis(400)).await;
+    let p = proxy(&breaker_config(
+        &up,
+        "{ max_connections: 1, max_pending_requests: 1 }",
+    ))
+    .await;
+    let results = concurrently(p.outbound(), 3).await;
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let overloaded = results
+        .iter()
+        .filter(|(s, e)| *s == 503 && e.as_deref() == Some("overloaded"))
+        .count();
+    // One on the connection, one waiting for it, one refused.
+    assert_eq!((ok, overloaded), (2, 1), "{results:?}");
+    assert_eq!(
+        up.connections(),
+        1,
+        "the waiting request reused the one connection"
+    );
+    let m = p
+        .metric(
+            r#"remora_circuit_breaker_overflows_total{limit="max_pending_requests",service="s"}"#,
+        )
+        .await;
+    assert_eq!(m, Some(1.0));
+}
+
+#[test]
+fn breaker_limits_must_be_positive() {
+    let text = "version: 1\noutbound: { listen: 127.0.0.1:0 }\nservices:\n  s:\n    endpoints: [\"127.0.0.1:1\"]\n    circuit_breaker: { max_requests: 0 }\n";
+    let err = remora::config::parse("f.yaml", text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("services.s.circuit_breaker.max_requests: must be at least 1"),
+        "{err}"
+    );
+}

@@ -1,0 +1,242 @@
+//! Circuit breaking per service: bounds on requests in flight, upstream connections, and
+//! requests waiting for a connection. Over a bound a request fails fast with 503 `overloaded`
+//! instead of queueing without limit, so one slow service cannot pile up work in the sidecar.
+//! The counters are atomics; waiting for a connection uses a `Notify`.
+
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
+};
+
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::Notify;
+
+/// A service's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most upstream connections across the service's endpoints.
+    pub max_connections: usize,
+    /// Most requests waiting for a connection.
+    pub max_pending_requests: usize,
+    /// Most requests in flight.
+    pub max_requests: usize,
+}
+
+impl Default for Limits {
+    /// Envoy's defaults.
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+        }
+    }
+}
+
+/// Which limit a request ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// `max_requests`.
+    Requests,
+    /// `max_pending_requests` (with `max_connections` reached).
+    Pending,
+}
+
+impl Overflow {
+    /// The limit's name, for messages and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overflow::Requests => "max_requests",
+            Overflow::Pending => "max_pending_requests",
+        }
+    }
+}
+
+/// Metric handles of one service's breaker.
+#[derive(Debug, Clone)]
+pub struct BreakerMetrics {
+    /// 1 while a limit is saturated.
+    pub open: IntGauge,
+    /// Requests refused over `max_requests`.
+    pub overflow_requests: IntCounter,
+    /// Requests refused over `max_pending_requests`.
+    pub overflow_pending: IntCounter,
+}
+
+/// The live counters of one service.
+#[derive(Debug)]
+pub struct Breaker {
+    limits: Limits,
+    requests: AtomicUsize,
+    pending: AtomicUsize,
+    connections: AtomicUsize,
+    /// Woken when a connection closes (room for a new one).
+    closed: Notify,
+    metrics: BreakerMetrics,
+}
+
+impl Breaker {
+    /// A breaker with these limits.
+    pub fn new(limits: Limits, metrics: BreakerMetrics) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            requests: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            closed: Notify::new(),
+            metrics,
+        })
+    }
+
+    /// Admits a request, or refuses it over `max_requests`.
+    pub fn admit(self: &Arc<Self>) -> Result<RequestPermit, Overflow> {
+        let before = self.requests.fetch_add(1, Ordering::AcqRel);
+        if before >= self.limits.max_requests {
+            self.requests.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.overflow_requests.inc();
+            self.metrics.open.set(1);
+            return Err(Overflow::Requests);
+        }
+        Ok(RequestPermit(self.clone()))
+    }
+
+    /// Reserves room for a new connection; `None` at `max_connections`.
+    pub fn reserve_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let mut n = self.connections.load(Ordering::Acquire);
+        loop {
+            if n >= self.limits.max_connections {
+                self.metrics.open.set(1);
+                return None;
+            }
+            match self.connections.compare_exchange_weak(
+                n,
+                n + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(ConnectionSlot(self.clone())),
+                Err(current) => n = current,
+            }
+        }
+    }
+
+    /// Counts the caller as waiting for a connection, or refuses it over
+    /// `max_pending_requests`.
+    pub fn wait_slot(self: &Arc<Self>) -> Result<PendingPermit, Overflow> {
+        let before = self.pending.fetch_add(1, Ordering::AcqRel);
+        if before >= self.limits.max_pending_requests {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.overflow_pending.inc();
+            self.metrics.open.set(1);
+            return Err(Overflow::Pending);
+        }
+        Ok(PendingPermit(self.clone()))
+    }
+
+    /// Resolves when a connection of the service closes.
+    pub fn connection_closed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.closed.notified()
+    }
+
+    /// Requests in flight.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::Acquire)
+    }
+
+    fn settle(&self) {
+        let saturated = self.requests.load(Ordering::Acquire) >= self.limits.max_requests
+            || self.connections.load(Ordering::Acquire) >= self.limits.max_connections;
+        if !saturated {
+            self.metrics.open.set(0);
+        }
+    }
+}
+
+/// A request counted in flight until dropped.
+#[derive(Debug)]
+pub struct RequestPermit(Arc<Breaker>);
+
+impl Drop for RequestPermit {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::AcqRel);
+        self.0.settle();
+    }
+}
+
+/// A connection counted against `max_connections` until dropped (when it closes).
+#[derive(Debug)]
+pub struct ConnectionSlot(Arc<Breaker>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.closed.notify_one();
+        self.0.settle();
+    }
+}
+
+/// A request counted as waiting for a connection until dropped.
+#[derive(Debug)]
+pub struct PendingPermit(Arc<Breaker>);
+
+impl Drop for PendingPermit {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> BreakerMetrics {
+        BreakerMetrics {
+            open: IntGauge::new("o", "o").unwrap(),
+            overflow_requests: IntCounter::new("r", "r").unwrap(),
+            overflow_pending: IntCounter::new("p", "p").unwrap(),
+        }
+    }
+
+    #[test]
+    fn limits_requests_and_releases_on_drop() {
+        let m = metrics();
+        let b = Breaker::new(
+            Limits {
+                max_requests: 2,
+                ..Limits::default()
+            },
+            m.clone(),
+        );
+        let p1 = b.admit().unwrap();
+        let _p2 = b.admit().unwrap();
+        assert_eq!(b.admit().unwrap_err(), Overflow::Requests);
+        assert_eq!(m.overflow_requests.get(), 1);
+        assert_eq!(m.open.get(), 1);
+        drop(p1);
+        assert_eq!(m.open.get(), 0);
+        assert!(b.admit().is_ok());
+    }
+
+    #[tokio::test]
+    async fn connections_and_pending() {
+        let m = metrics();
+        let b = Breaker::new(
+            Limits {
+                max_connections: 1,
+                max_pending_requests: 1,
+                max_requests: 10,
+            },
+            m.clone(),
+        );
+        let slot = b.reserve_connection().unwrap();
+        assert!(b.reserve_connection().is_none());
+        let waiting = b.wait_slot().unwrap();
+        assert_eq!(b.wait_slot().unwrap_err(), Overflow::Pending);
+        assert_eq!(m.overflow_pending.get(), 1);
+        let notified = b.connection_closed();
+        drop(slot);
+        notified.await;
+        drop(waiting);
+        assert!(b.reserve_connection().is_some());
+    }
+}
