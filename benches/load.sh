@@ -138,8 +138,8 @@ def ms(v):
     n, u = m.groups()
     return float(n) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[u]
 rps = re.search(r"Requests/sec:\s+([\d.]+)", t).group(1)
-p50 = re.search(r"50%\s+(\S+)", t).group(1)
-p99 = re.search(r"99%\s+(\S+)", t).group(1)
+p50 = re.search(r"^\s+50%\s+(\S+)", t, re.M).group(1)
+p99 = re.search(r"^\s+99%\s+(\S+)", t, re.M).group(1)
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
 if non2xx: print("warning: %s non-2xx responses" % non2xx.group(1), file=sys.stderr)
 print(rps, ms(p50), ms(p99))'
