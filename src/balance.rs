@@ -93,4 +93,45 @@ impl Balancer {
         };
         eps.get(i)
     }
+
+    /// Picks an endpoint among those `eligible` accepts (outlier detection passes the
+    /// non-ejected ones), with the same policy; all endpoints when none is eligible. Only
+    /// used while some endpoint is out, so its allocation stays off the common path.
+    pub fn pick_where<'a>(
+        &self,
+        set: &'a EndpointSet,
+        headers: &HeaderMap,
+        eligible: impl Fn(&Endpoint) -> bool,
+    ) -> Option<&'a Arc<Endpoint>> {
+        let ok: Vec<usize> = (0..set.endpoints.len())
+            .filter(|i| eligible(&set.endpoints[*i]))
+            .collect();
+        if ok.is_empty() {
+            return self.pick(set, headers);
+        }
+        let eps = &set.endpoints;
+        let n = ok.len();
+        let i = match &self.policy {
+            Policy::RoundRobin => ok[self.next.fetch_add(1, Ordering::Relaxed) % n],
+            Policy::Random => ok[fastrand::usize(0..n)],
+            Policy::LeastRequest if n == 1 => ok[0],
+            Policy::LeastRequest => {
+                let ja = fastrand::usize(0..n);
+                let jb = (ja + 1 + fastrand::usize(0..n - 1)) % n;
+                let (a, b) = (ok[ja], ok[jb]);
+                if eps[b].in_flight() < eps[a].in_flight() {
+                    b
+                } else {
+                    a
+                }
+            }
+            Policy::RingHash(header) => match (headers.get(header), &set.ring) {
+                (Some(value), Some(ring)) => {
+                    ring.lookup_where(value.as_bytes(), |i| ok.contains(&i))
+                }
+                _ => ok[fastrand::usize(0..n)],
+            },
+        };
+        eps.get(i)
+    }
 }

@@ -213,6 +213,8 @@ pub struct Backend {
     pub discovery: String,
     /// Circuit breaker limits.
     pub circuit_breaker: String,
+    /// Outlier detection, when on.
+    pub outlier_detection: Option<String>,
     /// Current endpoints (`None`: resolved only at run time).
     pub endpoints: Option<Vec<String>>,
 }
@@ -415,6 +417,14 @@ fn backend(name: &str, weight: u32, total: u32, services: &dyn ServiceInfo) -> B
                 b.max_requests, b.max_connections, b.max_pending_requests
             )
         }),
+        outlier_detection: spec.and_then(|s| s.outlier).map(|o| {
+            format!(
+                "eject after {} failures in a row for {} x times ejected, at most {}% at once",
+                o.consecutive_failures,
+                HumanDuration(o.base_ejection),
+                o.max_ejected_percent
+            )
+        }),
         endpoints: services
             .endpoints(name)
             .map(|eps| eps.iter().map(SocketAddr::to_string).collect()),
@@ -482,6 +492,9 @@ impl fmt::Display for Explanation {
                                 b.discovery
                             )?;
                             writeln!(f, "      circuit breaker: {}", b.circuit_breaker)?;
+                            if let Some(o) = &b.outlier_detection {
+                                writeln!(f, "      outlier detection: {o}")?;
+                            }
                             match &b.endpoints {
                                 Some(eps) if eps.is_empty() => {
                                     writeln!(f, "      endpoints: none")?

@@ -92,6 +92,8 @@ pub struct Metrics {
     faults: IntCounterVec,
     breaker_open: IntGaugeVec,
     breaker_overflows: IntCounterVec,
+    endpoint_ejected: IntGaugeVec,
+    outlier_ejections: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -201,6 +203,22 @@ impl Metrics {
             &["service", "limit"],
         )
         .expect("valid metric");
+        let endpoint_ejected = IntGaugeVec::new(
+            Opts::new(
+                "remora_endpoint_ejected",
+                "1 while outlier detection keeps the endpoint out of rotation.",
+            ),
+            &["service", "endpoint"],
+        )
+        .expect("valid metric");
+        let outlier_ejections = IntCounterVec::new(
+            Opts::new(
+                "remora_outlier_ejections_total",
+                "Endpoints ejected by outlier detection.",
+            ),
+            &["service"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -214,6 +232,8 @@ impl Metrics {
             Box::new(faults.clone()),
             Box::new(breaker_open.clone()),
             Box::new(breaker_overflows.clone()),
+            Box::new(endpoint_ejected.clone()),
+            Box::new(outlier_ejections.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -244,6 +264,8 @@ impl Metrics {
             faults,
             breaker_open,
             breaker_overflows,
+            endpoint_ejected,
+            outlier_ejections,
         }
     }
 
@@ -294,6 +316,16 @@ impl Metrics {
                 .breaker_overflows
                 .with_label_values(&[service, "max_pending_requests"]),
         }
+    }
+
+    /// The per-endpoint ejection gauges (labels: service, endpoint).
+    pub fn endpoint_ejected(&self) -> IntGaugeVec {
+        self.endpoint_ejected.clone()
+    }
+
+    /// The ejection counter of a service.
+    pub fn outlier_ejections(&self, service: &str) -> IntCounter {
+        self.outlier_ejections.with_label_values(&[service])
     }
 
     /// Fault counters for a route.

@@ -21,7 +21,11 @@ use crate::{
     balance::{Balancer, EndpointSet, Policy},
     config::file::Protocol,
     metrics::{Metrics, UpstreamMetrics},
-    resilience::{breaker, Breaker},
+    resilience::{
+        breaker,
+        outlier::{self, Detector},
+        Breaker,
+    },
 };
 
 /// A service's definition, compiled from the control file. Two equal specs describe the same
@@ -40,6 +44,8 @@ pub struct ServiceSpec {
     pub idle_timeout: Duration,
     /// Circuit breaker limits.
     pub breaker: breaker::Limits,
+    /// Outlier detection, when on.
+    pub outlier: Option<outlier::Policy>,
 }
 
 /// Where a service's endpoints come from.
@@ -67,6 +73,9 @@ pub struct Service {
     balancer: Balancer,
     metrics: UpstreamMetrics,
     breaker: Arc<Breaker>,
+    outlier: Option<Detector>,
+    /// Per-endpoint ejection gauges, when outlier detection is on.
+    ejected_gauges: Option<prometheus::IntGaugeVec>,
 }
 
 impl Service {
@@ -77,6 +86,10 @@ impl Service {
             name: Arc::from(name),
             metrics: metrics.upstream(name),
             breaker: Breaker::new(spec.breaker, metrics.breaker(name)),
+            outlier: spec
+                .outlier
+                .map(|p| Detector::new(p, metrics.outlier_ejections(name))),
+            ejected_gauges: spec.outlier.map(|_| metrics.endpoint_ejected()),
             balancer: Balancer::new(spec.policy.clone()),
             endpoints: ArcSwap::from_pointee(EndpointSet::default()),
             spec,
@@ -125,7 +138,23 @@ impl Service {
     /// Picks an endpoint for a request with these headers; `None` when there is none.
     pub fn pick(&self, headers: &HeaderMap) -> Option<Arc<Endpoint>> {
         let set = self.endpoints.load();
-        self.balancer.pick(&set, headers).cloned()
+        match &self.outlier {
+            Some(d) if d.any_ejected() => self
+                .balancer
+                .pick_where(&set, headers, |ep| {
+                    !ep.outlier().is_some_and(|s| d.is_ejected(s))
+                })
+                .cloned(),
+            _ => self.balancer.pick(&set, headers).cloned(),
+        }
+    }
+
+    /// Records a response of `endpoint` for outlier detection.
+    pub fn observe(&self, endpoint: &Endpoint, success: bool) {
+        if let (Some(d), Some(state)) = (&self.outlier, endpoint.outlier()) {
+            let n = self.endpoints.load().endpoints.len();
+            d.observe(state, success, n);
+        }
     }
 
     /// Replaces the endpoint set, keeping the pools of endpoints that remain.
@@ -150,6 +179,11 @@ impl Service {
                         self.spec.connect_timeout,
                         self.spec.idle_timeout,
                         Some(self.breaker.clone()),
+                        self.ejected_gauges.as_ref().map(|g| {
+                            outlier::EndpointState::new(
+                                g.with_label_values(&[self.name.as_ref(), &a.to_string()]),
+                            )
+                        }),
                     ),
                 },
             )

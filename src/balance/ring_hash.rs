@@ -31,6 +31,18 @@ impl Ring {
         Self { points }
     }
 
+    /// The first endpoint at or after `key`'s point that `ok` accepts (walking the ring, so
+    /// a skipped endpoint's keys spread over the others).
+    pub fn lookup_where(&self, key: &[u8], ok: impl Fn(usize) -> bool) -> usize {
+        let h = hash(key);
+        let at = self.points.partition_point(|(p, _)| *p < h);
+        let n = self.points.len();
+        (0..n)
+            .map(|k| self.points[(at + k) % n].1)
+            .find(|i| ok(*i))
+            .unwrap_or_else(|| self.lookup(key))
+    }
+
     /// The index of the endpoint that owns `key`.
     pub fn lookup(&self, key: &[u8]) -> usize {
         let h = hash(key);

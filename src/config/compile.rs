@@ -202,6 +202,7 @@ pub fn compile(file: File) -> Result<Compiled, Vec<Problem>> {
                 connect_timeout: ib.connect_timeout.0,
                 idle_timeout: ib.idle_timeout.0,
                 breaker: Default::default(),
+                outlier: None,
             },
             timeout: ib.timeout.0,
             rate_limit: ib
@@ -410,7 +411,35 @@ impl Ctx {
                 );
             }
         }
+        let outlier = svc.outlier_detection.as_ref().and_then(|o| {
+            let at = format!("{path}.outlier_detection");
+            let before = self.problems.len();
+            if o.consecutive_failures == 0 {
+                self.err(
+                    &format!("{at}.consecutive_failures"),
+                    "must be at least 1".into(),
+                );
+            }
+            if o.base_ejection.0.is_zero() {
+                self.err(
+                    &format!("{at}.base_ejection"),
+                    "must be greater than 0".into(),
+                );
+            }
+            if o.max_ejected_percent > 100 {
+                self.err(
+                    &format!("{at}.max_ejected_percent"),
+                    format!("must be 0 to 100, got {}", o.max_ejected_percent),
+                );
+            }
+            (self.problems.len() == before).then_some(crate::resilience::outlier::Policy {
+                consecutive_failures: o.consecutive_failures,
+                base_ejection: o.base_ejection.0,
+                max_ejected_percent: o.max_ejected_percent,
+            })
+        });
         Some(ServiceSpec {
+            outlier,
             discovery,
             protocol: svc.protocol,
             policy,

@@ -593,6 +593,35 @@ pub struct ServiceFile {
     /// Bounds on the service's requests and connections. Default: 1024 each.
     #[serde(default)]
     pub circuit_breaker: CircuitBreakerFile,
+    /// Eject endpoints that keep failing. Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierFile>,
+}
+
+/// `outlier_detection:` of a service (Envoy's defaults).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierFile {
+    /// Failed responses in a row (5xx, connect failures, resets, timeouts) that eject an
+    /// endpoint. Default: 5.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// Length of the first ejection; the n-th lasts n times as long. Default: 30s.
+    #[serde(default = "default_base_ejection")]
+    pub base_ejection: HumanDuration,
+    /// Most endpoints ejected at once, in percent. Default: 10.
+    #[serde(default = "default_max_ejected_percent")]
+    pub max_ejected_percent: u8,
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_base_ejection() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn default_max_ejected_percent() -> u8 {
+    10
 }
 
 /// `circuit_breaker:` of a service.

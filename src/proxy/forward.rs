@@ -154,6 +154,19 @@ pub async fn send(
     Ok(resp.map(|body| ProxyBody::upstream(body, in_flight, permit, lease)))
 }
 
+/// What a forwarding result says about the endpoint, for outlier detection: `Some(false)`
+/// for a 5xx or a connect failure, reset or timeout; `Some(true)` for any other response;
+/// `None` when the request never reached it (a breaker, a malformed request).
+pub fn endpoint_health(result: &Result<Response<ProxyBody>, ProxyError>) -> Option<bool> {
+    match result {
+        Ok(resp) => Some(!resp.status().is_server_error()),
+        Err(ProxyError::Connect { .. } | ProxyError::Reset { .. } | ProxyError::Timeout(_)) => {
+            Some(false)
+        }
+        Err(_) => None,
+    }
+}
+
 /// Copies bytes both ways between an upgraded caller and upstream until either side closes.
 fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
     tokio::spawn(async move {

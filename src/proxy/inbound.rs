@@ -85,7 +85,7 @@ async fn forward_to_app(
         })?;
     tags.endpoint = Some(endpoint.addr());
     let prepared = forward::prepare(req, conn, app.spec().protocol, None, Some(&endpoint))?;
-    forward::send(
+    let result = forward::send(
         endpoint.pool(),
         prepared,
         Some(&endpoint),
@@ -93,5 +93,9 @@ async fn forward_to_app(
         ib.timeout,
         app.metrics(),
     )
-    .await
+    .await;
+    if let Some(ok) = forward::endpoint_health(&result) {
+        app.observe(&endpoint, ok);
+    }
+    result
 }

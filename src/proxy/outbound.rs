@@ -168,7 +168,7 @@ async fn route<'a>(
                 .spec
                 .request_headers
                 .apply(prepared.request.headers_mut());
-            forward::send(
+            let result = forward::send(
                 endpoint.pool(),
                 prepared,
                 Some(&endpoint),
@@ -176,7 +176,11 @@ async fn route<'a>(
                 route.spec.timeout,
                 service.metrics(),
             )
-            .await?
+            .await;
+            if let Some(ok) = forward::endpoint_health(&result) {
+                service.observe(&endpoint, ok);
+            }
+            result?
         }
     };
     route.spec.response_headers.apply(resp.headers_mut());

@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{connector::Target, pool::Pool};
-use crate::resilience::Breaker;
+use crate::resilience::{outlier::EndpointState, Breaker};
 
 /// An upstream endpoint with its connection pool.
 #[derive(Debug)]
@@ -19,6 +19,7 @@ pub struct Endpoint {
     addr: SocketAddr,
     in_flight: AtomicUsize,
     pool: Pool,
+    outlier: Option<EndpointState>,
 }
 
 impl Endpoint {
@@ -28,9 +29,11 @@ impl Endpoint {
         connect_timeout: Duration,
         idle_timeout: Duration,
         breaker: Option<Arc<Breaker>>,
+        outlier: Option<EndpointState>,
     ) -> Arc<Self> {
         Arc::new(Self {
             addr,
+            outlier,
             in_flight: AtomicUsize::new(0),
             pool: Pool::new(Target::Addr(addr), connect_timeout, idle_timeout, breaker),
         })
@@ -50,6 +53,11 @@ impl Endpoint {
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Outlier detection state, when the service has it on.
+    pub fn outlier(&self) -> Option<&EndpointState> {
+        self.outlier.as_ref()
     }
 
     /// The endpoint's connection pool.

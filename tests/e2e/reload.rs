@@ -526,3 +526,49 @@ async fn a_rate_limit_keeps_its_state_across_reloads_that_do_not_change_it() {
         "new limit, new bucket"
     );
 }
+
+#[tokio::test]
+async fn an_ejected_endpoint_stays_ejected_across_a_reload_that_leaves_its_service() {
+    let good = echo("good").await;
+    let bad = status_seq(&[500]).await;
+    let other = echo("other").await;
+    let config = |extra: &str| {
+        format!(
+            r#"
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - name: main
+      match: {{ host: svc }}
+      backends: [{{ service: s }}]
+{extra}
+services:
+  s:
+    endpoints: ["{}", "{}"]
+    load_balancer: round_robin
+    outlier_detection: {{ consecutive_failures: 2, base_ejection: 1m, max_ejected_percent: 50 }}
+  other: {{ endpoints: ["{}"] }}
+"#,
+            good.addr, bad.addr, other.addr
+        )
+    };
+    let mut cfg = ConfigFile::new("ejected");
+    cfg.rename_over(&config(""));
+    let p = proxy_file(&cfg.path()).await;
+    for _ in 0..10 {
+        get(p.outbound(), "svc", "/").await;
+    }
+    assert_eq!(bad.requests(), 2, "ejected");
+
+    let extra =
+        "    - name: more\n      match: { host: more }\n      backends: [{ service: other }]\n";
+    cfg.rename_over(&config(extra));
+    assert_eq!(
+        post_reload(p.admin).await.body,
+        "reloaded: routes added: more\n"
+    );
+    for _ in 0..10 {
+        assert_eq!(get(p.outbound(), "svc", "/").await.status, 200);
+    }
+    assert_eq!(bad.requests(), 2, "still ejected after the reload");
+}

@@ -279,3 +279,49 @@ fn breaker_limits_must_be_positive() {
         "{err}"
     );
 }
+
+fn outlier_config(good: &Upstream, bad: &Upstream) -> String {
+    format!(
+        r#"
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - name: r
+      match: {{ host: svc }}
+      backends: [{{ service: s }}]
+services:
+  s:
+    endpoints: ["{}", "{}"]
+    load_balancer: round_robin
+    outlier_detection: {{ consecutive_failures: 3, base_ejection: 300ms, max_ejected_percent: 50 }}
+"#,
+        good.addr, bad.addr
+    )
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_ejected_then_returns_and_is_ejected_again() {
+    let good = echo("good").await;
+    let bad = status_seq(&[500]).await;
+    let p = proxy(&outlier_config(&good, &bad)).await;
+    for _ in 0..20 {
+        get(p.outbound(), "svc", "/").await;
+    }
+    assert_eq!(bad.requests(), 3, "ejected after three failures in a row");
+    assert_eq!(good.requests(), 17, "the rest went to the healthy endpoint");
+    let gauge = format!(
+        r#"remora_endpoint_ejected{{endpoint="{}",service="s"}}"#,
+        bad.addr
+    );
+    assert_eq!(p.metric(&gauge).await, Some(1.0));
+    let ejections = r#"remora_outlier_ejections_total{service="s"}"#;
+    assert_eq!(p.metric(ejections).await, Some(1.0));
+
+    // After base_ejection it takes traffic again, fails, and is ejected for longer.
+    wait_until(|| async {
+        get(p.outbound(), "svc", "/").await;
+        p.metric(ejections).await == Some(2.0)
+    })
+    .await;
+    assert_eq!(bad.requests(), 6);
+}
