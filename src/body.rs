@@ -12,7 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::{
-    resilience::breaker::RequestPermit,
+    resilience::{breaker::RequestPermit, replay::ReplayBody},
     upstream::{InFlight, Lease},
 };
 
@@ -33,6 +33,15 @@ pub enum ProxyBody {
     },
     /// A complete body made by Remora (`None` once sent).
     Full(Option<Bytes>),
+    /// One attempt of a request body kept for retries.
+    Replay(ReplayBody),
+    /// A body whose first frame was read ahead (to see gRPC trailers), then the rest.
+    Prefixed {
+        /// The frame read ahead, until it is sent.
+        first: Option<Frame<Bytes>>,
+        /// The rest of the body.
+        rest: Box<ProxyBody>,
+    },
 }
 
 impl ProxyBody {
@@ -66,6 +75,29 @@ impl ProxyBody {
             in_flight,
             permit,
             lease,
+        }
+    }
+
+    /// Keeps `permit` (the service's count of this request) until the body ends; a body
+    /// Remora made itself is complete already, so the permit ends with it.
+    pub fn with_permit(self, permit: RequestPermit) -> Self {
+        match self {
+            ProxyBody::Stream {
+                body,
+                in_flight,
+                lease,
+                ..
+            } => ProxyBody::Stream {
+                body,
+                in_flight,
+                permit: Some(permit),
+                lease,
+            },
+            ProxyBody::Prefixed { first, rest } => ProxyBody::Prefixed {
+                first,
+                rest: Box::new(rest.with_permit(permit)),
+            },
+            other => other,
         }
     }
 
@@ -119,6 +151,11 @@ impl Body for ProxyBody {
                 polled
             }
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Replay(r) => r.poll(cx),
+            ProxyBody::Prefixed { first, rest } => match first.take() {
+                Some(f) => Poll::Ready(Some(Ok(f))),
+                None => Pin::new(rest.as_mut()).poll_frame(cx),
+            },
         }
     }
 
@@ -126,6 +163,8 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Stream { body, .. } => body.is_end_stream(),
             ProxyBody::Full(data) => data.is_none(),
+            ProxyBody::Replay(r) => r.is_end_stream(),
+            ProxyBody::Prefixed { first, rest } => first.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -135,6 +174,8 @@ impl Body for ProxyBody {
             ProxyBody::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            ProxyBody::Replay(r) => r.size_hint(),
+            ProxyBody::Prefixed { .. } => SizeHint::default(),
         }
     }
 }

@@ -167,6 +167,8 @@ pub struct Matched {
     pub rate_limit: Option<String>,
     /// Injected faults, e.g. `delay 1% by 100ms; abort 0.1% with 503`.
     pub fault: Option<String>,
+    /// Retry policy.
+    pub retry: Option<String>,
 }
 
 /// A route's action.
@@ -314,6 +316,38 @@ fn describe(m: Mismatch<'_>, matcher: &RouteMatch, view: &RequestView<'_>) -> St
     }
 }
 
+/// A retry policy in words.
+fn describe_retry(r: &crate::resilience::retry::Policy) -> String {
+    let c = &r.on;
+    let mut on: Vec<String> = [
+        (c.server_error, "5xx"),
+        (c.gateway_error, "gateway-error"),
+        (c.connect_failure, "connect-failure"),
+        (c.reset, "reset"),
+    ]
+    .iter()
+    .filter(|(set, _)| *set)
+    .map(|(_, n)| (*n).to_owned())
+    .collect();
+    on.extend(c.statuses.iter().map(|s| s.to_string()));
+    on.extend(c.grpc.iter().map(|g| format!("grpc {g}")));
+    format!(
+        "{} attempts{}, on {}, backoff {}..{}{}",
+        r.attempts,
+        r.per_try_timeout
+            .map(|t| format!(" of at most {}", HumanDuration(t)))
+            .unwrap_or_default(),
+        on.join(", "),
+        HumanDuration(r.backoff_base),
+        HumanDuration(r.backoff_max),
+        if r.non_idempotent {
+            ", POST and PATCH too"
+        } else {
+            ""
+        }
+    )
+}
+
 /// A compiled whole-string regex as it was written.
 fn unanchored(r: &str) -> &str {
     r.strip_prefix("^(?:")
@@ -367,6 +401,7 @@ fn matched(spec: &RouteSpec, view: &RequestView<'_>, services: &dyn ServiceInfo)
         rate_limit: spec
             .rate_limit
             .map(|(rate, burst)| format!("{rate}/s, burst {burst}")),
+        retry: spec.retry.as_ref().map(describe_retry),
         fault: spec.fault.as_ref().map(|f| {
             let mut parts = Vec::new();
             if let Some((p, d)) = f.delay {
@@ -458,6 +493,9 @@ impl fmt::Display for Explanation {
                 }
                 if let Some(fault) = &m.fault {
                     writeln!(f, "    fault: {fault}")?;
+                }
+                if let Some(retry) = &m.retry {
+                    writeln!(f, "    retry: {retry}")?;
                 }
                 match &m.action {
                     Action::Redirect { status, location } => {

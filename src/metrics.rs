@@ -94,6 +94,8 @@ pub struct Metrics {
     breaker_overflows: IntCounterVec,
     endpoint_ejected: IntGaugeVec,
     outlier_ejections: IntCounterVec,
+    retries: IntCounterVec,
+    budget_exhausted: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -219,6 +221,22 @@ impl Metrics {
             &["service"],
         )
         .expect("valid metric");
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "remora_retries_total",
+                "Retries made, by route and service.",
+            ),
+            &["route", "service"],
+        )
+        .expect("valid metric");
+        let budget_exhausted = IntCounterVec::new(
+            Opts::new(
+                "remora_retry_budget_exhausted_total",
+                "Retries not made because the service's retry budget was spent.",
+            ),
+            &["service"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -234,6 +252,8 @@ impl Metrics {
             Box::new(breaker_overflows.clone()),
             Box::new(endpoint_ejected.clone()),
             Box::new(outlier_ejections.clone()),
+            Box::new(retries.clone()),
+            Box::new(budget_exhausted.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -266,6 +286,8 @@ impl Metrics {
             breaker_overflows,
             endpoint_ejected,
             outlier_ejections,
+            retries,
+            budget_exhausted,
         }
     }
 
@@ -316,6 +338,16 @@ impl Metrics {
                 .breaker_overflows
                 .with_label_values(&[service, "max_pending_requests"]),
         }
+    }
+
+    /// The retry counter of a route and service.
+    pub fn retries(&self, route: &str, service: &str) -> IntCounter {
+        self.retries.with_label_values(&[route, service])
+    }
+
+    /// The budget-exhausted counter of a service.
+    pub fn budget_exhausted(&self, service: &str) -> IntCounter {
+        self.budget_exhausted.with_label_values(&[service])
     }
 
     /// The per-endpoint ejection gauges (labels: service, endpoint).

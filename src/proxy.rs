@@ -7,6 +7,7 @@ mod forward;
 pub mod headers;
 pub mod inbound;
 pub mod outbound;
+mod retrying;
 pub mod server;
 
 use std::net::SocketAddr;

@@ -1,11 +1,13 @@
 //! Resilience policies on the request path: local rate limiting (`rate_limit`), fault
-//! injection (`fault`), per-service circuit breaking (`breaker`), and per-endpoint outlier
-//! detection (`outlier`).
+//! injection (`fault`), per-service circuit breaking (`breaker`), per-endpoint outlier
+//! detection (`outlier`), and retries with budgets (`retry`).
 
 pub mod breaker;
 pub mod fault;
 pub mod outlier;
 pub mod rate_limit;
+pub mod replay;
+pub mod retry;
 
 pub use breaker::Breaker;
 pub use fault::Fault;

@@ -87,6 +87,7 @@ impl Snapshot {
                                     service: services[&b.service].clone(),
                                     cumulative: total,
                                     metrics: metrics.request(d, &spec.name, &b.service),
+                                    retries: metrics.retries(&spec.name, &b.service),
                                 }
                             })
                             .collect(),

@@ -24,6 +24,7 @@ use crate::{
     resilience::{
         breaker,
         outlier::{self, Detector},
+        retry::Budget,
         Breaker,
     },
 };
@@ -46,6 +47,8 @@ pub struct ServiceSpec {
     pub breaker: breaker::Limits,
     /// Outlier detection, when on.
     pub outlier: Option<outlier::Policy>,
+    /// Retry budget: share of requests in per-mille, and the floor per second.
+    pub retry_budget: (u32, u32),
 }
 
 /// Where a service's endpoints come from.
@@ -74,6 +77,8 @@ pub struct Service {
     metrics: UpstreamMetrics,
     breaker: Arc<Breaker>,
     outlier: Option<Detector>,
+    budget: Budget,
+    budget_exhausted: prometheus::IntCounter,
     /// Per-endpoint ejection gauges, when outlier detection is on.
     ejected_gauges: Option<prometheus::IntGaugeVec>,
 }
@@ -90,6 +95,8 @@ impl Service {
                 .outlier
                 .map(|p| Detector::new(p, metrics.outlier_ejections(name))),
             ejected_gauges: spec.outlier.map(|_| metrics.endpoint_ejected()),
+            budget: Budget::new(f64::from(spec.retry_budget.0) / 1000.0, spec.retry_budget.1),
+            budget_exhausted: metrics.budget_exhausted(name),
             balancer: Balancer::new(spec.policy.clone()),
             endpoints: ArcSwap::from_pointee(EndpointSet::default()),
             spec,
@@ -147,6 +154,36 @@ impl Service {
                 .cloned(),
             _ => self.balancer.pick(&set, headers).cloned(),
         }
+    }
+
+    /// Picks an endpoint other than those in `avoid` (a retry's earlier tries) when there is
+    /// one.
+    pub fn pick_avoiding(
+        &self,
+        headers: &HeaderMap,
+        avoid: &[SocketAddr],
+    ) -> Option<Arc<Endpoint>> {
+        if avoid.is_empty() {
+            return self.pick(headers);
+        }
+        let set = self.endpoints.load();
+        let d = self.outlier.as_ref();
+        self.balancer
+            .pick_where(&set, headers, |ep| {
+                !avoid.contains(&ep.addr())
+                    && !d.is_some_and(|d| ep.outlier().is_some_and(|s| d.is_ejected(s)))
+            })
+            .cloned()
+    }
+
+    /// The service's retry budget.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Counts a retry the budget refused.
+    pub fn budget_exhausted(&self) {
+        self.budget_exhausted.inc();
     }
 
     /// Records a response of `endpoint` for outlier detection.

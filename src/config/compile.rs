@@ -203,6 +203,7 @@ pub fn compile(file: File) -> Result<Compiled, Vec<Problem>> {
                 idle_timeout: ib.idle_timeout.0,
                 breaker: Default::default(),
                 outlier: None,
+                retry_budget: (200, 10),
             },
             timeout: ib.timeout.0,
             rate_limit: ib
@@ -438,7 +439,18 @@ impl Ctx {
                 max_ejected_percent: o.max_ejected_percent,
             })
         });
+        let rb = &svc.retry_budget;
+        if !(0.0..=1.0).contains(&rb.ratio) {
+            self.err(
+                &format!("{path}.retry_budget.ratio"),
+                format!("must be 0 to 1, got {}", rb.ratio),
+            );
+        }
         Some(ServiceSpec {
+            retry_budget: (
+                (rb.ratio.clamp(0.0, 1.0) * 1000.0).round() as u32,
+                rb.min_per_second,
+            ),
             outlier,
             discovery,
             protocol: svc.protocol,
@@ -516,6 +528,13 @@ impl Ctx {
             .fault
             .as_ref()
             .and_then(|f| self.fault(&format!("{path}.fault"), f));
+        let retry = r
+            .retry
+            .as_ref()
+            .and_then(|rt| self.retry(&format!("{path}.retry"), rt));
+        if retry.is_some() && r.backends.is_none() {
+            self.err(&format!("{path}.retry"), "retries need `backends`".into());
+        }
         if self.problems.len() != before {
             return None;
         }
@@ -529,6 +548,69 @@ impl Ctx {
             rewrite,
             rate_limit,
             fault,
+            retry,
+        })
+    }
+
+    fn retry(
+        &mut self,
+        path: &str,
+        r: &file::RetryFile,
+    ) -> Option<crate::resilience::retry::Policy> {
+        use crate::resilience::retry::{Conditions, Policy};
+        let before = self.problems.len();
+        if r.attempts == 0 {
+            self.err(
+                &format!("{path}.attempts"),
+                "must be at least 1 (the first try)".into(),
+            );
+        }
+        let mut on = Conditions::default();
+        for (i, cond) in r.on.iter().enumerate() {
+            match cond {
+                file::RetryOnFile::Named(n) => match n.as_str() {
+                    "5xx" => on.server_error = true,
+                    "gateway-error" => on.gateway_error = true,
+                    "connect-failure" => on.connect_failure = true,
+                    "reset" => on.reset = true,
+                    "cancelled" => on.grpc.push(1),
+                    "deadline-exceeded" => on.grpc.push(4),
+                    "resource-exhausted" => on.grpc.push(8),
+                    "unavailable" => on.grpc.push(14),
+                    other => self.err(
+                        &format!("{path}.on[{i}]"),
+                        format!("unknown retry condition {other:?}: use 5xx, gateway-error, connect-failure, reset, cancelled, deadline-exceeded, resource-exhausted, unavailable or {{ retriable-status: [CODES] }}"),
+                    ),
+                },
+                file::RetryOnFile::Statuses(codes) => {
+                    for c in codes {
+                        if !(100..=599).contains(c) {
+                            self.err(&format!("{path}.on[{i}]"), format!("invalid status {c}"));
+                        }
+                    }
+                    on.statuses.extend(codes);
+                }
+            }
+        }
+        if r.backoff.base.0 > r.backoff.max.0 {
+            self.err(
+                &format!("{path}.backoff"),
+                "base must not exceed max".into(),
+            );
+        }
+        if r.per_try_timeout.is_some_and(|t| t.0.is_zero()) {
+            self.err(
+                &format!("{path}.per_try_timeout"),
+                "must be greater than 0".into(),
+            );
+        }
+        (self.problems.len() == before).then(|| Policy {
+            attempts: r.attempts,
+            per_try_timeout: r.per_try_timeout.map(|t| t.0),
+            on,
+            backoff_base: r.backoff.base.0,
+            backoff_max: r.backoff.max.0,
+            non_idempotent: r.non_idempotent,
         })
     }
 

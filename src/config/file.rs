@@ -311,6 +311,112 @@ pub struct RouteFile {
     /// Faults to inject, for chaos testing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultFile>,
+    /// Retries of failed tries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryFile>,
+}
+
+/// `retry:` of a route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    /// Tries in all, the first included (`3` = at most 2 retries). Default: 2.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// Limit for each try; the route `timeout` still bounds them all. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<HumanDuration>,
+    /// Outcomes retried. Default: `[gateway-error, connect-failure, reset]`.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOnFile>,
+    /// Exponential backoff with full jitter. Default: base 25ms, max 250ms.
+    #[serde(default)]
+    pub backoff: BackoffFile,
+    /// Retry POST and PATCH even after they reached the upstream. Default: false.
+    #[serde(default)]
+    pub non_idempotent: bool,
+}
+
+fn default_attempts() -> u32 {
+    2
+}
+
+fn default_retry_on() -> Vec<RetryOnFile> {
+    ["gateway-error", "connect-failure", "reset"]
+        .into_iter()
+        .map(|s| RetryOnFile::Named(s.to_owned()))
+        .collect()
+}
+
+/// One retry condition: a name (`5xx`, `gateway-error`, `connect-failure`, `reset`,
+/// `cancelled`, `deadline-exceeded`, `resource-exhausted`, `unavailable`) or
+/// `{ retriable-status: [409] }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryOnFile {
+    /// A named condition.
+    Named(String),
+    /// These statuses.
+    Statuses(Vec<u16>),
+}
+
+impl<'de> Deserialize<'de> for RetryOnFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(s) => Ok(Self::Named(s)),
+            serde_yaml::Value::Mapping(m) if m.len() == 1 && m.contains_key("retriable-status") => {
+                let v = m.get("retriable-status").cloned().unwrap_or_default();
+                serde_yaml::from_value(v)
+                    .map(Self::Statuses)
+                    .map_err(|e| D::Error::custom(format!("retriable-status: {e}")))
+            }
+            _ => Err(D::Error::custom(
+                "a retry condition is a name (5xx, gateway-error, connect-failure, reset, cancelled, deadline-exceeded, resource-exhausted, unavailable) or { retriable-status: [CODES] }",
+            )),
+        }
+    }
+}
+
+impl Serialize for RetryOnFile {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Self::Named(n) => s.serialize_str(n),
+            Self::Statuses(codes) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("retriable-status", codes)?;
+                m.end()
+            }
+        }
+    }
+}
+
+/// `retry.backoff:`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffFile {
+    /// Ceiling of the first backoff; it doubles each retry. Default: 25ms.
+    #[serde(default = "default_backoff_base")]
+    pub base: HumanDuration,
+    /// Largest backoff, and the most `Retry-After` honoured. Default: 250ms.
+    #[serde(default = "default_backoff_max")]
+    pub max: HumanDuration,
+}
+
+impl Default for BackoffFile {
+    fn default() -> Self {
+        Self {
+            base: default_backoff_base(),
+            max: default_backoff_max(),
+        }
+    }
+}
+
+fn default_backoff_base() -> HumanDuration {
+    HumanDuration::millis(25)
+}
+fn default_backoff_max() -> HumanDuration {
+    HumanDuration::millis(250)
 }
 
 /// `rate_limit:` a token bucket.
@@ -596,6 +702,37 @@ pub struct ServiceFile {
     /// Eject endpoints that keep failing. Absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierFile>,
+    /// How many retries routes may add to this service's traffic.
+    #[serde(default)]
+    pub retry_budget: RetryBudgetFile,
+}
+
+/// `retry_budget:` of a service (linkerd's defaults).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetFile {
+    /// Retries may add this share of recent requests (0 to 1). Default: 0.2.
+    #[serde(default = "default_budget_ratio")]
+    pub ratio: f64,
+    /// Plus this many retries per second regardless. Default: 10.
+    #[serde(default = "default_budget_floor")]
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudgetFile {
+    fn default() -> Self {
+        Self {
+            ratio: default_budget_ratio(),
+            min_per_second: default_budget_floor(),
+        }
+    }
+}
+
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_floor() -> u32 {
+    10
 }
 
 /// `outlier_detection:` of a service (Envoy's defaults).

@@ -9,7 +9,7 @@ use http::{
     uri::{Authority, PathAndQuery, Scheme},
     HeaderValue, Request, Response, Uri, Version,
 };
-use hyper::{body::Incoming, upgrade::OnUpgrade};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::{error::ProxyError, headers, ConnMeta};
@@ -34,7 +34,7 @@ pub struct Prepared {
 /// HTTP/1.1 requests carry the origin form and `Host`; HTTP/2 ones the absolute URI (its
 /// authority becomes `:authority`).
 pub fn prepare(
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     conn: &ConnMeta,
     protocol: Protocol,
     path_and_query: Option<String>,
@@ -97,7 +97,7 @@ pub fn prepare(
         parts.uri = Uri::from(pq);
     }
     Ok(Prepared {
-        request: Request::from_parts(parts, ProxyBody::stream(body)),
+        request: Request::from_parts(parts, body),
         on_upgrade,
     })
 }

@@ -84,7 +84,13 @@ async fn forward_to_app(
             service: app.name().clone(),
         })?;
     tags.endpoint = Some(endpoint.addr());
-    let prepared = forward::prepare(req, conn, app.spec().protocol, None, Some(&endpoint))?;
+    let prepared = forward::prepare(
+        req.map(ProxyBody::stream),
+        conn,
+        app.spec().protocol,
+        None,
+        Some(&endpoint),
+    )?;
     let result = forward::send(
         endpoint.pool(),
         prepared,

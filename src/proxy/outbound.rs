@@ -11,7 +11,7 @@ use prometheus::IntCounter;
 use tokio::time::Instant;
 
 use super::{
-    error::ProxyError, finish, forward, headers, unconfigured, AccessLine, ConnMeta, Tags,
+    error::ProxyError, finish, forward, headers, retrying, unconfigured, AccessLine, ConnMeta, Tags,
 };
 use crate::{
     body::ProxyBody,
@@ -146,6 +146,16 @@ async fn route<'a>(
                 .breaker()
                 .admit()
                 .map_err(|o| ProxyError::Overloaded(o.as_str()))?;
+            service.budget().request();
+            let upgrade = headers::is_upgrade(req.version(), req.method(), req.headers());
+            if let Some(policy) = route.spec.retry.as_ref().filter(|_| !upgrade) {
+                let result =
+                    retrying::forward(route, target, policy, req, conn, &mut tags.endpoint, permit)
+                        .await;
+                let mut resp = result?;
+                route.spec.response_headers.apply(resp.headers_mut());
+                return Ok(resp);
+            }
             let endpoint = service
                 .pick(req.headers())
                 .ok_or_else(|| ProxyError::NoEndpoints {
@@ -158,7 +168,7 @@ async fn route<'a>(
                 .as_ref()
                 .map(|rw| rw.apply(req.uri().path(), req.uri().query()));
             let mut prepared = forward::prepare(
-                req,
+                req.map(ProxyBody::stream),
                 conn,
                 service.spec().protocol,
                 rewritten,
@@ -214,7 +224,7 @@ async fn passthrough(
     let pool = pools
         .pool(&authority)
         .ok_or(ProxyError::BadRequest("invalid port in authority"))?;
-    let prepared = forward::prepare(req, conn, Protocol::Auto, None, None)?;
+    let prepared = forward::prepare(req.map(ProxyBody::stream), conn, Protocol::Auto, None, None)?;
     forward::send(
         &pool,
         prepared,

@@ -7,10 +7,12 @@ use bytes::Bytes;
 use http::{header::HeaderName, HeaderMap, HeaderValue, StatusCode};
 
 use super::matcher::{Mismatch, PathMatch, RequestView, RouteMatch};
+use prometheus::IntCounter;
+
 use crate::{
     config::file::Unmatched,
     metrics::{FaultMetrics, RequestMetrics},
-    resilience::{Fault, RateLimiter},
+    resilience::{retry, Fault, RateLimiter},
     upstream::Service,
 };
 
@@ -35,6 +37,8 @@ pub struct RouteSpec {
     pub rate_limit: Option<(u32, u32)>,
     /// Faults to inject.
     pub fault: Option<Fault>,
+    /// Retries.
+    pub retry: Option<retry::Policy>,
 }
 
 /// What a route does.
@@ -176,6 +180,8 @@ pub struct Target {
     pub cumulative: u32,
     /// Metric handles for this route and service.
     pub metrics: RequestMetrics,
+    /// Retries made for this route to this service.
+    pub retries: IntCounter,
 }
 
 impl Route {

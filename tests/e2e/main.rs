@@ -8,5 +8,6 @@ mod explain;
 mod protocols;
 mod reload;
 mod resilience;
+mod retries;
 mod routing;
 mod upstreams;

@@ -171,6 +171,14 @@ fn explain_shows_the_policies() {
         out.contains("    fault: delay 1% by 100ms; abort 0.1% with 503"),
         "{out}"
     );
+    let text = "version: 1\noutbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: r\n      backends: [{ service: s }]\n      retry: { attempts: 3, per_try_timeout: 500ms, on: [gateway-error, { retriable-status: [409] }, unavailable] }\nservices:\n  s: { endpoints: [\"127.0.0.1:1\"] }\n";
+    let c = remora::config::parse("f.yaml", text).unwrap();
+    let ob = c.outbound.as_ref().unwrap();
+    let out = remora::explain::explain(&probe, &ob.routes, ob.unmatched, &c.services).to_string();
+    assert!(
+        out.contains("    retry: 3 attempts of at most 500ms, on gateway-error, 409, grpc 14, backoff 25ms..250ms"),
+        "{out}"
+    );
 }
 
 fn breaker_config(up: &Upstream, breaker: &str) -> String {

@@ -1,0 +1,142 @@
+//! A request body that can be sent again: the first attempt streams it live while a copy is
+//! kept (up to a cap), and a retry replays the copy, then goes on reading the live body where
+//! the earlier attempt stopped. Nothing waits for the whole body first, so a streaming call
+//! that waits for a response before sending more does not stall. Past the cap the copy is
+//! dropped and the request can no longer be retried.
+//!
+//! Each attempt's body carries an epoch; when a newer attempt starts, an older body that hyper
+//! may still be polling ends at once instead of taking frames meant for the new one.
+
+use std::{
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// The copy of a request body shared by its attempts.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    shared: Arc<Mutex<Shared>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    source: Incoming,
+    /// Frames read so far (data and trailers), while `overflowed` is false.
+    frames: Vec<Frame<Bytes>>,
+    bytes: usize,
+    cap: usize,
+    overflowed: bool,
+    ended: bool,
+    /// The attempt allowed to read.
+    epoch: u32,
+    size: SizeHint,
+}
+
+/// One attempt's view of the body.
+#[derive(Debug)]
+pub struct ReplayBody {
+    shared: Arc<Mutex<Shared>>,
+    epoch: u32,
+    cursor: usize,
+}
+
+impl Replay {
+    /// Keeps up to `cap` bytes of `body` for retries.
+    pub fn new(body: Incoming, cap: usize) -> Self {
+        let size = body.size_hint();
+        Self {
+            shared: Arc::new(Mutex::new(Shared {
+                source: body,
+                frames: Vec::new(),
+                bytes: 0,
+                cap,
+                overflowed: false,
+                ended: false,
+                epoch: 0,
+                size,
+            })),
+        }
+    }
+
+    /// The body for the next attempt; earlier attempts' bodies stop here.
+    pub fn attempt(&self) -> ReplayBody {
+        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        s.epoch += 1;
+        ReplayBody {
+            shared: self.shared.clone(),
+            epoch: s.epoch,
+            cursor: 0,
+        }
+    }
+
+    /// Whether everything read so far is kept, so another attempt can be made.
+    pub fn can_retry(&self) -> bool {
+        !self
+            .shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .overflowed
+    }
+}
+
+fn copy(frame: &Frame<Bytes>) -> Option<Frame<Bytes>> {
+    if let Some(data) = frame.data_ref() {
+        Some(Frame::data(data.clone()))
+    } else {
+        frame.trailers_ref().map(|t| Frame::trailers(t.clone()))
+    }
+}
+
+impl ReplayBody {
+    /// `Body::poll_frame`, for `ProxyBody`.
+    pub fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if s.epoch != self.epoch {
+            return Poll::Ready(None);
+        }
+        if self.cursor < s.frames.len() {
+            let frame = copy(&s.frames[self.cursor]);
+            self.cursor += 1;
+            return Poll::Ready(frame.map(Ok));
+        }
+        if s.ended {
+            return Poll::Ready(None);
+        }
+        let polled = std::pin::Pin::new(&mut s.source).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => s.ended = true,
+            Poll::Ready(Some(Ok(frame))) if !s.overflowed => {
+                let len = frame.data_ref().map_or(0, Bytes::len);
+                if s.bytes + len > s.cap {
+                    s.overflowed = true;
+                    s.frames = Vec::new();
+                } else if let Some(c) = copy(frame) {
+                    s.bytes += len;
+                    s.frames.push(c);
+                    self.cursor += 1;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => s.overflowed = true,
+            _ => {}
+        }
+        polled
+    }
+
+    /// `Body::is_end_stream`.
+    pub fn is_end_stream(&self) -> bool {
+        let s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        s.epoch != self.epoch || (s.ended && self.cursor >= s.frames.len())
+    }
+
+    /// `Body::size_hint`: the original's, so a known length is still sent as one.
+    pub fn size_hint(&self) -> SizeHint {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).size
+    }
+}
