@@ -13,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}        # seconds per run
+ROUNDS=${ROUNDS:-3}             # runs of each, interleaved; medians are reported
 CONNS=${CONNS:-50}              # wrk connections
 H2_CONNS=${H2_CONNS:-10}        # h2load connections
 H2_STREAMS=${H2_STREAMS:-10}    # concurrent streams per h2 connection
@@ -76,8 +77,19 @@ outbound:
     - name: bench
       match: { host: bench }
       backends: [{ service: upstream }]
+    # The same upstream behind every resilience policy, none of which fires.
+    - name: policies
+      match: { host: policies }
+      backends: [{ service: guarded }]
+      retry: { attempts: 3, per_try_timeout: 1s, on: [gateway-error, connect-failure, reset] }
 services:
   upstream: { endpoints: ["127.0.0.1:$UP"], protocol: http1 }
+  guarded:
+    endpoints: ["127.0.0.1:$UP"]
+    protocol: http1
+    retry_budget: { ratio: 0.2, min_per_second: 10 }
+    circuit_breaker: { max_connections: 1024, max_pending_requests: 1024, max_requests: 1024 }
+    outlier_detection: { consecutive_failures: 5, base_ejection: 30s, max_ejected_percent: 50 }
 YAML
 TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" target/release/remora run --config "$work/remora.yaml" > "$work/remora.log" 2>&1 &
 remora_pid=$!
@@ -125,9 +137,9 @@ for p in $UP $REMORA_PORT $NGINX_H1 $NGINX_H2 $HAPROXY_PORT $ADMIN; do wait_port
 rss_kb() { awk '/VmRSS/ { print $2 }' "/proc/$1/status"; }
 idle_rss=$(rss_kb "$remora_pid")
 
-# wrk: prints "rps p50_ms p99_ms"
+# wrk: prints "rps p50_ms p99_ms" (host header "bench" unless a second argument says otherwise)
 h1() {
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: bench" "http://127.0.0.1:$1/" |
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: ${2:-bench}" "http://127.0.0.1:$1/" |
     python3 -c '
 import re, sys
 t = sys.stdin.read()
@@ -171,32 +183,43 @@ declare -A R
 # Warm-up: open pools and connections.
 h1 "$REMORA_PORT" >/dev/null 2>&1 || true
 
-R[direct_h1]=$(h1 "$UP")
-R[remora_h1]=$(h1 "$REMORA_PORT")
-R[nginx_h1]=$(h1 "$NGINX_H1")
-R[haproxy_h1]=$(h1 "$HAPROXY_PORT")
-R[remora_h2]=$(h2 "$REMORA_PORT")
-R[nginx_h2]=$(h2 "$NGINX_H2")
-R[haproxy_h2]=$(h2 "$HAPROXY_PORT")
+# The machine's speed drifts (other tenants): interleave the contenders in every round so
+# each ratio compares runs made minutes apart at most, and report medians.
+for round in $(seq "$ROUNDS"); do
+  echo "round $round of $ROUNDS" >&2
+  R[direct_h1]+="$(h1 "$UP");"
+  R[remora_h1]+="$(h1 "$REMORA_PORT");"
+  R[haproxy_h1]+="$(h1 "$HAPROXY_PORT");"
+  R[nginx_h1]+="$(h1 "$NGINX_H1");"
+  R[remora_h1_policies]+="$(h1 "$REMORA_PORT" policies);"
+  R[remora_h2]+="$(h2 "$REMORA_PORT");"
+  R[haproxy_h2]+="$(h2 "$HAPROXY_PORT");"
+  R[nginx_h2]+="$(h2 "$NGINX_H2");"
+done
 loaded_rss=$(rss_kb "$remora_pid")
 
 python3 - "$idle_rss" "$loaded_rss" \
-  "direct_h1=${R[direct_h1]}" "remora_h1=${R[remora_h1]}" "nginx_h1=${R[nginx_h1]}" "haproxy_h1=${R[haproxy_h1]}" \
+  "direct_h1=${R[direct_h1]}" "remora_h1=${R[remora_h1]}" "remora_h1_policies=${R[remora_h1_policies]}" \
+  "nginx_h1=${R[nginx_h1]}" "haproxy_h1=${R[haproxy_h1]}" \
   "remora_h2=${R[remora_h2]}" "nginx_h2=${R[nginx_h2]}" "haproxy_h2=${R[haproxy_h2]}" <<'PY'
 import sys
 idle, loaded = int(sys.argv[1]), int(sys.argv[2])
+import statistics
 r = {}
 for a in sys.argv[3:]:
     k, v = a.split("=")
-    rps, p50, p99 = v.split()
-    r[k] = (float(rps), float(p50), float(p99))
-print(f"\n{'run':<14}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
+    runs = [tuple(map(float, x.split())) for x in v.split(";") if x.strip()]
+    r[k] = tuple(statistics.median(run[i] for run in runs) for i in range(3))
+print(f"\nmedians of {len(sys.argv[3].split(';')) - 1} interleaved runs each")
+print(f"{'run':<20}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
 for k, (rps, p50, p99) in r.items():
-    print(f"{k:<14}{rps:>12.0f}{p50:>10.3f}{p99:>10.3f}")
+    print(f"{k:<20}{rps:>12.0f}{p50:>10.3f}{p99:>10.3f}")
 print()
 for proto in ("h1", "h2"):
     for other in ("nginx", "haproxy"):
         ratio = r[f"remora_{proto}"][0] / r[f"{other}_{proto}"][0]
         print(f"remora/{other} {proto} req/s: {ratio:.2f}x")
+ratio = r["remora_h1_policies"][0] / r["remora_h1"][0]
+print(f"remora route with retry, budget, breaker and outlier detection / plain route h1 req/s: {ratio:.2f}x")
 print(f"\nremora RSS idle: {idle / 1024:.1f} MiB, after load: {loaded / 1024:.1f} MiB")
 PY
