@@ -1,8 +1,9 @@
 //! Resilience policies on the request path: local rate limiting (`rate_limit`), fault
 //! injection (`fault`), per-service circuit breaking (`breaker`), per-endpoint outlier
-//! detection (`outlier`), and retries with budgets (`retry`).
+//! detection (`outlier`), retries with budgets (`retry`), and caller deadlines (`deadline`).
 
 pub mod breaker;
+pub mod deadline;
 pub mod fault;
 pub mod outlier;
 pub mod rate_limit;

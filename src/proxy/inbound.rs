@@ -13,7 +13,10 @@ use super::{
 use prometheus::IntCounter;
 
 use crate::{
-    body::ProxyBody, metrics::RequestMetrics, resilience::RateLimiter, runtime::Runtime,
+    body::ProxyBody,
+    metrics::RequestMetrics,
+    resilience::{deadline, RateLimiter},
+    runtime::Runtime,
     upstream::Service,
 };
 
@@ -84,19 +87,21 @@ async fn forward_to_app(
             service: app.name().clone(),
         })?;
     tags.endpoint = Some(endpoint.addr());
-    let prepared = forward::prepare(
+    let timeout = deadline::effective(ib.timeout, req.headers());
+    let mut prepared = forward::prepare(
         req.map(ProxyBody::stream),
         conn,
         app.spec().protocol,
         None,
         Some(&endpoint),
     )?;
+    deadline::propagate(prepared.request.headers_mut(), timeout);
     let result = forward::send(
         endpoint.pool(),
         prepared,
         Some(&endpoint),
         Some(permit),
-        ib.timeout,
+        timeout,
         app.metrics(),
     )
     .await;

@@ -17,6 +17,7 @@ use crate::{
     body::ProxyBody,
     config::file::{Protocol, Unmatched},
     metrics::{AttemptResult, RequestMetrics, UpstreamMetrics},
+    resilience::deadline,
     routing::{host_without_port, ActionSpec, RequestView, RouteTable},
     runtime::Runtime,
     upstream::{self, passthrough, Passthrough},
@@ -148,10 +149,19 @@ async fn route<'a>(
                 .map_err(|o| ProxyError::Overloaded(o.as_str()))?;
             service.budget().request();
             let upgrade = headers::is_upgrade(req.version(), req.method(), req.headers());
+            let timeout = deadline::effective(route.spec.timeout, req.headers());
             if let Some(policy) = route.spec.retry.as_ref().filter(|_| !upgrade) {
-                let result =
-                    retrying::forward(route, target, policy, req, conn, &mut tags.endpoint, permit)
-                        .await;
+                let result = retrying::forward(
+                    route,
+                    target,
+                    policy,
+                    timeout,
+                    req,
+                    conn,
+                    &mut tags.endpoint,
+                    permit,
+                )
+                .await;
                 let mut resp = result?;
                 route.spec.response_headers.apply(resp.headers_mut());
                 return Ok(resp);
@@ -178,12 +188,13 @@ async fn route<'a>(
                 .spec
                 .request_headers
                 .apply(prepared.request.headers_mut());
+            deadline::propagate(prepared.request.headers_mut(), timeout);
             let result = forward::send(
                 endpoint.pool(),
                 prepared,
                 Some(&endpoint),
                 Some(permit),
-                route.spec.timeout,
+                timeout,
                 service.metrics(),
             )
             .await;

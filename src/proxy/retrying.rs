@@ -24,18 +24,21 @@ use crate::{
 /// Request bodies up to this size are kept for replay; larger ones are not retried.
 pub const REPLAY_CAP: usize = 64 * 1024;
 
-/// Sends `req` for `route` to `target`'s service, retrying per `policy`.
+/// Sends `req` for `route` to `target`'s service, retrying per `policy`, all tries within
+/// `timeout`.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     route: &Route,
     target: &Target,
     policy: &Policy,
+    timeout: std::time::Duration,
     req: Request<Incoming>,
     conn: &ConnMeta,
     endpoint_tag: &mut Option<SocketAddr>,
     permit: RequestPermit,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let service = &target.service;
-    let deadline = Instant::now() + route.spec.timeout;
+    let deadline = Instant::now() + timeout;
     let rewritten = route
         .spec
         .rewrite
@@ -73,8 +76,9 @@ pub async fn forward(
 
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(ProxyError::Timeout(route.spec.timeout));
+            return Err(ProxyError::Timeout(timeout));
         }
+        crate::resilience::deadline::propagate(prepared.request.headers_mut(), remaining);
         let try_timeout = policy
             .per_try_timeout
             .map_or(remaining, |t| t.min(remaining));

@@ -333,3 +333,49 @@ async fn a_failing_endpoint_is_ejected_then_returns_and_is_ejected_again() {
     .await;
     assert_eq!(bad.requests(), 6);
 }
+
+#[tokio::test]
+async fn caller_deadlines_shorten_the_route_timeout_and_travel_upstream() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Option<String>, bool)>::new()));
+    let log = seen.clone();
+    let up = upstream_fn(move |req| {
+        let log = log.clone();
+        async move {
+            let grpc = req
+                .headers()
+                .get("grpc-timeout")
+                .map(|v| v.to_str().unwrap().to_owned());
+            log.lock()
+                .unwrap()
+                .push((grpc, req.headers().contains_key("x-remora-timeout")));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            http::Response::new(TestBody::empty())
+        }
+    })
+    .await;
+    let p = proxy(&routed(&up, "      timeout: 10s")).await;
+    let started = tokio::time::Instant::now();
+    let r = get_with(p.outbound(), "svc", "/", &[("grpc-timeout", "300m")]).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.header("x-remora-error"), Some("timeout"));
+    let r = get_with(p.outbound(), "svc", "/", &[("x-remora-timeout", "200ms")]).await;
+    assert_eq!(r.status, 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the callers' deadlines, not the route's 10s"
+    );
+    let seen = seen.lock().unwrap().clone();
+    let (grpc, own) = &seen[0];
+    let ms: u64 = grpc
+        .as_deref()
+        .unwrap()
+        .trim_end_matches('m')
+        .parse()
+        .unwrap();
+    assert!(
+        ms <= 300 && ms > 200,
+        "the time left went upstream: {grpc:?}"
+    );
+    assert!(!own);
+    assert_eq!(seen[1], (None, false), "x-remora-timeout is Remora's own");
+}
