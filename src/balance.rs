@@ -94,9 +94,9 @@ impl Balancer {
         eps.get(i)
     }
 
-    /// Picks an endpoint among those `eligible` accepts (outlier detection passes the
-    /// non-ejected ones), with the same policy; all endpoints when none is eligible. Only
-    /// used while some endpoint is out, so its allocation stays off the common path.
+    /// Picks an endpoint among those `eligible` accepts (healthy, not ejected, not tried yet),
+    /// with the same policy; `None` when none is. Only used while some endpoint is out or a
+    /// retry avoids one, so its allocation stays off the common path.
     pub fn pick_where<'a>(
         &self,
         set: &'a EndpointSet,
@@ -107,7 +107,7 @@ impl Balancer {
             .filter(|i| eligible(&set.endpoints[*i]))
             .collect();
         if ok.is_empty() {
-            return self.pick(set, headers);
+            return None;
         }
         let eps = &set.endpoints;
         let n = ok.len();

@@ -217,6 +217,8 @@ pub struct Backend {
     pub circuit_breaker: String,
     /// Outlier detection, when on.
     pub outlier_detection: Option<String>,
+    /// Health checks, when on.
+    pub health_check: Option<String>,
     /// Current endpoints (`None`: resolved only at run time).
     pub endpoints: Option<Vec<String>>,
 }
@@ -460,6 +462,15 @@ fn backend(name: &str, weight: u32, total: u32, services: &dyn ServiceInfo) -> B
                 o.max_ejected_percent
             )
         }),
+        health_check: spec.and_then(|s| s.health.as_ref()).map(|h| {
+            format!(
+                "GET {} every {}, out after {} failures, back after {} passes",
+                h.path,
+                HumanDuration(h.interval),
+                h.unhealthy_after,
+                h.healthy_after
+            )
+        }),
         endpoints: services
             .endpoints(name)
             .map(|eps| eps.iter().map(SocketAddr::to_string).collect()),
@@ -532,6 +543,9 @@ impl fmt::Display for Explanation {
                             writeln!(f, "      circuit breaker: {}", b.circuit_breaker)?;
                             if let Some(o) = &b.outlier_detection {
                                 writeln!(f, "      outlier detection: {o}")?;
+                            }
+                            if let Some(h) = &b.health_check {
+                                writeln!(f, "      health check: {h}")?;
                             }
                             match &b.endpoints {
                                 Some(eps) if eps.is_empty() => {

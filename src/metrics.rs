@@ -96,6 +96,7 @@ pub struct Metrics {
     outlier_ejections: IntCounterVec,
     retries: IntCounterVec,
     budget_exhausted: IntCounterVec,
+    endpoint_healthy: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -237,6 +238,14 @@ impl Metrics {
             &["service"],
         )
         .expect("valid metric");
+        let endpoint_healthy = IntGaugeVec::new(
+            Opts::new(
+                "remora_endpoint_healthy",
+                "1 while active health checks pass (services with health_check only).",
+            ),
+            &["service", "endpoint"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -254,6 +263,7 @@ impl Metrics {
             Box::new(outlier_ejections.clone()),
             Box::new(retries.clone()),
             Box::new(budget_exhausted.clone()),
+            Box::new(endpoint_healthy.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -288,6 +298,7 @@ impl Metrics {
             outlier_ejections,
             retries,
             budget_exhausted,
+            endpoint_healthy,
         }
     }
 
@@ -338,6 +349,11 @@ impl Metrics {
                 .breaker_overflows
                 .with_label_values(&[service, "max_pending_requests"]),
         }
+    }
+
+    /// The per-endpoint health gauges (labels: service, endpoint).
+    pub fn endpoint_healthy(&self) -> IntGaugeVec {
+        self.endpoint_healthy.clone()
     }
 
     /// The retry counter of a route and service.

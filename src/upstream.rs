@@ -7,7 +7,14 @@ mod endpoint;
 pub mod passthrough;
 mod pool;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Weak,
+    },
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
 use http::HeaderMap;
@@ -22,7 +29,7 @@ use crate::{
     config::file::Protocol,
     metrics::{Metrics, UpstreamMetrics},
     resilience::{
-        breaker,
+        breaker, health,
         outlier::{self, Detector},
         retry::Budget,
         Breaker,
@@ -49,6 +56,8 @@ pub struct ServiceSpec {
     pub outlier: Option<outlier::Policy>,
     /// Retry budget: share of requests in per-mille, and the floor per second.
     pub retry_budget: (u32, u32),
+    /// Active health checks, when on.
+    pub health: Option<health::Check>,
 }
 
 /// Where a service's endpoints come from.
@@ -79,6 +88,10 @@ pub struct Service {
     outlier: Option<Detector>,
     budget: Budget,
     budget_exhausted: prometheus::IntCounter,
+    /// Endpoints failing their health checks (the balancers' fast path).
+    unhealthy: Arc<AtomicUsize>,
+    /// Per-endpoint health gauges, when health checks are on.
+    healthy_gauges: Option<prometheus::IntGaugeVec>,
     /// Per-endpoint ejection gauges, when outlier detection is on.
     ejected_gauges: Option<prometheus::IntGaugeVec>,
 }
@@ -97,6 +110,8 @@ impl Service {
             ejected_gauges: spec.outlier.map(|_| metrics.endpoint_ejected()),
             budget: Budget::new(f64::from(spec.retry_budget.0) / 1000.0, spec.retry_budget.1),
             budget_exhausted: metrics.budget_exhausted(name),
+            unhealthy: Arc::new(AtomicUsize::new(0)),
+            healthy_gauges: spec.health.as_ref().map(|_| metrics.endpoint_healthy()),
             balancer: Balancer::new(spec.policy.clone()),
             endpoints: ArcSwap::from_pointee(EndpointSet::default()),
             spec,
@@ -144,34 +159,39 @@ impl Service {
 
     /// Picks an endpoint for a request with these headers; `None` when there is none.
     pub fn pick(&self, headers: &HeaderMap) -> Option<Arc<Endpoint>> {
-        let set = self.endpoints.load();
-        match &self.outlier {
-            Some(d) if d.any_ejected() => self
-                .balancer
-                .pick_where(&set, headers, |ep| {
-                    !ep.outlier().is_some_and(|s| d.is_ejected(s))
-                })
-                .cloned(),
-            _ => self.balancer.pick(&set, headers).cloned(),
-        }
+        self.pick_avoiding(headers, &[])
     }
 
-    /// Picks an endpoint other than those in `avoid` (a retry's earlier tries) when there is
-    /// one.
+    /// Picks a healthy endpoint, preferring one that is not ejected and not in `avoid` (a
+    /// retry's earlier tries); `None` when no endpoint is healthy (503
+    /// `no-healthy-endpoints`). While every endpoint is in and nothing is avoided, this is
+    /// the balancer's plain pick.
     pub fn pick_avoiding(
         &self,
         headers: &HeaderMap,
         avoid: &[SocketAddr],
     ) -> Option<Arc<Endpoint>> {
-        if avoid.is_empty() {
-            return self.pick(headers);
-        }
         let set = self.endpoints.load();
-        let d = self.outlier.as_ref();
+        let ejecting = self.outlier.as_ref().filter(|d| d.any_ejected());
+        let some_unhealthy = self.unhealthy.load(Ordering::Acquire) > 0;
+        if avoid.is_empty() && ejecting.is_none() && !some_unhealthy {
+            return self.balancer.pick(&set, headers).cloned();
+        }
+        let in_rotation = |ep: &Endpoint| {
+            !ejecting.is_some_and(|d| ep.outlier().is_some_and(|s| d.is_ejected(s)))
+        };
         self.balancer
             .pick_where(&set, headers, |ep| {
-                !avoid.contains(&ep.addr())
-                    && !d.is_some_and(|d| ep.outlier().is_some_and(|s| d.is_ejected(s)))
+                ep.is_healthy() && in_rotation(ep) && !avoid.contains(&ep.addr())
+            })
+            .or_else(|| {
+                self.balancer
+                    .pick_where(&set, headers, |ep| ep.is_healthy() && in_rotation(ep))
+            })
+            // Outlier detection never empties a service: ejected but healthy beats nothing.
+            .or_else(|| {
+                self.balancer
+                    .pick_where(&set, headers, Endpoint::is_healthy)
             })
             .cloned()
     }
@@ -211,22 +231,82 @@ impl Service {
             .map(
                 |a| match current.endpoints.iter().find(|e| e.addr() == *a) {
                     Some(e) => e.clone(),
-                    None => Endpoint::new(
-                        *a,
-                        self.spec.connect_timeout,
-                        self.spec.idle_timeout,
-                        Some(self.breaker.clone()),
-                        self.ejected_gauges.as_ref().map(|g| {
-                            outlier::EndpointState::new(
-                                g.with_label_values(&[self.name.as_ref(), &a.to_string()]),
-                            )
-                        }),
-                    ),
+                    None => {
+                        let labels = [self.name.as_ref(), &a.to_string()];
+                        let ep = Endpoint::new(
+                            *a,
+                            self.spec.connect_timeout,
+                            self.spec.idle_timeout,
+                            Some(self.breaker.clone()),
+                            self.ejected_gauges
+                                .as_ref()
+                                .map(|g| outlier::EndpointState::new(g.with_label_values(&labels))),
+                            self.healthy_gauges.as_ref().map(|g| {
+                                health::Health::new(
+                                    g.with_label_values(&labels),
+                                    self.unhealthy.clone(),
+                                )
+                            }),
+                        );
+                        if let Some(check) = &self.spec.health {
+                            tokio::spawn(check_health(
+                                Arc::downgrade(&ep),
+                                check.clone(),
+                                self.name.clone(),
+                            ));
+                        }
+                        ep
+                    }
                 },
             )
             .collect();
         self.endpoints
             .store(Arc::new(EndpointSet::new(eps, self.balancer.policy())));
         tracing::debug!(service = %self.name, endpoints = ?addrs, "endpoints updated");
+    }
+}
+
+/// Checks `endpoint` every `check.interval` (plus jitter) until it is dropped.
+async fn check_health(endpoint: Weak<Endpoint>, check: health::Check, service: Arc<str>) {
+    use http_body_util::BodyExt;
+    loop {
+        let jitter = check.interval.mul_f64(fastrand::f64() * 0.1);
+        tokio::time::sleep(check.interval + jitter).await;
+        let Some(ep) = endpoint.upgrade() else { return };
+        let Some(state) = ep.health() else { return };
+        let req = http::Request::get(check.path.as_str())
+            .header(http::header::HOST, service.as_ref())
+            .header(http::header::USER_AGENT, "remora-health-check")
+            .body(crate::body::ProxyBody::empty());
+        let passed = match req {
+            Ok(req) => {
+                let exchange = async {
+                    let (resp, lease) = ep.pool().send(req).await.ok()?;
+                    let ok = resp.status().is_success();
+                    // Read the body so the connection goes back to the pool.
+                    let body =
+                        crate::body::ProxyBody::upstream(resp.into_body(), None, None, lease);
+                    body.collect().await.ok()?;
+                    Some(ok)
+                };
+                matches!(
+                    tokio::time::timeout(check.timeout, exchange).await,
+                    Ok(Some(true))
+                )
+            }
+            Err(_) => false,
+        };
+        match state.record(passed, &check) {
+            Some(true) => {
+                tracing::info!(service = %service, endpoint = %ep.addr(), "health checks pass; endpoint back in rotation")
+            }
+            Some(false) => {
+                tracing::warn!(service = %service, endpoint = %ep.addr(), path = %check.path, "health checks fail; endpoint out of rotation")
+            }
+            None if !passed => {
+                tracing::debug!(service = %service, endpoint = %ep.addr(), "health check failed")
+            }
+            None => {}
+        }
     }
 }

@@ -204,6 +204,7 @@ pub fn compile(file: File) -> Result<Compiled, Vec<Problem>> {
                 breaker: Default::default(),
                 outlier: None,
                 retry_budget: (200, 10),
+                health: None,
             },
             timeout: ib.timeout.0,
             rate_limit: ib
@@ -446,7 +447,38 @@ impl Ctx {
                 format!("must be 0 to 1, got {}", rb.ratio),
             );
         }
+        let health = svc.health_check.as_ref().and_then(|h| {
+            let at = format!("{path}.health_check");
+            let before = self.problems.len();
+            if !h.path.starts_with('/') {
+                self.err(
+                    &format!("{at}.path"),
+                    format!("must start with \"/\", got {:?}", h.path),
+                );
+            }
+            for (field, v) in [("interval", h.interval.0), ("timeout", h.timeout.0)] {
+                if v.is_zero() {
+                    self.err(&format!("{at}.{field}"), "must be greater than 0".into());
+                }
+            }
+            for (field, v) in [
+                ("unhealthy_after", h.unhealthy_after),
+                ("healthy_after", h.healthy_after),
+            ] {
+                if v == 0 {
+                    self.err(&format!("{at}.{field}"), "must be at least 1".into());
+                }
+            }
+            (self.problems.len() == before).then(|| crate::resilience::health::Check {
+                path: h.path.clone(),
+                interval: h.interval.0,
+                timeout: h.timeout.0,
+                unhealthy_after: h.unhealthy_after,
+                healthy_after: h.healthy_after,
+            })
+        });
         Some(ServiceSpec {
+            health,
             retry_budget: (
                 (rb.ratio.clamp(0.0, 1.0) * 1000.0).round() as u32,
                 rb.min_per_second,

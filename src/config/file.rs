@@ -705,6 +705,39 @@ pub struct ServiceFile {
     /// How many retries routes may add to this service's traffic.
     #[serde(default)]
     pub retry_budget: RetryBudgetFile,
+    /// Active health checks. Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckFile>,
+}
+
+/// `health_check:` of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    /// Path requested with GET; a 2xx passes.
+    pub path: String,
+    /// Time between checks (plus up to 10% jitter). Default: 5s.
+    #[serde(default = "default_hc_interval")]
+    pub interval: HumanDuration,
+    /// Time a check may take. Default: 1s.
+    #[serde(default = "default_connect_timeout")]
+    pub timeout: HumanDuration,
+    /// Failures in a row that take an endpoint out. Default: 3.
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: u32,
+    /// Passes in a row that bring it back. Default: 2.
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after: u32,
+}
+
+fn default_hc_interval() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+fn default_unhealthy_after() -> u32 {
+    3
+}
+fn default_healthy_after() -> u32 {
+    2
 }
 
 /// `retry_budget:` of a service (linkerd's defaults).

@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{connector::Target, pool::Pool};
-use crate::resilience::{outlier::EndpointState, Breaker};
+use crate::resilience::{health::Health, outlier::EndpointState, Breaker};
 
 /// An upstream endpoint with its connection pool.
 #[derive(Debug)]
@@ -20,6 +20,7 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     pool: Pool,
     outlier: Option<EndpointState>,
+    health: Option<Health>,
 }
 
 impl Endpoint {
@@ -30,10 +31,12 @@ impl Endpoint {
         idle_timeout: Duration,
         breaker: Option<Arc<Breaker>>,
         outlier: Option<EndpointState>,
+        health: Option<Health>,
     ) -> Arc<Self> {
         Arc::new(Self {
             addr,
             outlier,
+            health,
             in_flight: AtomicUsize::new(0),
             pool: Pool::new(Target::Addr(addr), connect_timeout, idle_timeout, breaker),
         })
@@ -53,6 +56,16 @@ impl Endpoint {
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Whether active health checks (if any) let the endpoint take traffic.
+    pub fn is_healthy(&self) -> bool {
+        self.health.as_ref().is_none_or(Health::is_healthy)
+    }
+
+    /// Health check state, when the service has checks.
+    pub fn health(&self) -> Option<&Health> {
+        self.health.as_ref()
     }
 
     /// Outlier detection state, when the service has it on.

@@ -379,3 +379,94 @@ async fn caller_deadlines_shorten_the_route_timeout_and_travel_upstream() {
     assert!(!own);
     assert_eq!(seen[1], (None, false), "x-remora-timeout is Remora's own");
 }
+
+/// An upstream whose `/healthz` answers 200 or 500 as `healthy` says, and 200 elsewhere.
+async fn checked(
+    name: &'static str,
+    healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Upstream {
+    upstream_fn(move |req| {
+        let healthy = healthy.clone();
+        async move {
+            if req.uri().path() == "/healthz" {
+                let ok = healthy.load(std::sync::atomic::Ordering::SeqCst);
+                http::Response::builder()
+                    .status(if ok { 200 } else { 500 })
+                    .body(TestBody::empty())
+                    .unwrap()
+            } else {
+                echo_response(name, &req)
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn health_checks_take_endpoints_out_and_back() {
+    use std::sync::{atomic::AtomicBool, atomic::Ordering, Arc};
+    let (a_ok, b_ok) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicBool::new(true)),
+    );
+    let a = checked("a", a_ok.clone()).await;
+    let b = checked("b", b_ok.clone()).await;
+    let p = proxy(&format!(
+        r#"
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - name: r
+      match: {{ host: svc }}
+      backends: [{{ service: s }}]
+services:
+  s:
+    endpoints: ["{}", "{}"]
+    load_balancer: round_robin
+    health_check: {{ path: /healthz, interval: 100ms, timeout: 500ms, unhealthy_after: 2, healthy_after: 2 }}
+"#,
+        a.addr, b.addr
+    ))
+    .await;
+    let gauge = |addr: std::net::SocketAddr| {
+        format!(r#"remora_endpoint_healthy{{endpoint="{addr}",service="s"}}"#)
+    };
+    let served_by = |p: &Proxy| {
+        let out = p.outbound();
+        async move {
+            let mut names = Vec::new();
+            for _ in 0..10 {
+                names.push(
+                    get(out, "svc", "/")
+                        .await
+                        .header("x-upstream")
+                        .unwrap_or("")
+                        .to_owned(),
+                );
+            }
+            names
+        }
+    };
+
+    b_ok.store(false, Ordering::SeqCst);
+    wait_until(|| async { p.metric(&gauge(b.addr)).await == Some(0.0) }).await;
+    assert!(
+        served_by(&p).await.iter().all(|n| n == "a"),
+        "b is out of rotation"
+    );
+
+    b_ok.store(true, Ordering::SeqCst);
+    wait_until(|| async { p.metric(&gauge(b.addr)).await == Some(1.0) }).await;
+    assert!(served_by(&p).await.iter().any(|n| n == "b"), "b is back");
+
+    // Nobody healthy: 503, not a request to a failing endpoint.
+    a_ok.store(false, Ordering::SeqCst);
+    b_ok.store(false, Ordering::SeqCst);
+    wait_until(|| async {
+        p.metric(&gauge(a.addr)).await == Some(0.0) && p.metric(&gauge(b.addr)).await == Some(0.0)
+    })
+    .await;
+    let r = get(p.outbound(), "svc", "/").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-remora-error"), Some("no-healthy-endpoints"));
+}
