@@ -12,7 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::{
-    resilience::{breaker::RequestPermit, replay::ReplayBody},
+    resilience::{breaker::RequestPermit, mirror::Tee, replay::ReplayBody},
     upstream::{InFlight, Lease},
 };
 
@@ -35,6 +35,8 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// One attempt of a request body kept for retries.
     Replay(ReplayBody),
+    /// A request body copied for a mirror as it passes.
+    Tee(Tee),
     /// A body whose first frame was read ahead (to see gRPC trailers), then the rest.
     Prefixed {
         /// The frame read ahead, until it is sent.
@@ -152,6 +154,7 @@ impl Body for ProxyBody {
             }
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Replay(r) => r.poll(cx),
+            ProxyBody::Tee(t) => t.poll(cx),
             ProxyBody::Prefixed { first, rest } => match first.take() {
                 Some(f) => Poll::Ready(Some(Ok(f))),
                 None => Pin::new(rest.as_mut()).poll_frame(cx),
@@ -164,6 +167,7 @@ impl Body for ProxyBody {
             ProxyBody::Stream { body, .. } => body.is_end_stream(),
             ProxyBody::Full(data) => data.is_none(),
             ProxyBody::Replay(r) => r.is_end_stream(),
+            ProxyBody::Tee(t) => t.is_end_stream(),
             ProxyBody::Prefixed { first, rest } => first.is_none() && rest.is_end_stream(),
         }
     }
@@ -175,6 +179,7 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             ProxyBody::Replay(r) => r.size_hint(),
+            ProxyBody::Tee(t) => t.size_hint(),
             ProxyBody::Prefixed { .. } => SizeHint::default(),
         }
     }

@@ -169,6 +169,8 @@ pub struct Matched {
     pub fault: Option<String>,
     /// Retry policy.
     pub retry: Option<String>,
+    /// Mirroring, e.g. `5% to shadow`.
+    pub mirror: Option<String>,
 }
 
 /// A route's action.
@@ -404,6 +406,10 @@ fn matched(spec: &RouteSpec, view: &RequestView<'_>, services: &dyn ServiceInfo)
             .rate_limit
             .map(|(rate, burst)| format!("{rate}/s, burst {burst}")),
         retry: spec.retry.as_ref().map(describe_retry),
+        mirror: spec
+            .mirror
+            .as_ref()
+            .map(|m| format!("{}% to {}", m.percent, m.service)),
         fault: spec.fault.as_ref().map(|f| {
             let mut parts = Vec::new();
             if let Some((p, d)) = f.delay {
@@ -507,6 +513,9 @@ impl fmt::Display for Explanation {
                 }
                 if let Some(retry) = &m.retry {
                     writeln!(f, "    retry: {retry}")?;
+                }
+                if let Some(mirror) = &m.mirror {
+                    writeln!(f, "    mirror: {mirror}")?;
                 }
                 match &m.action {
                     Action::Redirect { status, location } => {

@@ -97,6 +97,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     budget_exhausted: IntCounterVec,
     endpoint_healthy: IntGaugeVec,
+    mirrors: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -246,6 +247,14 @@ impl Metrics {
             &["service", "endpoint"],
         )
         .expect("valid metric");
+        let mirrors = IntCounterVec::new(
+            Opts::new(
+                "remora_mirror_requests_total",
+                "Mirror copies by route and result (sent, failed, dropped).",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -264,6 +273,7 @@ impl Metrics {
             Box::new(retries.clone()),
             Box::new(budget_exhausted.clone()),
             Box::new(endpoint_healthy.clone()),
+            Box::new(mirrors.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -299,6 +309,7 @@ impl Metrics {
             retries,
             budget_exhausted,
             endpoint_healthy,
+            mirrors,
         }
     }
 
@@ -349,6 +360,11 @@ impl Metrics {
                 .breaker_overflows
                 .with_label_values(&[service, "max_pending_requests"]),
         }
+    }
+
+    /// Mirror counters of a route: sent, failed, dropped.
+    pub fn mirror(&self, route: &str) -> [IntCounter; 3] {
+        ["sent", "failed", "dropped"].map(|r| self.mirrors.with_label_values(&[route, r]))
     }
 
     /// The per-endpoint health gauges (labels: service, endpoint).

@@ -6,6 +6,7 @@ pub mod error;
 mod forward;
 pub mod headers;
 pub mod inbound;
+mod mirroring;
 pub mod outbound;
 mod retrying;
 pub mod server;

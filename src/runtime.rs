@@ -18,7 +18,10 @@ use crate::{
     metrics::{Direction, Metrics},
     proxy::{inbound::Inbound, outbound::Outbound},
     resilience::RateLimiter,
-    routing::{table::Target, ActionSpec, Route, RouteTable},
+    routing::{
+        table::{MirrorTarget, Target},
+        ActionSpec, Route, RouteTable,
+    },
     upstream::{Passthrough, Service},
 };
 
@@ -102,7 +105,18 @@ impl Snapshot {
                             .and_then(|r| r.limiter.clone())
                             .unwrap_or_else(|| Arc::new(RateLimiter::new(rate, burst)))
                     });
+                    let mirror = spec.mirror.as_ref().map(|m| {
+                        let [sent, failed, dropped] = metrics.mirror(&spec.name);
+                        MirrorTarget {
+                            service: services[&m.service].clone(),
+                            limiter: Default::default(),
+                            sent,
+                            failed,
+                            dropped,
+                        }
+                    });
                     Route {
+                        mirror,
                         local_metrics: metrics.request(d, &spec.name, ""),
                         limiter,
                         faults: metrics.faults(&spec.name),

@@ -560,6 +560,31 @@ impl Ctx {
             .fault
             .as_ref()
             .and_then(|f| self.fault(&format!("{path}.fault"), f));
+        let mirror = r.mirror.as_ref().and_then(|m| {
+            let at = format!("{path}.mirror");
+            if !services.contains_key(&m.service) {
+                self.err(
+                    &format!("{at}.service"),
+                    format!("unknown service {:?}", m.service),
+                );
+                return None;
+            }
+            if !(0.0..=100.0).contains(&m.percent) {
+                self.err(
+                    &format!("{at}.percent"),
+                    format!("percent must be between 0 and 100, got {}", m.percent),
+                );
+                return None;
+            }
+            if r.backends.is_none() {
+                self.err(&at, "mirroring needs `backends`".into());
+                return None;
+            }
+            Some(crate::resilience::mirror::Mirror {
+                service: m.service.clone(),
+                percent: m.percent,
+            })
+        });
         let retry = r
             .retry
             .as_ref()
@@ -581,6 +606,7 @@ impl Ctx {
             rate_limit,
             fault,
             retry,
+            mirror,
         })
     }
 

@@ -314,6 +314,24 @@ pub struct RouteFile {
     /// Retries of failed tries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryFile>,
+    /// Copy a share of requests to a shadow service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorFile>,
+}
+
+/// `mirror:` of a route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorFile {
+    /// The shadow service (under `services:`).
+    pub service: String,
+    /// Share of requests copied, 0 to 100. Default: 100.
+    #[serde(default = "default_mirror_percent")]
+    pub percent: f64,
+}
+
+fn default_mirror_percent() -> f64 {
+    100.0
 }
 
 /// `retry:` of a route.

@@ -11,7 +11,8 @@ use prometheus::IntCounter;
 use tokio::time::Instant;
 
 use super::{
-    error::ProxyError, finish, forward, headers, retrying, unconfigured, AccessLine, ConnMeta, Tags,
+    error::ProxyError, finish, forward, headers, mirroring, retrying, unconfigured, AccessLine,
+    ConnMeta, Tags,
 };
 use crate::{
     body::ProxyBody,
@@ -150,6 +151,10 @@ async fn route<'a>(
             service.budget().request();
             let upgrade = headers::is_upgrade(req.version(), req.method(), req.headers());
             let timeout = deadline::effective(route.spec.timeout, req.headers());
+            let mut req = req.map(ProxyBody::stream);
+            if !upgrade {
+                mirroring::start(route, &mut req, conn, timeout);
+            }
             if let Some(policy) = route.spec.retry.as_ref().filter(|_| !upgrade) {
                 let result = retrying::forward(
                     route,
@@ -178,7 +183,7 @@ async fn route<'a>(
                 .as_ref()
                 .map(|rw| rw.apply(req.uri().path(), req.uri().query()));
             let mut prepared = forward::prepare(
-                req.map(ProxyBody::stream),
+                req,
                 conn,
                 service.spec().protocol,
                 rewritten,

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 
 use http::{header, Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{error::ProxyError, forward, ConnMeta};
@@ -32,7 +31,7 @@ pub async fn forward(
     target: &Target,
     policy: &Policy,
     timeout: std::time::Duration,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     conn: &ConnMeta,
     endpoint_tag: &mut Option<SocketAddr>,
     permit: RequestPermit,

@@ -12,9 +12,9 @@ use std::{
     task::{Context, Poll},
 };
 
+use crate::body::ProxyBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 /// The copy of a request body shared by its attempts.
 #[derive(Debug, Clone)]
@@ -24,7 +24,7 @@ pub struct Replay {
 
 #[derive(Debug)]
 struct Shared {
-    source: Incoming,
+    source: ProxyBody,
     /// Frames read so far (data and trailers), while `overflowed` is false.
     frames: Vec<Frame<Bytes>>,
     bytes: usize,
@@ -46,7 +46,7 @@ pub struct ReplayBody {
 
 impl Replay {
     /// Keeps up to `cap` bytes of `body` for retries.
-    pub fn new(body: Incoming, cap: usize) -> Self {
+    pub fn new(body: ProxyBody, cap: usize) -> Self {
         let size = body.size_hint();
         Self {
             shared: Arc::new(Mutex::new(Shared {

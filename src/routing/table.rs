@@ -12,7 +12,7 @@ use prometheus::IntCounter;
 use crate::{
     config::file::Unmatched,
     metrics::{FaultMetrics, RequestMetrics},
-    resilience::{retry, Fault, RateLimiter},
+    resilience::{mirror, retry, Fault, RateLimiter},
     upstream::Service,
 };
 
@@ -39,6 +39,8 @@ pub struct RouteSpec {
     pub fault: Option<Fault>,
     /// Retries.
     pub retry: Option<retry::Policy>,
+    /// Mirroring.
+    pub mirror: Option<mirror::Mirror>,
 }
 
 /// What a route does.
@@ -169,6 +171,23 @@ pub struct Route {
     pub limiter: Option<Arc<RateLimiter>>,
     /// Counters of injected delays and aborts.
     pub faults: FaultMetrics,
+    /// The shadow service and its limits, when the route mirrors.
+    pub mirror: Option<MirrorTarget>,
+}
+
+/// Where a route's mirror copies go.
+#[derive(Debug)]
+pub struct MirrorTarget {
+    /// The shadow service.
+    pub service: Arc<Service>,
+    /// Copies in flight.
+    pub limiter: mirror::Limiter,
+    /// Copies answered, failed, and dropped (limit reached or body too large).
+    pub sent: IntCounter,
+    /// See `sent`.
+    pub failed: IntCounter,
+    /// See `sent`.
+    pub dropped: IntCounter,
 }
 
 /// One backend of a bound route.

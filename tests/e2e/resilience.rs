@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+
 use crate::support::*;
 
 fn routed(up: &Upstream, route_extra: &str) -> String {
@@ -469,4 +473,127 @@ services:
     let r = get(p.outbound(), "svc", "/").await;
     assert_eq!(r.status, 503);
     assert_eq!(r.header("x-remora-error"), Some("no-healthy-endpoints"));
+}
+
+fn mirrored(primary: &Upstream, shadow: std::net::SocketAddr, percent: u32) -> String {
+    format!(
+        r#"
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - name: r
+      match: {{ host: svc }}
+      backends: [{{ service: primary }}]
+      mirror: {{ service: shadow, percent: {percent} }}
+services:
+  primary: {{ endpoints: ["{}"] }}
+  shadow: {{ endpoints: ["{shadow}"] }}
+"#,
+        primary.addr
+    )
+}
+
+#[tokio::test]
+async fn mirror_copies_reach_the_shadow_while_the_caller_sees_the_primary() {
+    let primary = echo("primary").await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let log = seen.clone();
+    let shadow = upstream_fn(move |req| {
+        let log = log.clone();
+        async move {
+            let host = req.headers()["host"].to_str().unwrap().to_owned();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            log.lock()
+                .unwrap()
+                .push((host, String::from_utf8_lossy(&body).into_owned()));
+            http::Response::builder()
+                .status(500)
+                .body(TestBody::empty())
+                .unwrap()
+        }
+    })
+    .await;
+    let p = proxy(&mirrored(&primary, shadow.addr, 100)).await;
+    let r = get(p.outbound(), "svc", "/a").await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("x-upstream")),
+        (200, Some("primary"))
+    );
+    let req = Request::post(format!("http://{}/b", p.outbound()))
+        .header("host", "svc")
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let r = send(&h1_client(), req).await;
+    assert_eq!(r.status, 200, "the shadow's 500 never reaches the caller");
+    wait_until(|| async { seen.lock().unwrap().len() == 2 }).await;
+    let mut got = seen.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("svc-shadow".to_owned(), String::new()),
+            ("svc-shadow".to_owned(), "payload".to_owned())
+        ]
+    );
+    assert_eq!(primary.requests(), 2);
+    wait_until(|| async {
+        p.metric(r#"remora_mirror_requests_total{result="sent",route="r"}"#)
+            .await
+            == Some(2.0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stuck_shadow_never_holds_callers_up_and_copies_are_bounded() {
+    let primary = echo("primary").await;
+    // A shadow that never answers.
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let hold = release.clone();
+    let shadow = upstream_fn(move |_req| {
+        let hold = hold.clone();
+        async move {
+            hold.notified().await;
+            http::Response::new(TestBody::empty())
+        }
+    })
+    .await;
+    let p = proxy(&mirrored(&primary, shadow.addr, 100)).await;
+    for _ in 0..70 {
+        // Each answer arrives while the shadow still holds its copy.
+        assert_eq!(get(p.outbound(), "svc", "/").await.status, 200);
+    }
+    wait_until(|| async { shadow.requests() == 64 }).await;
+    let dropped = p
+        .metric(r#"remora_mirror_requests_total{result="dropped",route="r"}"#)
+        .await;
+    assert_eq!(
+        dropped,
+        Some(6.0),
+        "at most 64 copies in flight; the rest are dropped"
+    );
+    release.notify_waiters();
+}
+
+#[tokio::test]
+async fn a_dead_shadow_is_counted_and_harmless() {
+    let primary = echo("primary").await;
+    let p = proxy(&mirrored(&primary, dead_addr().await, 100)).await;
+    for _ in 0..5 {
+        assert_eq!(get(p.outbound(), "svc", "/").await.status, 200);
+    }
+    wait_until(|| async {
+        p.metric(r#"remora_mirror_requests_total{result="failed",route="r"}"#)
+            .await
+            == Some(5.0)
+    })
+    .await;
+    let none = proxy(&mirrored(&primary, dead_addr().await, 0)).await;
+    get(none.outbound(), "svc", "/").await;
+    assert_eq!(
+        none.metric(r#"remora_mirror_requests_total{result="failed",route="r"}"#)
+            .await,
+        Some(0.0),
+        "percent 0 copies nothing"
+    );
 }

@@ -315,3 +315,60 @@ fn retry_config_errors() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+#[tokio::test]
+async fn resets_and_5xx_are_retried_only_when_listed() {
+    let (reset, server) = resetting().await;
+    let good = echo("good").await;
+    let eps = [reset, good.addr];
+    let p = proxy(&config(
+        &eps,
+        &format!("{{ attempts: 2, on: [reset], {FAST} }}"),
+        "",
+    ))
+    .await;
+    assert_eq!(
+        get(p.outbound(), "svc", "/").await.status,
+        200,
+        "reset, retried on the other endpoint"
+    );
+    let p = proxy(&config(
+        &eps,
+        &format!("{{ attempts: 2, on: [gateway-error], {FAST} }}"),
+        "",
+    ))
+    .await;
+    let r = get(p.outbound(), "svc", "/").await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("x-remora-error")),
+        (502, Some("upstream-reset"))
+    );
+    server.abort();
+
+    let up = status_seq(&[500, 200]).await;
+    let p = proxy(&config(
+        &[up.addr],
+        &format!("{{ attempts: 2, {FAST} }}"),
+        "",
+    ))
+    .await;
+    assert_eq!(
+        get(p.outbound(), "svc", "/").await.status,
+        500,
+        "500 is not a gateway error"
+    );
+    assert_eq!(up.requests(), 1);
+    let up = status_seq(&[500, 200]).await;
+    let p = proxy(&config(
+        &[up.addr],
+        &format!("{{ attempts: 2, on: [5xx], {FAST} }}"),
+        "",
+    ))
+    .await;
+    assert_eq!(
+        get(p.outbound(), "svc", "/").await.status,
+        200,
+        "5xx covers 500"
+    );
+    assert_eq!(up.requests(), 2);
+}

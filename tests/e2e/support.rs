@@ -261,6 +261,23 @@ pub async fn echo_through<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpi
     assert_eq!(buf, msg);
 }
 
+/// A raw upstream that reads each request and closes the connection without answering.
+pub async fn resetting() -> (SocketAddr, JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+        }
+    });
+    (addr, task)
+}
+
 /// A local address with nothing listening on it.
 pub async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

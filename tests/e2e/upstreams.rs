@@ -220,17 +220,7 @@ async fn refused_connection_gives_502() {
 
 #[tokio::test]
 async fn upstream_reset_gives_502() {
-    use tokio::io::AsyncReadExt;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).await;
-            drop(s); // close mid-exchange, after reading the request
-        }
-    });
+    let (addr, server) = resetting().await;
     let p = proxy(&service_route(&[addr], "    protocol: http1")).await;
     let r = get(p.outbound(), "svc", "/").await;
     assert_eq!(r.status, 502);
