@@ -11,18 +11,7 @@ use hyper_util::rt::TokioIo;
 use crate::support::*;
 
 fn route_to(addr: std::net::SocketAddr, protocol: &str) -> String {
-    format!(
-        r#"
-outbound:
-  listen: 127.0.0.1:0
-  routes:
-    - name: r
-      match: {{ host: svc }}
-      backends: [{{ service: s }}]
-services:
-  s: {{ endpoints: ["{addr}"], protocol: {protocol} }}
-"#
-    )
+    svc_config(&[addr], &[], &[&format!("protocol: {protocol}")])
 }
 
 #[tokio::test]

@@ -9,20 +9,7 @@ use http_body_util::{BodyExt, Full};
 use crate::support::*;
 
 fn routed(up: &Upstream, route_extra: &str) -> String {
-    format!(
-        r#"
-outbound:
-  listen: 127.0.0.1:0
-  routes:
-    - name: r
-      match: {{ host: svc }}
-      backends: [{{ service: s }}]
-{route_extra}
-services:
-  s: {{ endpoints: ["{}"] }}
-"#,
-        up.addr
-    )
+    svc_config(&[up.addr], &[route_extra], &[])
 }
 
 #[tokio::test]
@@ -186,23 +173,8 @@ fn explain_shows_the_policies() {
 }
 
 fn breaker_config(up: &Upstream, breaker: &str) -> String {
-    format!(
-        r#"
-outbound:
-  listen: 127.0.0.1:0
-  routes:
-    - name: r
-      match: {{ host: svc }}
-      backends: [{{ service: s }}]
-      timeout: 5s
-services:
-  s:
-    endpoints: ["{}"]
-    protocol: http1
-    circuit_breaker: {breaker}
-"#,
-        up.addr
-    )
+    let breaker = format!("circuit_breaker: {breaker}");
+    svc_config(&[up.addr], &["timeout: 5s"], &["protocol: http1", &breaker])
 }
 
 /// Sends `n` requests at once and returns their statuses and `x-remora-error`s.
@@ -293,21 +265,13 @@ fn breaker_limits_must_be_positive() {
 }
 
 fn outlier_config(good: &Upstream, bad: &Upstream) -> String {
-    format!(
-        r#"
-outbound:
-  listen: 127.0.0.1:0
-  routes:
-    - name: r
-      match: {{ host: svc }}
-      backends: [{{ service: s }}]
-services:
-  s:
-    endpoints: ["{}", "{}"]
-    load_balancer: round_robin
-    outlier_detection: {{ consecutive_failures: 3, base_ejection: 300ms, max_ejected_percent: 50 }}
-"#,
-        good.addr, bad.addr
+    svc_config(
+        &[good.addr, bad.addr],
+        &[],
+        &[
+            "load_balancer: round_robin",
+            "outlier_detection: { consecutive_failures: 3, base_ejection: 300ms, max_ejected_percent: 50 }",
+        ],
     )
 }
 

@@ -13,24 +13,11 @@ use http_body_util::{BodyExt, Full};
 use crate::support::*;
 
 fn config(endpoints: &[std::net::SocketAddr], retry: &str, extra_service: &str) -> String {
-    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        r#"
-outbound:
-  listen: 127.0.0.1:0
-  routes:
-    - name: r
-      match: {{ host: svc }}
-      backends: [{{ service: s }}]
-      timeout: 5s
-      retry: {retry}
-services:
-  s:
-    endpoints: [{}]
-    load_balancer: round_robin
-{extra_service}
-"#,
-        eps.join(", ")
+    let retry = format!("retry: {retry}");
+    svc_config(
+        endpoints,
+        &["timeout: 5s", &retry],
+        &["load_balancer: round_robin", extra_service],
     )
 }
 

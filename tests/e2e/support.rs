@@ -396,6 +396,26 @@ impl Drop for Proxy {
     }
 }
 
+/// A config with one route `r` for host `svc` to service `s` at `endpoints`; `route` and
+/// `service` add settings to each, one `key: value` per entry (empty entries are skipped).
+pub fn svc_config(endpoints: &[SocketAddr], route: &[&str], service: &[&str]) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+    let mut y = String::from(
+        "outbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: r\n      match: { host: svc }\n      backends: [{ service: s }]\n",
+    );
+    for line in route.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
+        y.push_str(&format!("      {line}\n"));
+    }
+    y.push_str(&format!(
+        "services:\n  s:\n    endpoints: [{}]\n",
+        eps.join(", ")
+    ));
+    for line in service.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
+        y.push_str(&format!("    {line}\n"));
+    }
+    y
+}
+
 /// Completes test YAML: `version: 1` and an admin listener on port 0 are added when missing;
 /// data listeners must say `listen: 127.0.0.1:0`.
 pub fn complete(yaml: &str) -> String {

@@ -8,23 +8,7 @@ use tokio::net::TcpListener;
 use crate::support::*;
 
 fn service_route(endpoints: &[SocketAddr], extra: &str) -> String {
-    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        r#"
-outbound:
-  listen: 127.0.0.1:0
-  routes:
-    - name: r
-      match: {{ host: svc }}
-      backends: [{{ service: s }}]
-      timeout: 300ms
-services:
-  s:
-    endpoints: [{}]
-{extra}
-"#,
-        eps.join(", ")
-    )
+    svc_config(endpoints, &["timeout: 300ms"], &[extra])
 }
 
 async fn three() -> [Upstream; 3] {
