@@ -253,6 +253,7 @@ impl Service {
                                 Arc::downgrade(&ep),
                                 check.clone(),
                                 self.name.clone(),
+                                self.spec.protocol,
                             ));
                         }
                         ep
@@ -267,17 +268,31 @@ impl Service {
 }
 
 /// Checks `endpoint` every `check.interval` (plus jitter) until it is dropped.
-async fn check_health(endpoint: Weak<Endpoint>, check: health::Check, service: Arc<str>) {
+///
+/// Over HTTP/2 for `http2` services (which may speak nothing else), HTTP/1.1 otherwise.
+async fn check_health(
+    endpoint: Weak<Endpoint>,
+    check: health::Check,
+    service: Arc<str>,
+    protocol: Protocol,
+) {
     use http_body_util::BodyExt;
     loop {
         let jitter = check.interval.mul_f64(fastrand::f64() * 0.1);
         tokio::time::sleep(check.interval + jitter).await;
         let Some(ep) = endpoint.upgrade() else { return };
         let Some(state) = ep.health() else { return };
-        let req = http::Request::get(check.path.as_str())
-            .header(http::header::HOST, service.as_ref())
-            .header(http::header::USER_AGENT, "remora-health-check")
-            .body(crate::body::ProxyBody::empty());
+        let req = if protocol == Protocol::Http2 {
+            http::Request::get(format!("http://{service}{}", check.path))
+                .version(http::Version::HTTP_2)
+                .header(http::header::USER_AGENT, "remora-health-check")
+                .body(crate::body::ProxyBody::empty())
+        } else {
+            http::Request::get(check.path.as_str())
+                .header(http::header::HOST, service.as_ref())
+                .header(http::header::USER_AGENT, "remora-health-check")
+                .body(crate::body::ProxyBody::empty())
+        };
         let passed = match req {
             Ok(req) => {
                 let exchange = async {

@@ -561,3 +561,30 @@ async fn a_dead_shadow_is_counted_and_harmless() {
         "percent 0 copies nothing"
     );
 }
+
+#[tokio::test]
+async fn health_checks_speak_http2_to_http2_services() {
+    let versions = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = versions.clone();
+    let up = upstream_fn(move |req| {
+        let log = log.clone();
+        async move {
+            if req.uri().path() == "/healthz" {
+                log.lock().unwrap().push(format!("{:?}", req.version()));
+            }
+            http::Response::new(TestBody::empty())
+        }
+    })
+    .await;
+    let _p = proxy(&svc_config(
+        &[up.addr],
+        &[],
+        &[
+            "protocol: http2",
+            "health_check: { path: /healthz, interval: 50ms }",
+        ],
+    ))
+    .await;
+    wait_until(|| async { !versions.lock().unwrap().is_empty() }).await;
+    assert_eq!(versions.lock().unwrap()[0], "HTTP/2.0");
+}
