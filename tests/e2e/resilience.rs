@@ -199,7 +199,8 @@ async fn concurrently(out: std::net::SocketAddr, n: usize) -> Vec<(u16, Option<S
 
 #[tokio::test]
 async fn max_requests_fails_fast_with_503_overloaded() {
-    let up = slow("slow", Duration::from_millis(500)).await;
+    // Held long enough that all five arrive while the first two are in flight.
+    let up = slow("slow", Duration::from_secs(2)).await;
     let p = proxy(&breaker_config(&up, "{ max_requests: 2 }")).await;
     let results = concurrently(p.outbound(), 5).await;
     let ok = results.iter().filter(|(s, _)| *s == 200).count();
@@ -225,7 +226,7 @@ async fn max_requests_fails_fast_with_503_overloaded() {
 
 #[tokio::test]
 async fn max_connections_queues_up_to_max_pending() {
-    let up = slow("slow", Duration::from_millis(400)).await;
+    let up = slow("slow", Duration::from_secs(1)).await;
     let p = proxy(&breaker_config(
         &up,
         "{ max_connections: 1, max_pending_requests: 1 }",

@@ -69,12 +69,12 @@ services:
     let out = p.outbound();
     let mut pending = Vec::new();
     for _ in 0..40 {
-        let mut task = tokio::spawn(async move { get(out, "svc", "/").await });
-        // Wait for the answer, but not for the busy endpoint's.
-        if tokio::time::timeout(Duration::from_millis(50), &mut task)
-            .await
-            .is_err()
-        {
+        let before = busy.requests();
+        let task = tokio::spawn(async move { get(out, "svc", "/").await });
+        // Wait until the answer arrives or the busy endpoint has the request, so each pick
+        // sees the fast endpoint idle however slow the machine is.
+        wait_until(|| async { task.is_finished() || busy.requests() > before }).await;
+        if !task.is_finished() {
             pending.push(task);
         }
     }
