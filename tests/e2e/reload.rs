@@ -75,6 +75,14 @@ impl Drop for ConfigFile {
     }
 }
 
+/// A config file of `yaml` (written by rename) and a proxy started from it.
+async fn started(name: &str, yaml: &str) -> (ConfigFile, Proxy) {
+    let mut cfg = ConfigFile::new(name);
+    cfg.rename_over(yaml);
+    let p = proxy_file(&cfg.path()).await;
+    (cfg, p)
+}
+
 fn routes_to(service: &str, a: &Upstream, b: &Upstream, extra_route: &str) -> String {
     format!(
         r#"
@@ -256,9 +264,7 @@ async fn reloads_under_load_drop_nothing() {
 #[tokio::test]
 async fn a_broken_file_changes_nothing_and_says_why() {
     let (a, b) = (echo("a").await, echo("b").await);
-    let mut cfg = ConfigFile::new("broken");
-    cfg.rename_over(&routes_to("a", &a, &b, ""));
-    let p = proxy_file(&cfg.path()).await;
+    let (mut cfg, p) = started("broken", &routes_to("a", &a, &b, "")).await;
     let before = get(p.admin, "a", "/config").await.body;
 
     cfg.rename_over("outbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: r\n      backends: [{ service: missing }]\n");
@@ -290,9 +296,7 @@ async fn a_broken_file_changes_nothing_and_says_why() {
 #[tokio::test]
 async fn reload_reports_what_changed_and_keeps_unchanged_services() {
     let (a, b) = (echo("a").await, echo("b").await);
-    let mut cfg = ConfigFile::new("state");
-    cfg.rename_over(&routes_to("a", &a, &b, ""));
-    let p = proxy_file(&cfg.path()).await;
+    let (mut cfg, p) = started("state", &routes_to("a", &a, &b, "")).await;
     assert_eq!(upstream_of(&p).await, "a");
     assert_eq!(a.connections(), 1);
 
@@ -331,9 +335,7 @@ async fn reload_reports_what_changed_and_keeps_unchanged_services() {
 #[tokio::test]
 async fn changes_that_need_a_restart_are_refused() {
     let (a, b) = (echo("a").await, echo("b").await);
-    let mut cfg = ConfigFile::new("restart");
-    cfg.rename_over(&routes_to("a", &a, &b, ""));
-    let p = proxy_file(&cfg.path()).await;
+    let (mut cfg, p) = started("restart", &routes_to("a", &a, &b, "")).await;
     cfg.rename_over(&format!(
         "log: {{ level: debug }}\n{}",
         routes_to("b", &a, &b, "")
@@ -355,9 +357,7 @@ async fn changes_that_need_a_restart_are_refused() {
 #[tokio::test]
 async fn an_upgraded_connection_survives_a_reload() {
     let (ws, b) = (ws_echo().await, echo("b").await);
-    let mut cfg = ConfigFile::new("ws");
-    cfg.rename_over(&routes_to("a", &ws, &b, ""));
-    let p = proxy_file(&cfg.path()).await;
+    let (mut cfg, p) = started("ws", &routes_to("a", &ws, &b, "")).await;
     let (_, mut io) = open_upgrade(p.outbound(), "svc").await;
     echo_through(&mut io, b"before").await;
 
@@ -387,9 +387,7 @@ fn free_port() -> u16 {
 async fn a_listener_moves_to_a_new_address_without_dropping_open_connections() {
     use hyper_util::rt::TokioIo;
     let (a, b) = (echo("a").await, echo("b").await);
-    let mut cfg = ConfigFile::new("move");
-    cfg.rename_over(&routes_to("a", &a, &b, ""));
-    let p = proxy_file(&cfg.path()).await;
+    let (mut cfg, p) = started("move", &routes_to("a", &a, &b, "")).await;
     let old = p.outbound();
 
     // A keep-alive connection opened on the old listener.
@@ -442,9 +440,7 @@ async fn a_listener_moves_to_a_new_address_without_dropping_open_connections() {
 #[tokio::test]
 async fn new_limits_apply_to_new_connections() {
     let (a, b) = (echo("a").await, echo("b").await);
-    let mut cfg = ConfigFile::new("limits");
-    cfg.rename_over(&routes_to("a", &a, &b, ""));
-    let p = proxy_file(&cfg.path()).await;
+    let (mut cfg, p) = started("limits", &routes_to("a", &a, &b, "")).await;
     let big = "x".repeat(12_000);
     assert_eq!(
         get_with(p.outbound(), "svc", "/", &[("x-big", &big)])
@@ -468,9 +464,7 @@ async fn new_limits_apply_to_new_connections() {
 #[tokio::test]
 async fn a_reload_can_add_the_inbound_listener() {
     let (a, b) = (echo("a").await, echo("b").await);
-    let mut cfg = ConfigFile::new("add-inbound");
-    cfg.rename_over(&routes_to("a", &a, &b, ""));
-    let p = proxy_file(&cfg.path()).await;
+    let (mut cfg, p) = started("add-inbound", &routes_to("a", &a, &b, "")).await;
     let port = free_port();
     cfg.rename_over(&format!(
         "inbound: {{ listen: \"127.0.0.1:{port}\", app: \"{}\" }}\n{}",
@@ -495,9 +489,7 @@ async fn a_reload_can_add_the_inbound_listener() {
 async fn a_rate_limit_keeps_its_state_across_reloads_that_do_not_change_it() {
     let (a, b) = (echo("a").await, echo("b").await);
     let limited = "    - name: limited\n      match: { host: lim }\n      direct_response: { status: 200 }\n      rate_limit: { requests_per_second: 1, burst: 2 }\n";
-    let mut cfg = ConfigFile::new("limiter");
-    cfg.rename_over(&routes_to("a", &a, &b, limited));
-    let p = proxy_file(&cfg.path()).await;
+    let (mut cfg, p) = started("limiter", &routes_to("a", &a, &b, limited)).await;
     for _ in 0..2 {
         assert_eq!(get(p.outbound(), "lim", "/").await.status, 200);
     }
@@ -552,9 +544,7 @@ services:
             good.addr, bad.addr, other.addr
         )
     };
-    let mut cfg = ConfigFile::new("ejected");
-    cfg.rename_over(&config(""));
-    let p = proxy_file(&cfg.path()).await;
+    let (mut cfg, p) = started("ejected", &config("")).await;
     for _ in 0..10 {
         get(p.outbound(), "svc", "/").await;
     }

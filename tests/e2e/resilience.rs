@@ -177,6 +177,16 @@ fn breaker_config(up: &Upstream, breaker: &str) -> String {
     svc_config(&[up.addr], &["timeout: 5s"], &["protocol: http1", &breaker])
 }
 
+/// How many answers were 200, and how many 503 `overloaded`.
+fn ok_and_overloaded(results: &[(u16, Option<String>)]) -> (usize, usize) {
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let overloaded = results
+        .iter()
+        .filter(|(s, e)| *s == 503 && e.as_deref() == Some("overloaded"))
+        .count();
+    (ok, overloaded)
+}
+
 /// Sends `n` requests at once and returns their statuses and `x-remora-error`s.
 async fn concurrently(out: std::net::SocketAddr, n: usize) -> Vec<(u16, Option<String>)> {
     let tasks: Vec<_> = (0..n)
@@ -203,11 +213,7 @@ async fn max_requests_fails_fast_with_503_overloaded() {
     let up = slow("slow", Duration::from_secs(2)).await;
     let p = proxy(&breaker_config(&up, "{ max_requests: 2 }")).await;
     let results = concurrently(p.outbound(), 5).await;
-    let ok = results.iter().filter(|(s, _)| *s == 200).count();
-    let overloaded = results
-        .iter()
-        .filter(|(s, e)| *s == 503 && e.as_deref() == Some("overloaded"))
-        .count();
+    let (ok, overloaded) = ok_and_overloaded(&results);
     assert_eq!((ok, overloaded), (2, 3), "{results:?}");
     assert_eq!(
         up.requests(),
@@ -233,11 +239,7 @@ async fn max_connections_queues_up_to_max_pending() {
     ))
     .await;
     let results = concurrently(p.outbound(), 3).await;
-    let ok = results.iter().filter(|(s, _)| *s == 200).count();
-    let overloaded = results
-        .iter()
-        .filter(|(s, e)| *s == 503 && e.as_deref() == Some("overloaded"))
-        .count();
+    let (ok, overloaded) = ok_and_overloaded(&results);
     // One on the connection, one waiting for it, one refused.
     assert_eq!((ok, overloaded), (2, 1), "{results:?}");
     assert_eq!(
