@@ -7,11 +7,7 @@ use std::{hint::black_box, time::Duration};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use remora::{
-    metrics::{Direction, Metrics},
-    routing::RequestView,
-    runtime::Snapshot,
-};
+use remora::{metrics::Direction, routing::RequestView, runtime::Snapshot};
 
 /// A config with `n` host routes (each with a path prefix and a header condition) in front of
 /// the route the benchmark request takes, plus services with 10 endpoints per balancer.
@@ -46,10 +42,10 @@ fn benches(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let metrics = Metrics::new();
+    let shared = remora::runtime::Shared::new();
     let snapshot = rt.block_on(async {
         let compiled = remora::config::parse("bench.yaml", &config(50)).unwrap();
-        Snapshot::build(compiled, &metrics, None)
+        Snapshot::build(compiled, &shared, None)
     });
     let table = &snapshot.outbound.as_ref().unwrap().table;
     let mut headers = HeaderMap::new();
@@ -102,7 +98,7 @@ fn benches(c: &mut Criterion) {
         });
     }
 
-    let m = metrics.request(Direction::Outbound, "target", "lr");
+    let m = shared.metrics.request(Direction::Outbound, "target", "lr");
     c.bench_function("metrics/record_request", |b| {
         b.iter(|| {
             m.record(

@@ -17,6 +17,7 @@ use crate::{
     proxy::{inbound, outbound, server, ConnMeta},
     reload::Reloader,
     runtime::Runtime,
+    tls::{self, accept::Terminator},
 };
 
 /// A listener that could not be bound.
@@ -103,6 +104,7 @@ pub async fn run(
 ) {
     let startup = compiled.startup();
     let rt = Runtime::new(compiled);
+    tls::watch::spawn(&rt.tls, tls::watch::PERIOD);
     let addrs = listeners.addrs();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (drained_tx, mut drained_rx) = mpsc::channel::<()>(1);
@@ -156,6 +158,16 @@ pub async fn run(
     }
     let _ = admin_stop_tx.send(true);
     let _ = admin_task.await;
+}
+
+/// TLS termination for the inbound listener, in the mode of the config in force.
+fn inbound_terminator(rt: &Arc<Runtime>) -> Terminator {
+    let weak = Arc::downgrade(rt);
+    Terminator::new(rt.tls.clone(), move || {
+        weak.upgrade()
+            .and_then(|rt| rt.snapshot().inbound.as_ref().map(|ib| ib.tls))
+            .unwrap_or(tls::Mode::Disabled)
+    })
 }
 
 /// The inbound and outbound accept loops, which a reload may move to a new address, add,
@@ -230,23 +242,20 @@ impl DataListeners {
             .clone()?;
         let local = server::local_addr(&listener);
         tracing::info!(addr = %local, direction = d.as_str(), "listener bound");
-        let meta = ConnMeta {
-            peer: local,
-            local,
-            direction: d,
-        };
+        let meta = ConnMeta::plain(local, local, d);
         let (accept_stop, accept_rx) = watch::channel(false);
         let rt = self.rt.clone();
         let task = tokio::spawn(async move {
             let metrics = rt.metrics.clone();
             match d {
                 Direction::Inbound => {
+                    let tls = Some(Arc::new(inbound_terminator(&rt)));
                     let h = move |conn, req| inbound::handle(rt.clone(), conn, req);
-                    server::serve(listener, limits, meta, &metrics, life, accept_rx, h).await
+                    server::serve(listener, limits, meta, &metrics, life, accept_rx, tls, h).await
                 }
                 Direction::Outbound => {
                     let h = move |conn, req| outbound::handle(rt.clone(), conn, req);
-                    server::serve(listener, limits, meta, &metrics, life, accept_rx, h).await
+                    server::serve(listener, limits, meta, &metrics, life, accept_rx, None, h).await
                 }
             }
         });

@@ -110,7 +110,7 @@ pub fn parse(name: &str, text: &str) -> Result<Compiled, ConfigError> {
             }]));
         }
     };
-    compile::compile(file).map_err(|problems| {
+    compile::compile(file, Path::new(name).parent()).map_err(|problems| {
         let index = PositionIndex::build(text);
         let mut located: Vec<Located> = problems.into_iter().map(|p| locate(&index, p)).collect();
         located.sort_by_key(|l| (l.line, l.column));

@@ -11,6 +11,7 @@
 //! - [`runtime`]: the config snapshot published atomically, and process-wide state.
 //! - [`config`]: the control file, its validation and compilation; [`reload`]: live reloads.
 //! - [`explain`], [`route_test`]: which route a request takes and why; route test cases.
+//! - [`tls`]: mutual TLS: identities, termination, origination, rotation, dev certificates.
 //! - [`metrics`], [`admin`], [`telemetry`]: Prometheus metrics, the admin listener, logs.
 //! - [`body`]: the body type moved in both directions.
 
@@ -28,4 +29,5 @@ pub mod route_test;
 pub mod routing;
 pub mod runtime;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

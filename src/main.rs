@@ -1,4 +1,4 @@
-//! The `remora` command line: `run`, `check`, `--version`. The only place errors become exit
+//! The `remora` command line: `run`, `check`, `explain`, `test`, `certs`, `--version`. The only place errors become exit
 //! codes: 0 success, 64 bad config, 1 runtime failure.
 
 use std::{path::PathBuf, process::ExitCode};
@@ -62,6 +62,19 @@ enum Command {
         /// The control file.
         file: PathBuf,
     },
+    /// Create development mTLS certificates: a CA (ca.crt, ca.key; reused when present) and,
+    /// per SPIFFE ID, NAME.crt and NAME.key, NAME being the ID's last path segment.
+    Certs {
+        /// Directory to write into (created if missing).
+        #[arg(long, short, default_value = "certs")]
+        out: PathBuf,
+        /// Days the workload certificates are valid (the CA twice as long).
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+        /// SPIFFE IDs, e.g. spiffe://demo.local/ns/shop/sa/web.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -78,6 +91,22 @@ fn main() -> ExitCode {
             }
         },
         Command::Test { file, cases } => route_test(&file, &cases),
+        Command::Certs { out, days, ids } => {
+            match remora::tls::certs::write_dev_certs(&out, &ids, i64::from(days)) {
+                Ok(w) => {
+                    let ca = if w.new_ca { "created" } else { "reused" };
+                    println!("{}: CA {ca}", out.join("ca.crt").display());
+                    for (id, crt, key) in w.workloads {
+                        println!("{}, {}: {id}", crt.display(), key.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("remora certs: {e}");
+                    ExitCode::from(EXIT_BAD_CONFIG)
+                }
+            }
+        }
         Command::Explain {
             config: path,
             method,

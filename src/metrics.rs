@@ -313,6 +313,13 @@ impl Metrics {
         }
     }
 
+    /// Registers a collector another module owns (TLS, authorization).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        self.registry
+            .register(collector)
+            .expect("metric names are unique");
+    }
+
     /// Handles for requests on `direction` answered by `route` via `service` ("" when none).
     pub fn request(&self, direction: Direction, route: &str, service: &str) -> RequestMetrics {
         let labels = [direction.as_str(), route, service];

@@ -2,6 +2,7 @@
 //! request handlers (`outbound`, `inbound`), upstream forwarding (`forward`), header hygiene
 //! (`headers`), and errors with the one place they become responses (`error`).
 
+pub mod authorize;
 pub mod error;
 mod forward;
 pub mod headers;
@@ -11,7 +12,7 @@ pub mod outbound;
 mod retrying;
 pub mod server;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use http::{header, Method, Request, Response};
 use tokio::time::Instant;
@@ -25,7 +26,7 @@ use crate::{
 pub use error::{rescue, ProxyError};
 
 /// What the handlers know about the downstream connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnMeta {
     /// The caller's address.
     pub peer: SocketAddr,
@@ -33,6 +34,23 @@ pub struct ConnMeta {
     pub local: SocketAddr,
     /// Which listener.
     pub direction: Direction,
+    /// Whether the connection is TLS (terminated here).
+    pub tls: bool,
+    /// The caller's SPIFFE ID, verified in the mTLS handshake.
+    pub client_id: Option<Arc<str>>,
+}
+
+impl ConnMeta {
+    /// A plaintext connection from `peer` to `local`.
+    pub fn plain(peer: SocketAddr, local: SocketAddr, direction: Direction) -> Self {
+        Self {
+            peer,
+            local,
+            direction,
+            tls: false,
+            client_id: None,
+        }
+    }
 }
 
 /// What one request turned into, for metrics and the access log.
@@ -113,6 +131,7 @@ pub fn finish(
             target: "remora::access",
             direction = conn.direction.as_str(),
             client = %conn.peer.ip(),
+            client_id = conn.client_id.as_deref(),
             method = %line.method,
             authority = %line.authority,
             path = %line.path,

@@ -158,7 +158,7 @@ impl Reloader {
             .prepare(&startup)
             .await
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
-        let next = Snapshot::build(compiled, &self.rt.metrics, Some(&current));
+        let next = Snapshot::build(compiled, self.rt.shared(), Some(&current));
         let mut changes = Changes::between(&current, &next);
         self.rt.publish(next);
         changes.other.extend(self.listeners.commit(plan).await);

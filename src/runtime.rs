@@ -16,12 +16,17 @@ use arc_swap::ArcSwap;
 use crate::{
     config::{file::File, Compiled, ShutdownSettings, Startup},
     metrics::{Direction, Metrics},
-    proxy::{inbound::Inbound, outbound::Outbound},
+    proxy::{
+        authorize::{Authorizer, AuthzMetrics},
+        inbound::Inbound,
+        outbound::Outbound,
+    },
     resilience::RateLimiter,
     routing::{
         table::{MirrorTarget, Target},
         ActionSpec, Route, RouteTable,
     },
+    tls::TlsContext,
     upstream::{Passthrough, Service},
 };
 
@@ -49,8 +54,9 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Binds `compiled` to live services. A service whose definition equals one in `previous`
-    /// keeps its live state (endpoints, pools); others are created fresh.
-    pub fn build(compiled: Compiled, metrics: &Metrics, previous: Option<&Snapshot>) -> Self {
+    /// keeps its live state (endpoints, pools); others are created fresh. The config's
+    /// identity is put in force (a no-op when it is the one in force).
+    pub fn build(compiled: Compiled, shared: &Shared, previous: Option<&Snapshot>) -> Self {
         let startup = compiled.startup();
         let Compiled {
             file,
@@ -59,8 +65,11 @@ impl Snapshot {
             inbound,
             outbound,
             services: specs,
+            identity,
             ..
         } = compiled;
+        let metrics = &shared.metrics;
+        shared.tls.install(identity);
         let services: BTreeMap<String, Arc<Service>> = specs
             .into_iter()
             .map(|(name, spec)| {
@@ -68,7 +77,7 @@ impl Snapshot {
                     .and_then(|p| p.services.get(&name))
                     .filter(|s| *s.spec() == spec)
                     .cloned();
-                let svc = kept.unwrap_or_else(|| Service::new(&name, spec, metrics));
+                let svc = kept.unwrap_or_else(|| Service::new(&name, spec, metrics, &shared.tls));
                 (name, svc)
             })
             .collect();
@@ -152,7 +161,9 @@ impl Snapshot {
                     .unwrap_or_else(|| Arc::new(RateLimiter::new(rate, burst)))
             });
             Inbound {
-                app: kept.unwrap_or_else(|| Service::new("app", ib.app, metrics)),
+                app: kept.unwrap_or_else(|| Service::new("app", ib.app, metrics, &shared.tls)),
+                tls: ib.tls,
+                authorizer: ib.authorize.map(|p| Authorizer::new(p, &shared.authz)),
                 timeout: ib.timeout,
                 rate_limit: ib.rate_limit,
                 limiter,
@@ -173,11 +184,43 @@ impl Snapshot {
     }
 }
 
+/// What outlives config snapshots and every snapshot is bound to.
+#[derive(Debug)]
+pub struct Shared {
+    /// Metrics registry and handles.
+    pub metrics: Metrics,
+    /// The identity in force and the TLS metrics.
+    pub tls: Arc<TlsContext>,
+    /// Authorization counters.
+    pub authz: AuthzMetrics,
+}
+
+impl Shared {
+    /// A fresh registry with every metric registered, and no identity.
+    pub fn new() -> Self {
+        let metrics = Metrics::new();
+        Self {
+            tls: TlsContext::new(&metrics),
+            authz: AuthzMetrics::new(&metrics),
+            metrics,
+        }
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Process-wide state shared by every listener.
 #[derive(Debug)]
 pub struct Runtime {
     /// Metrics registry and handles.
     pub metrics: Metrics,
+    /// The identity in force and the TLS metrics.
+    pub tls: Arc<TlsContext>,
+    shared: Shared,
     snapshot: ArcSwap<Snapshot>,
     ready: AtomicBool,
     passthrough: Passthrough,
@@ -186,15 +229,22 @@ pub struct Runtime {
 impl Runtime {
     /// A runtime serving `compiled` (must run inside the tokio runtime).
     pub fn new(compiled: Compiled) -> Arc<Self> {
-        let metrics = Metrics::new();
-        let snapshot = Snapshot::build(compiled, &metrics, None);
-        metrics.config_loaded();
+        let shared = Shared::new();
+        let snapshot = Snapshot::build(compiled, &shared, None);
+        shared.metrics.config_loaded();
         Arc::new(Self {
-            metrics,
+            metrics: shared.metrics.clone(),
+            tls: shared.tls.clone(),
+            shared,
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
             passthrough: Passthrough::new(Duration::from_secs(1)),
         })
+    }
+
+    /// What snapshots are built with.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// The current snapshot. Hold it for the whole request so the request sees one config.

@@ -34,6 +34,7 @@ use crate::{
         retry::Budget,
         Breaker,
     },
+    tls::{connect::Originator, TlsContext},
 };
 
 /// A service's definition, compiled from the control file. Two equal specs describe the same
@@ -58,6 +59,8 @@ pub struct ServiceSpec {
     pub retry_budget: (u32, u32),
     /// Active health checks, when on.
     pub health: Option<health::Check>,
+    /// The SPIFFE ID to require of endpoints, called over mTLS; `None`: plaintext.
+    pub tls: Option<String>,
 }
 
 /// Where a service's endpoints come from.
@@ -94,13 +97,21 @@ pub struct Service {
     healthy_gauges: Option<prometheus::IntGaugeVec>,
     /// Per-endpoint ejection gauges, when outlier detection is on.
     ejected_gauges: Option<prometheus::IntGaugeVec>,
+    /// mTLS origination, when the service has `tls`.
+    tls: Option<Arc<Originator>>,
 }
 
 impl Service {
     /// Creates the service; a DNS service starts resolving in the background (so this must
     /// run inside the tokio runtime).
-    pub fn new(name: &str, spec: ServiceSpec, metrics: &Metrics) -> Arc<Self> {
+    pub fn new(
+        name: &str,
+        spec: ServiceSpec,
+        metrics: &Metrics,
+        tls: &Arc<TlsContext>,
+    ) -> Arc<Self> {
         let svc = Arc::new(Self {
+            tls: spec.tls.as_ref().map(|id| Originator::new(id, tls.clone())),
             name: Arc::from(name),
             metrics: metrics.upstream(name),
             breaker: Breaker::new(spec.breaker, metrics.breaker(name)),
@@ -247,6 +258,7 @@ impl Service {
                                     self.unhealthy.clone(),
                                 )
                             }),
+                            self.tls.clone(),
                         );
                         if let Some(check) = &self.spec.health {
                             tokio::spawn(check_health(

@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     net::SocketAddr,
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
@@ -12,15 +13,17 @@ use bytes::Bytes;
 use http::{header::HeaderName, HeaderValue, Method, StatusCode};
 
 use super::file::{
-    self, File, HeaderEditsFile, Lenient, LoadBalancerFile, MatchFile, PathMatchFile, RouteFile,
-    ServiceFile, Unmatched, ValueMatchFile,
+    self, AuthorizeRuleFile, File, HeaderEditsFile, InboundTls, Lenient, LoadBalancerFile,
+    MatchFile, PathMatchFile, RouteFile, ServiceFile, Unmatched, ValueMatchFile,
 };
 use crate::{
     balance::Policy,
+    proxy::authorize::{self, IdPattern, PathPattern},
     routing::{
         matcher::{anchored_regex, HostMatch, PathMatch, ValueMatch},
         ActionSpec, HeaderEdits, Rewrite, RouteMatch, RouteSpec, WeightedService,
     },
+    tls::{self, Identity, IdentityFiles},
     upstream::{Discovery, ServiceSpec},
 };
 
@@ -52,6 +55,8 @@ pub struct Compiled {
     pub outbound: Option<OutboundSpec>,
     /// Upstream services by name.
     pub services: BTreeMap<String, ServiceSpec>,
+    /// This workload's identity, its files read and checked.
+    pub identity: Option<Identity>,
 }
 
 /// The settings applied when listeners start: listen addresses, protocol limits and
@@ -134,6 +139,10 @@ pub struct InboundSpec {
     pub timeout: Duration,
     /// Local rate limit for all callers (requests per second, burst).
     pub rate_limit: Option<(u32, u32)>,
+    /// What the listener accepts: mTLS, plaintext or both.
+    pub tls: tls::Mode,
+    /// Authorization rules, when any are configured.
+    pub authorize: Option<authorize::Policy>,
 }
 
 /// Runtime form of `outbound:`.
@@ -147,9 +156,27 @@ pub struct OutboundSpec {
     pub routes: Vec<RouteSpec>,
 }
 
-/// Compiles `file`; `Err` lists every problem found.
-pub fn compile(file: File) -> Result<Compiled, Vec<Problem>> {
-    let mut c = Ctx::default();
+/// Compiles `file`; `Err` lists every problem found. Relative file paths in it are taken
+/// from `base` (the control file's directory).
+pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>> {
+    let mut c = Ctx {
+        has_identity: file.identity.is_some(),
+        ..Ctx::default()
+    };
+    let identity = c.part(&file.identity, "identity").and_then(|id| {
+        let resolve = |p: &str| match base {
+            Some(dir) if Path::new(p).is_relative() => dir.join(p),
+            _ => PathBuf::from(p),
+        };
+        let files = IdentityFiles {
+            trust_anchors: resolve(&id.trust_anchors),
+            certificate: resolve(&id.certificate),
+            private_key: resolve(&id.private_key),
+        };
+        Identity::load(&files)
+            .map_err(|e| c.err(e.field.path(), e.to_string()))
+            .ok()
+    });
     if file.version != 1 {
         c.err(
             "version",
@@ -193,6 +220,8 @@ pub fn compile(file: File) -> Result<Compiled, Vec<Problem>> {
     let inbound = c.part(&file.inbound, "inbound").map(|ib| {
         let listen = c.addr("inbound.listen", &ib.listen);
         let app = c.addr("inbound.app", &ib.app);
+        let tls = c.inbound_tls(ib.tls);
+        let authorize = c.authorize(&ib.authorize, tls);
         InboundSpec {
             listen,
             app: ServiceSpec {
@@ -205,12 +234,15 @@ pub fn compile(file: File) -> Result<Compiled, Vec<Problem>> {
                 outlier: None,
                 retry_budget: (200, 10),
                 health: None,
+                tls: None,
             },
             timeout: ib.timeout.0,
             rate_limit: ib
                 .rate_limit
                 .as_ref()
                 .and_then(|r| c.rate_limit("inbound.rate_limit", r)),
+            tls,
+            authorize,
         }
     });
 
@@ -277,6 +309,7 @@ pub fn compile(file: File) -> Result<Compiled, Vec<Problem>> {
         inbound,
         outbound,
         services,
+        identity,
         file,
     })
 }
@@ -284,6 +317,8 @@ pub fn compile(file: File) -> Result<Compiled, Vec<Problem>> {
 #[derive(Default)]
 struct Ctx {
     problems: Vec<Problem>,
+    /// Whether the file has an `identity` section (valid or not).
+    has_identity: bool,
 }
 
 impl Ctx {
@@ -335,6 +370,123 @@ impl Ctx {
         HeaderValue::from_str(text)
             .map_err(|_| self.err(path, format!("invalid header value {text:?}")))
             .ok()
+    }
+
+    /// `inbound.tls`, defaulting to `permissive` when there is an identity.
+    fn inbound_tls(&mut self, tls: Option<InboundTls>) -> tls::Mode {
+        let mode = match tls {
+            Some(InboundTls::Strict) => tls::Mode::Strict,
+            Some(InboundTls::Permissive) => tls::Mode::Permissive,
+            Some(InboundTls::Disabled) => tls::Mode::Disabled,
+            None if self.has_identity => tls::Mode::Permissive,
+            None => tls::Mode::Disabled,
+        };
+        if mode != tls::Mode::Disabled && !self.has_identity {
+            self.err(
+                "inbound.tls",
+                "needs the `identity` section (trust_anchors, certificate, private_key)".into(),
+            );
+        }
+        mode
+    }
+
+    fn authorize(
+        &mut self,
+        rules: &[AuthorizeRuleFile],
+        tls: tls::Mode,
+    ) -> Option<authorize::Policy> {
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            let at = format!("inbound.authorize[{i}]");
+            let name = r.name.clone().unwrap_or_else(|| format!("rule-{}", i + 1));
+            if !names.insert(name.clone()) {
+                self.err(
+                    &format!("{at}.name"),
+                    format!("duplicate rule name {name:?}"),
+                );
+            }
+            if r.from.is_empty() && !r.unauthenticated {
+                self.err(
+                    &at,
+                    "matches no caller: give `from` (SPIFFE IDs) or `unauthenticated: true`".into(),
+                );
+            }
+            if !r.from.is_empty() && tls == tls::Mode::Disabled {
+                self.err(
+                    &format!("{at}.from"),
+                    "callers never have an identity while inbound.tls is disabled; enable TLS or use `unauthenticated: true`".into(),
+                );
+            }
+            let from = r
+                .from
+                .iter()
+                .enumerate()
+                .filter_map(|(j, f)| {
+                    IdPattern::parse(f)
+                        .map_err(|m| self.err(&format!("{at}.from[{j}]"), m))
+                        .ok()
+                })
+                .collect();
+            let paths = r
+                .paths
+                .iter()
+                .enumerate()
+                .filter_map(|(j, p)| {
+                    PathPattern::parse(p)
+                        .map_err(|m| self.err(&format!("{at}.paths[{j}]"), m))
+                        .ok()
+                })
+                .collect();
+            let methods = r
+                .methods
+                .iter()
+                .enumerate()
+                .filter_map(|(j, m)| {
+                    Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                        .map_err(|_| {
+                            self.err(
+                                &format!("{at}.methods[{j}]"),
+                                format!("invalid method {m:?}"),
+                            )
+                        })
+                        .ok()
+                })
+                .collect();
+            out.push(authorize::Rule {
+                name,
+                from,
+                unauthenticated: r.unauthenticated,
+                paths,
+                methods,
+            });
+        }
+        (!out.is_empty()).then_some(authorize::Policy { rules: out })
+    }
+
+    /// A service's `tls.identity`: one exact SPIFFE ID.
+    fn service_tls(&mut self, path: &str, svc: &ServiceFile) -> Option<String> {
+        let t = svc.tls.as_ref()?;
+        if !self.has_identity {
+            self.err(
+                &format!("{path}.tls"),
+                "needs the `identity` section (trust_anchors, certificate, private_key)".into(),
+            );
+        }
+        match IdPattern::parse(&t.identity) {
+            Ok(IdPattern::Exact(id)) => Some(id),
+            Ok(_) => {
+                self.err(
+                    &format!("{path}.tls.identity"),
+                    "must be one exact SPIFFE ID, not a pattern".into(),
+                );
+                None
+            }
+            Err(m) => {
+                self.err(&format!("{path}.tls.identity"), m);
+                None
+            }
+        }
     }
 
     fn service(&mut self, path: &str, svc: &ServiceFile) -> Option<ServiceSpec> {
@@ -478,6 +630,7 @@ impl Ctx {
             })
         });
         Some(ServiceSpec {
+            tls: self.service_tls(path, svc),
             health,
             retry_budget: (
                 (rb.ratio.clamp(0.0, 1.0) * 1000.0).round() as u32,

@@ -67,6 +67,9 @@ pub struct File {
     /// Logging.
     #[serde(default)]
     pub log: Option<Lenient<LogFile>>,
+    /// This workload's mTLS identity. Needed only when TLS is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Lenient<IdentityFile>>,
     /// The inbound listener (callers → local app). Absent: no inbound listener.
     #[serde(default)]
     pub inbound: Option<Lenient<InboundFile>>,
@@ -208,6 +211,63 @@ pub enum LogFormat {
     Text,
 }
 
+/// `identity:`: PEM files, watched and rotated live. Relative paths are relative to the
+/// control file's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFile {
+    /// CA certificates that peers' certificates must chain to.
+    pub trust_anchors: String,
+    /// This workload's certificate chain; its URI SAN is the SPIFFE ID.
+    pub certificate: String,
+    /// The certificate's private key.
+    pub private_key: String,
+}
+
+/// `inbound.tls`: what the inbound listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboundTls {
+    /// mTLS only: TLS with a client certificate from the trust anchors.
+    Strict,
+    /// mTLS, and plaintext on the same port.
+    Permissive,
+    /// Plaintext only.
+    Disabled,
+}
+
+/// One rule of `inbound.authorize`: a request is allowed when the caller, its path and its
+/// method all match. A rule must name callers (`from`), allow unauthenticated ones, or both.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizeRuleFile {
+    /// Name in `remora_authz_allowed_total{rule}` and logs. Default: `rule-N` (1-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Caller SPIFFE IDs: exact, `spiffe://domain/prefix/*`, or `*` for any authenticated
+    /// caller.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<String>,
+    /// Match every caller, including those without an identity (plaintext callers in
+    /// `permissive` or `disabled`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unauthenticated: bool,
+    /// Paths: exact, or `/prefix/*` (the prefix itself and everything under it). Absent: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Methods. Absent: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+}
+
+/// `tls:` of a service: originate mTLS and require the peer's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceTlsFile {
+    /// The SPIFFE ID the service's endpoints must present.
+    pub identity: String,
+}
+
 /// `inbound:`: callers reach the local app through this listener.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -233,6 +293,14 @@ pub struct InboundFile {
     /// Local rate limit for all callers together: over it, 429 with `retry-after`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitFile>,
+    /// `strict`, `permissive` or `disabled`. Default: `permissive` when `identity` is
+    /// configured, `disabled` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<InboundTls>,
+    /// Authorization rules, first match allows; when there are rules and none matches, 403.
+    /// Absent: every caller is allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorize: Vec<AuthorizeRuleFile>,
 }
 
 fn default_inbound_listen() -> String {
@@ -726,6 +794,9 @@ pub struct ServiceFile {
     /// Active health checks. Absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckFile>,
+    /// Call the endpoints over mTLS and require this peer identity. Absent: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServiceTlsFile>,
 }
 
 /// `health_check:` of a service.

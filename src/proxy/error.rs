@@ -57,6 +57,20 @@ pub enum ProxyError {
     /// The route's fault injection answered instead of the upstream.
     #[error("fault injected by the route")]
     FaultInjected(StatusCode),
+    /// No `inbound.authorize` rule allows this caller, path and method.
+    #[error("caller {} is not authorized for this request", .caller.as_deref().unwrap_or("(unauthenticated)"))]
+    Unauthorized {
+        /// The caller's SPIFFE ID; `None` for a plaintext caller.
+        caller: Option<Arc<str>>,
+    },
+    /// The upstream presented another identity than the service's `tls.identity`.
+    #[error("upstream {target}: {source}")]
+    PeerIdentityMismatch {
+        /// Endpoint.
+        target: String,
+        /// Expected and presented identities.
+        source: BoxError,
+    },
 }
 
 impl ProxyError {
@@ -69,7 +83,10 @@ impl ProxyError {
             ProxyError::NoEndpoints { .. } | ProxyError::Overloaded(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::Connect { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect { .. }
+            | ProxyError::Reset { .. }
+            | ProxyError::PeerIdentityMismatch { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Unauthorized { .. } => StatusCode::FORBIDDEN,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::FaultInjected(status) => *status,
@@ -89,6 +106,8 @@ impl ProxyError {
             ProxyError::Timeout(_) => "timeout",
             ProxyError::RateLimited(_) => "rate-limited",
             ProxyError::FaultInjected(_) => "fault-injected",
+            ProxyError::Unauthorized { .. } => "unauthorized",
+            ProxyError::PeerIdentityMismatch { .. } => "peer-identity-mismatch",
         }
     }
 
@@ -101,6 +120,7 @@ impl ProxyError {
                 | ProxyError::Loop
                 | ProxyError::RateLimited(_)
                 | ProxyError::FaultInjected(_)
+                | ProxyError::Unauthorized { .. }
         )
     }
 }

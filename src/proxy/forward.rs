@@ -18,6 +18,7 @@ use crate::{
     config::file::Protocol,
     metrics::{AttemptResult, UpstreamMetrics},
     resilience::breaker::RequestPermit,
+    tls::connect::OriginateError,
     upstream::{Endpoint, Pool, PoolError},
 };
 
@@ -49,7 +50,8 @@ pub fn prepare(
     };
     let downstream_version = parts.version;
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::add_forwarded(&mut parts.headers, conn.peer.ip(), "http");
+    let proto = if conn.tls { "https" } else { "http" };
+    headers::add_forwarded(&mut parts.headers, conn.peer.ip(), proto);
 
     let pq = match path_and_query {
         Some(s) => PathAndQuery::try_from(s)
@@ -124,6 +126,20 @@ pub async fn send(
             return Err(ProxyError::Timeout(timeout));
         }
         Ok(Err(PoolError::Connect(e))) => {
+            metrics.attempt(AttemptResult::ConnectFailure);
+            return Err(ProxyError::Connect {
+                target: target(),
+                source: Box::new(e),
+            });
+        }
+        Ok(Err(PoolError::Tls(OriginateError::Mismatch(m)))) => {
+            metrics.attempt(AttemptResult::ConnectFailure);
+            return Err(ProxyError::PeerIdentityMismatch {
+                target: target(),
+                source: Box::new(m),
+            });
+        }
+        Ok(Err(PoolError::Tls(e))) => {
             metrics.attempt(AttemptResult::ConnectFailure);
             return Err(ProxyError::Connect {
                 target: target(),

@@ -1,14 +1,16 @@
-//! The inbound listener's handler: callers' requests to the local app. Strips the caller
-//! identity header so it cannot be forged, then forwards to the app with the inbound timeout.
+//! The inbound listener's handler: callers' requests to the local app. Authorizes the caller
+//! by its identity, replaces the caller identity header with the verified identity (so it
+//! cannot be forged), then forwards to the app with the inbound timeout.
 
 use std::{sync::Arc, time::Duration};
 
-use http::{header::HeaderName, Request, Response};
+use http::{header::HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{
-    error::ProxyError, finish, forward, headers, unconfigured, AccessLine, ConnMeta, Tags,
+    authorize::Authorizer, error::ProxyError, finish, forward, headers, unconfigured, AccessLine,
+    ConnMeta, Tags,
 };
 use prometheus::IntCounter;
 
@@ -17,6 +19,7 @@ use crate::{
     metrics::RequestMetrics,
     resilience::{deadline, RateLimiter},
     runtime::Runtime,
+    tls,
     upstream::Service,
 };
 
@@ -39,6 +42,10 @@ pub struct Inbound {
     pub limiter: Option<Arc<RateLimiter>>,
     /// Requests refused by the rate limit.
     pub rate_limited: IntCounter,
+    /// What the listener accepts (read at every new connection).
+    pub tls: tls::Mode,
+    /// Authorization rules bound to their counters; `None` allows every caller.
+    pub authorizer: Option<Authorizer>,
 }
 
 /// Handles one request on the inbound listener.
@@ -69,13 +76,34 @@ async fn forward_to_app(
     tags: &mut Tags<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     headers::check_framing(req.headers())?;
+    if let Some(authz) = &ib.authorizer {
+        let caller = conn.client_id.as_deref();
+        if !authz.allows(caller, req.method(), req.uri().path()) {
+            return Err(ProxyError::Unauthorized {
+                caller: caller.map(Arc::from),
+            });
+        }
+    }
     if let Some(limiter) = &ib.limiter {
         limiter.try_acquire().map_err(|wait| {
             ib.rate_limited.inc();
             ProxyError::RateLimited(wait)
         })?;
     }
+    // Only the identity this proxy verified reaches the app under this name.
     req.headers_mut().remove(CLIENT_ID);
+    if let Some(id) = &conn.client_id {
+        match HeaderValue::from_str(id) {
+            Ok(v) => {
+                req.headers_mut().insert(CLIENT_ID, v);
+            }
+            Err(_) => {
+                return Err(ProxyError::BadRequest(
+                    "caller identity is not a valid header value",
+                ))
+            }
+        }
+    }
     let app = &ib.app;
     let permit = app
         .breaker()

@@ -53,7 +53,7 @@ pub fn start(route: &Route, req: &mut Request<ProxyBody>, conn: &ConnMeta, timeo
         target.dropped.clone(),
     );
     let edits = route.spec.request_headers.clone();
-    let conn = *conn;
+    let conn = conn.clone();
     tokio::spawn(async move {
         let _slot = slot;
         let bytes = match body {

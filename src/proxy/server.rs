@@ -1,6 +1,6 @@
-//! The accept loop shared by the data listeners: a connection limit, HTTP/1.1 and HTTP/2
-//! (prior knowledge) detected on the same port, header limits, an idle timeout, and graceful
-//! drain when the process stops.
+//! The accept loop shared by the data listeners: a connection limit, TLS termination where
+//! configured, HTTP/1.1 and HTTP/2 (prior knowledge or ALPN) detected on the same port,
+//! header limits, an idle timeout, and graceful drain when the process stops.
 
 use std::{
     convert::Infallible,
@@ -22,6 +22,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
+use prometheus::IntCounter;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -30,7 +31,7 @@ use tokio::{
 };
 
 use super::ConnMeta;
-use crate::{body::ProxyBody, config::Limits, metrics::Metrics};
+use crate::{body::ProxyBody, config::Limits, metrics::Metrics, tls::accept::Terminator};
 
 /// Signals shared by every listener of the process.
 #[derive(Debug, Clone)]
@@ -44,7 +45,8 @@ pub struct Lifecycle {
 /// Accepts connections on `listener` until `life.stop` or `accept_stop`, serving each with
 /// `handler`, and hands the listener back. `accept_stop` ends only this accept loop (a reload
 /// moving or restarting the listener); its connections go on until they end or the process
-/// stops.
+/// stops. With `tls`, connections are told apart and TLS is terminated before HTTP.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<H, F>(
     listener: TcpListener,
     limits: Limits,
@@ -52,6 +54,7 @@ pub async fn serve<H, F>(
     metrics: &Metrics,
     life: Lifecycle,
     mut accept_stop: watch::Receiver<bool>,
+    tls: Option<Arc<Terminator>>,
     handler: H,
 ) -> TcpListener
 where
@@ -83,57 +86,44 @@ where
             _ = accept_stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnMeta {
-            peer,
-            local: stream.local_addr().unwrap_or(meta.local),
-            direction: meta.direction,
+        let local = stream.local_addr().unwrap_or(meta.local);
+        let mut conn = ConnMeta::plain(peer, local, meta.direction);
+        let connection = Connection {
+            builder: builder.clone(),
+            stop: life.stop.clone(),
+            errors: errors.clone(),
+            idle_timeout: limits.idle_timeout,
+            activity: Activity::new(),
         };
-        let (builder, handler, mut stop, drained) = (
-            builder.clone(),
+        let (handler, drained, open, tls) = (
             handler.clone(),
-            life.stop.clone(),
             life.drained.clone(),
+            open.clone(),
+            tls.clone(),
         );
-        let (open, errors) = (open.clone(), errors.clone());
-        let idle_timeout = limits.idle_timeout;
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let _drained = drained;
             open.inc();
-            let activity = Activity::new();
-            let io = TokioIo::new(Tracked {
-                inner: stream,
-                activity: activity.clone(),
-            });
-            let svc = service_fn(move |req| {
-                let fut = handler(conn, req);
-                async move { Ok::<_, Infallible>(fut.await) }
-            });
-            let connection = builder.serve_connection_with_upgrades(io, svc);
-            tokio::pin!(connection);
-            let mut closing = *stop.borrow();
-            if closing {
-                connection.as_mut().graceful_shutdown();
-            }
-            loop {
-                tokio::select! {
-                    res = connection.as_mut() => {
-                        if let Err(e) = res {
-                            errors.inc();
-                            tracing::debug!(peer = %peer, error = %e, "connection error");
+            let activity = connection.activity.clone();
+            let tracked = move |inner| Tracked { inner, activity };
+            match tls {
+                None => connection.serve(tracked(stream), conn, handler).await,
+                Some(tls) => match tls.decide(&stream, peer, handshake_timeout).await {
+                    Ok(None) => connection.serve(tracked(stream), conn, handler).await,
+                    Ok(Some(config)) => {
+                        let io = tracked(stream);
+                        if let Some((io, id)) =
+                            tls.handshake(io, config, peer, handshake_timeout).await
+                        {
+                            conn.tls = true;
+                            conn.client_id = Some(id);
+                            connection.serve(io, conn, handler).await;
                         }
-                        break;
                     }
-                    _ = stop.changed(), if !closing => {
-                        closing = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    _ = activity.idle(idle_timeout), if !closing => {
-                        tracing::debug!(peer = %peer, "closing idle connection");
-                        closing = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                }
+                    Err(()) => {}
+                },
             }
             open.dec();
         });
@@ -143,6 +133,60 @@ where
         "listener stopped accepting"
     );
     listener
+}
+
+/// What serving one accepted connection needs.
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stop: watch::Receiver<bool>,
+    errors: IntCounter,
+    idle_timeout: Duration,
+    activity: Activity,
+}
+
+impl Connection {
+    /// Serves HTTP on `io` until the peer closes, the process stops (gracefully) or the
+    /// connection idles out.
+    async fn serve<IO, H, F>(mut self, io: IO, conn: ConnMeta, handler: H)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(ConnMeta, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    {
+        let peer = conn.peer;
+        let svc = service_fn(move |req| {
+            let fut = handler(conn.clone(), req);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::pin!(connection);
+        let mut closing = *self.stop.borrow();
+        if closing {
+            connection.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                res = connection.as_mut() => {
+                    if let Err(e) = res {
+                        self.errors.inc();
+                        tracing::debug!(peer = %peer, error = %e, "connection error");
+                    }
+                    break;
+                }
+                _ = self.stop.changed(), if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                _ = self.activity.idle(self.idle_timeout), if !closing => {
+                    tracing::debug!(peer = %peer, "closing idle connection");
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
 }
 
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {

@@ -11,7 +11,10 @@ use std::{
 };
 
 use super::{connector::Target, pool::Pool};
-use crate::resilience::{health::Health, outlier::EndpointState, Breaker};
+use crate::{
+    resilience::{health::Health, outlier::EndpointState, Breaker},
+    tls::connect::Originator,
+};
 
 /// An upstream endpoint with its connection pool.
 #[derive(Debug)]
@@ -32,13 +35,20 @@ impl Endpoint {
         breaker: Option<Arc<Breaker>>,
         outlier: Option<EndpointState>,
         health: Option<Health>,
+        tls: Option<Arc<Originator>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             addr,
             outlier,
             health,
             in_flight: AtomicUsize::new(0),
-            pool: Pool::new(Target::Addr(addr), connect_timeout, idle_timeout, breaker),
+            pool: Pool::new(
+                Target::Addr(addr),
+                connect_timeout,
+                idle_timeout,
+                breaker,
+                tls,
+            ),
         })
     }
 

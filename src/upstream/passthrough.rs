@@ -39,7 +39,7 @@ impl Passthrough {
             // Requests in flight keep their own handle; idle connections are closed.
             pools.clear();
         }
-        let pool = Pool::new(target, self.connect_timeout, IDLE_TIMEOUT, None);
+        let pool = Pool::new(target, self.connect_timeout, IDLE_TIMEOUT, None, None);
         pools.insert(authority.to_owned(), pool.clone());
         Some(pool)
     }

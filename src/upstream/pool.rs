@@ -24,12 +24,17 @@ use hyper::{
     client::conn::{http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{sync::Notify, time::Instant};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::Notify,
+    time::Instant,
+};
 
 use super::connector::{self, ConnectError, Target};
 use crate::{
     body::ProxyBody,
     resilience::breaker::{Breaker, ConnectionSlot, Overflow},
+    tls::connect::{OriginateError, Originator},
 };
 
 /// Why a request could not be exchanged.
@@ -44,6 +49,9 @@ pub enum PoolError {
     /// The service's circuit breaker refused the request.
     #[error("circuit breaker: {} reached", .0.as_str())]
     Overloaded(Overflow),
+    /// The TLS handshake failed (the server's identity included).
+    #[error(transparent)]
+    Tls(#[from] OriginateError),
 }
 
 /// Pooled connections to one target. Cheap to clone.
@@ -64,6 +72,8 @@ struct Inner {
     breaker: Option<Arc<Breaker>>,
     /// Woken when a connection comes back to `http1`.
     returned: Notify,
+    /// Originates mTLS on every connection, when the service says so.
+    tls: Option<Arc<Originator>>,
 }
 
 #[derive(Debug)]
@@ -105,12 +115,13 @@ impl Lease {
 }
 
 impl Pool {
-    /// A pool for `target`; connections are opened on demand.
+    /// A pool for `target`; connections are opened on demand, over mTLS with `tls`.
     pub fn new(
         target: Target,
         connect_timeout: Duration,
         idle_timeout: Duration,
         breaker: Option<Arc<Breaker>>,
+        tls: Option<Arc<Originator>>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -122,6 +133,7 @@ impl Pool {
                 sweeping: std::sync::Once::new(),
                 breaker,
                 returned: Notify::new(),
+                tls,
             }),
         }
     }
@@ -254,15 +266,15 @@ impl Pool {
         slot: Option<ConnectionSlot>,
     ) -> Result<http1::SendRequest<ProxyBody>, PoolError> {
         let stream = connector::connect(&self.inner.target, self.inner.connect_timeout).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+        let sender = match &self.inner.tls {
+            None => spawn_http1(stream, slot).await?,
+            Some(tls) => {
+                let stream = tls
+                    .connect(stream, false, self.inner.connect_timeout)
+                    .await?;
+                spawn_http1(stream, slot).await?
             }
-        });
+        };
         self.start_sweeper();
         Ok(sender)
     }
@@ -272,17 +284,15 @@ impl Pool {
         slot: Option<ConnectionSlot>,
     ) -> Result<http2::SendRequest<ProxyBody>, PoolError> {
         let stream = connector::connect(&self.inner.target, self.inner.connect_timeout).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .adaptive_window(true)
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+        let sender = match &self.inner.tls {
+            None => spawn_http2(stream, slot).await?,
+            Some(tls) => {
+                let stream = tls
+                    .connect(stream, true, self.inner.connect_timeout)
+                    .await?;
+                spawn_http2(stream, slot).await?
             }
-        });
+        };
         self.start_sweeper();
         Ok(sender)
     }
@@ -301,6 +311,47 @@ impl Pool {
             });
         });
     }
+}
+
+/// Runs the HTTP/1.1 client handshake on `io` and drives the connection in a task that holds
+/// `slot` until the connection closes.
+async fn spawn_http1<IO>(
+    io: IO,
+    slot: Option<ConnectionSlot>,
+) -> Result<http1::SendRequest<ProxyBody>, PoolError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        let _slot = slot;
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Runs the HTTP/2 client handshake on `io`, as [`spawn_http1`].
+async fn spawn_http2<IO>(
+    io: IO,
+    slot: Option<ConnectionSlot>,
+) -> Result<http2::SendRequest<ProxyBody>, PoolError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .adaptive_window(true)
+        .handshake(TokioIo::new(io))
+        .await?;
+    tokio::spawn(async move {
+        let _slot = slot;
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 impl Inner {

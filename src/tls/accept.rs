@@ -1,0 +1,142 @@
+//! The inbound side of mTLS: decides per connection between TLS and plaintext (by the first
+//! byte the caller sent, read without consuming it, so no round trip is added), terminates
+//! TLS with the identity in force, and returns the caller's SPIFFE ID. Every handshake is
+//! counted; every failure is logged with its reason.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use rustls::ServerConfig;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+use tokio_rustls::server::TlsStream;
+
+use super::{
+    verify::{self, Failure},
+    Mode, TlsContext,
+};
+use crate::metrics::Direction;
+
+/// The first byte of a TLS record carrying a handshake message (a ClientHello). No HTTP/1
+/// request line and no HTTP/2 preface starts with it.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Terminates TLS on the inbound listener, in the mode the current config says.
+pub struct Terminator {
+    tls: Arc<TlsContext>,
+    mode: Box<dyn Fn() -> Mode + Send + Sync>,
+}
+
+impl std::fmt::Debug for Terminator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Terminator")
+            .field("mode", &(self.mode)())
+            .finish()
+    }
+}
+
+impl Terminator {
+    /// A terminator using `tls`'s identity, asking `mode` at every connection (the mode is
+    /// part of the reloadable config).
+    pub fn new(tls: Arc<TlsContext>, mode: impl Fn() -> Mode + Send + Sync + 'static) -> Self {
+        Self {
+            tls,
+            mode: Box::new(mode),
+        }
+    }
+
+    /// How to serve `stream`: `Ok(None)` plaintext, `Ok(Some(config))` TLS with `config`,
+    /// `Err(())` close it (logged and counted here). Waits at most `timeout` for the caller's
+    /// first byte.
+    pub async fn decide(
+        &self,
+        stream: &TcpStream,
+        peer: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Option<Arc<ServerConfig>>, ()> {
+        let mode = (self.mode)();
+        if mode == Mode::Disabled {
+            return Ok(None);
+        }
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+            Ok(Ok(1)) => {}
+            // Closed or silent before sending anything: nothing to serve or count.
+            _ => return Err(()),
+        }
+        if first[0] != TLS_HANDSHAKE_RECORD {
+            if mode == Mode::Permissive {
+                return Ok(None);
+            }
+            self.failed(peer, Failure::Plaintext, "inbound.tls is strict");
+            return Err(());
+        }
+        match self.tls.identity() {
+            Some(id) => Ok(Some(id.server_config().clone())),
+            None => {
+                self.failed(peer, Failure::NoIdentity, "no identity is loaded");
+                Err(())
+            }
+        }
+    }
+
+    /// Runs the server handshake on `io` within `timeout`; returns the TLS stream and the
+    /// caller's SPIFFE ID, or `None` after logging and counting the failure.
+    pub async fn handshake<IO>(
+        &self,
+        io: IO,
+        config: Arc<ServerConfig>,
+        peer: SocketAddr,
+        timeout: Duration,
+    ) -> Option<(TlsStream<IO>, Arc<str>)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
+        let stream = match tokio::time::timeout(timeout, accept).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.failed(peer, Failure::of(&e), &e.to_string());
+                return None;
+            }
+            Err(_) => {
+                self.failed(peer, Failure::Timeout, "handshake not finished in time");
+                return None;
+            }
+        };
+        let leaf = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first());
+        let id = match leaf.map(verify::spiffe_id) {
+            Some(Ok(id)) => id,
+            Some(Err(e)) => {
+                self.failed(peer, Failure::MissingSpiffeId, &e.to_string());
+                return None;
+            }
+            None => {
+                self.failed(peer, Failure::NoClientCertificate, "no client certificate");
+                return None;
+            }
+        };
+        self.tls.metrics().handshake(Direction::Inbound, Ok(()));
+        tracing::debug!(peer = %peer, client_id = %id, alpn = ?stream.get_ref().1.alpn_protocol().map(String::from_utf8_lossy), "TLS handshake done");
+        Some((stream, Arc::from(id)))
+    }
+
+    fn failed(&self, peer: SocketAddr, failure: Failure, detail: &str) {
+        self.tls
+            .metrics()
+            .handshake(Direction::Inbound, Err(failure));
+        match failure {
+            Failure::Timeout | Failure::Other => {
+                tracing::debug!(direction = "inbound", peer = %peer, reason = failure.as_str(), error = detail, "TLS handshake failed")
+            }
+            _ => {
+                tracing::warn!(direction = "inbound", peer = %peer, reason = failure.as_str(), error = detail, "TLS handshake failed: {}", failure.describe())
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Live rotation: the identity files are read every second; a change that has stayed the same
+//! for two reads (so a half-written set is not judged) is loaded and checked. A valid set is
+//! put in force for new handshakes; an invalid one is logged and counted once, and the
+//! identity in force stays. Connections already open are not touched.
+
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use super::{
+    identity::{fingerprint, Identity},
+    TlsContext,
+};
+
+/// How often the files are read.
+pub const PERIOD: Duration = Duration::from_secs(1);
+
+/// Watches the files of the identity in force until `tls` is dropped.
+pub fn spawn(tls: &Arc<TlsContext>, period: Duration) {
+    let weak = Arc::downgrade(tls);
+    tokio::spawn(watch(weak, period));
+}
+
+async fn watch(tls: Weak<TlsContext>, period: Duration) {
+    // The fingerprint seen at the previous read, and the last one judged invalid.
+    let mut previous = None;
+    let mut rejected = None;
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(tls) = tls.upgrade() else { return };
+        let Some(current) = tls.identity() else {
+            previous = None;
+            continue;
+        };
+        let files = current.files().clone();
+        let read = tokio::try_join!(
+            tokio::fs::read(&files.trust_anchors),
+            tokio::fs::read(&files.certificate),
+            tokio::fs::read(&files.private_key),
+        );
+        let (anchors, cert, key) = match read {
+            Ok(t) => t,
+            Err(e) => {
+                if rejected != Some(0) {
+                    tracing::warn!(certificate = %files.certificate.display(), error = %e, "identity files unreadable; the identity in force stays");
+                    tls.metrics().rotation(false);
+                    rejected = Some(0);
+                }
+                continue;
+            }
+        };
+        let seen = fingerprint(&anchors, &cert, &key, &files);
+        let stable = previous.replace(seen) == Some(seen);
+        if seen == current.fingerprint() {
+            rejected = None;
+            continue;
+        }
+        if !stable || rejected == Some(seen) {
+            continue;
+        }
+        match Identity::from_pem(&files, &anchors, &cert, &key) {
+            Ok(identity) => {
+                tracing::info!(
+                    identity = identity.id(),
+                    not_after = identity.not_after(),
+                    "identity files changed; new handshakes use them"
+                );
+                tls.install(Some(identity));
+                tls.metrics().rotation(true);
+                rejected = None;
+            }
+            Err(e) => {
+                tracing::error!(field = e.field.path(), path = %e.path.display(), error = %e.message, "identity files changed but are invalid; the identity in force stays");
+                tls.metrics().rotation(false);
+                rejected = Some(seen);
+            }
+        }
+    }
+}
