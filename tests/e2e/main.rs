@@ -5,6 +5,7 @@ mod support;
 mod admin;
 mod config_errors;
 mod explain;
+mod mtls;
 mod protocols;
 mod reload;
 mod resilience;

@@ -1,0 +1,870 @@
+//! Mutual TLS through the real listeners: two Remora instances (A's outbound calling B's
+//! inbound), certificates made at test time, strict / permissive / disabled, authorization,
+//! every certificate failure on both sides, rotation under a live connection, HTTP/2 by ALPN,
+//! and a non-Rust client (openssl s_client).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use bytes::Bytes;
+use http::{Request, Version};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use remora::tls::certs::{Ca, Validity};
+use rustls::{
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName},
+    ClientConfig, RootCertStore,
+};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::support::*;
+
+const DOMAIN: &str = "spiffe://test.local/ns/shop/sa";
+
+fn id(name: &str) -> String {
+    format!("{DOMAIN}/{name}")
+}
+
+/// A CA and the workload files it issued, in a temporary folder.
+struct Pki {
+    dir: PathBuf,
+    ca: Ca,
+}
+
+/// A workload's certificate and key files.
+#[derive(Clone)]
+struct Workload {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("remora-mtls-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = Ca::new(&format!("test CA {name}"), Validity::days(30)).unwrap();
+        std::fs::write(dir.join("ca.crt"), &ca.pem.cert_pem).unwrap();
+        Self { dir, ca }
+    }
+
+    fn anchors(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// Issues a certificate for `spiffe_id` (none: no URI SAN), written as `stem.crt/.key`.
+    fn issue_with(&self, stem: &str, spiffe_id: Option<&str>, validity: Validity) -> Workload {
+        let issued = self.ca.issue(spiffe_id, validity).unwrap();
+        let w = Workload {
+            cert: self.dir.join(format!("{stem}.crt")),
+            key: self.dir.join(format!("{stem}.key")),
+        };
+        // Written beside and renamed over, so a watcher never reads half a file.
+        for (path, text) in [(&w.key, &issued.key_pem), (&w.cert, &issued.cert_pem)] {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
+        w
+    }
+
+    /// A valid certificate for `{DOMAIN}/{name}`.
+    fn issue(&self, name: &str) -> Workload {
+        self.issue_with(name, Some(&id(name)), Validity::days(10))
+    }
+
+    /// The `identity:` section for `w`, trusting this CA.
+    fn identity(&self, w: &Workload) -> String {
+        format!(
+            "identity: {{ trust_anchors: {:?}, certificate: {:?}, private_key: {:?} }}\n",
+            self.anchors(),
+            w.cert,
+            w.key
+        )
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// B: an inbound listener (`inbound` adds settings, e.g. `tls: strict`) in front of `app`.
+async fn sidecar_b(pki: &Pki, server: &Workload, app: SocketAddr, inbound: &str) -> Proxy {
+    proxy(&format!(
+        "{}inbound:\n  listen: 127.0.0.1:0\n  app: \"{app}\"\n{}",
+        pki.identity(server),
+        indent(inbound)
+    ))
+    .await
+}
+
+/// A: an outbound listener with service `b` at `b_addr`, called over mTLS expecting
+/// `expect`; `service` adds settings to the service.
+async fn sidecar_a(
+    pki: &Pki,
+    client: &Workload,
+    b_addr: SocketAddr,
+    expect: &str,
+    service: &str,
+) -> Proxy {
+    let mut yaml = pki.identity(client);
+    yaml.push_str(&svc_config(
+        &[b_addr],
+        &[],
+        &[&format!("tls: {{ identity: \"{expect}\" }}"), service],
+    ));
+    proxy(&yaml).await
+}
+
+fn indent(lines: &str) -> String {
+    lines
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("  {l}\n"))
+        .collect()
+}
+
+/// A rustls client config presenting `client` (if any), trusting `anchors` and expecting the
+/// server to be `server_id`, offering `alpn`.
+fn client_config(
+    anchors: &Path,
+    client: Option<&Workload>,
+    server_id: &str,
+    alpn: &[&[u8]],
+) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(anchors).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier =
+        remora::tls::verify::ServerIdentityVerifier::new(Arc::new(roots), Arc::from(server_id));
+    let builder = ClientConfig::builder_with_provider(remora::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match client {
+        Some(w) => {
+            let chain = CertificateDer::pem_file_iter(&w.cert)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(&w.key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::IpAddress(addr.ip().into());
+    tokio::time::timeout(
+        DEADLINE,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .expect("handshake ends before the deadline")
+}
+
+/// An HTTP/1.1 connection over `stream` that can carry several requests.
+async fn h1_over(
+    stream: TlsStream<TcpStream>,
+) -> hyper::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// Sends `GET path` on `sender`; `Err` when the connection fails.
+async fn h1_get(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Resp, String> {
+    let mut b = Request::get(path).header("host", "b");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(
+        DEADLINE,
+        sender.send_request(b.body(Full::default()).unwrap()),
+    )
+    .await
+    .expect("answer before the deadline")
+    .map_err(|e| e.to_string())?;
+    Ok(read(resp).await)
+}
+
+/// One `GET path` over a new mTLS connection to `addr`; `Err` when TLS or HTTP fails.
+async fn tls_get(addr: SocketAddr, config: Arc<ClientConfig>, path: &str) -> Result<Resp, String> {
+    let stream = tls_connect(addr, config).await.map_err(|e| e.to_string())?;
+    let mut sender = h1_over(stream).await.map_err(|e| e.to_string())?;
+    h1_get(&mut sender, path, &[]).await
+}
+
+fn handshakes(direction: &str, result: &str) -> String {
+    format!("remora_tls_handshakes_total{{direction=\"{direction}\",result=\"{result}\"}}")
+}
+
+async fn count(p: &Proxy, sample: &str) -> f64 {
+    p.metric(sample).await.unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_calls_b_over_mtls_and_the_app_sees_the_callers_identity() {
+    let pki = Pki::new("basic");
+    let (web, api) = (pki.issue("web"), pki.issue("api"));
+    let app = echo("app").await;
+    let b = sidecar_b(&pki, &api, app.addr, "tls: strict").await;
+    let a = sidecar_a(&pki, &web, b.inbound(), &id("api"), "").await;
+
+    // The caller's own claim is replaced by the verified identity.
+    for _ in 0..3 {
+        let r = get_with(
+            a.outbound(),
+            "svc",
+            "/x",
+            &[("x-remora-client-id", "spiffe://evil/forged")],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.saw("x-remora-client-id", &id("web")), "{}", r.body);
+        assert!(!r.body.contains("forged"), "{}", r.body);
+    }
+    // Pooled: three requests, one handshake on each side.
+    assert_eq!(count(&a, &handshakes("outbound", "success")).await, 1.0);
+    assert_eq!(count(&b, &handshakes("inbound", "success")).await, 1.0);
+    assert_eq!(app.connections(), 1);
+    let expiry = count(&b, "remora_tls_certificate_expiry_timestamp_seconds").await;
+    assert!(expiry > 1.7e9, "expiry metric is a Unix time: {expiry}");
+}
+
+#[tokio::test]
+async fn strict_refuses_plaintext_permissive_accepts_both_disabled_only_plaintext() {
+    let pki = Pki::new("modes");
+    let (web, api) = (pki.issue("web"), pki.issue("api"));
+    let app = echo("app").await;
+    let mtls = client_config(&pki.anchors(), Some(&web), &id("api"), &[b"http/1.1"]);
+
+    let strict = sidecar_b(&pki, &api, app.addr, "tls: strict").await;
+    let answer = raw(strict.inbound(), b"GET / HTTP/1.1\r\nhost: b\r\n\r\n").await;
+    assert_eq!(
+        answer, "",
+        "strict closes plaintext connections without answering"
+    );
+    assert_eq!(
+        count(&strict, &handshakes("inbound", "plaintext-refused")).await,
+        1.0
+    );
+    let r = tls_get(strict.inbound(), mtls.clone(), "/").await.unwrap();
+    assert!(r.saw("x-remora-client-id", &id("web")), "{}", r.body);
+
+    let permissive = sidecar_b(&pki, &api, app.addr, "tls: permissive").await;
+    let plain = get_with(
+        permissive.inbound(),
+        "b",
+        "/",
+        &[("x-remora-client-id", &id("admin"))],
+    )
+    .await;
+    assert_eq!(plain.status, 200);
+    assert!(
+        !plain.saw_header("x-remora-client-id"),
+        "plaintext callers have no identity: {}",
+        plain.body
+    );
+    let r = tls_get(permissive.inbound(), mtls.clone(), "/")
+        .await
+        .unwrap();
+    assert!(r.saw("x-remora-client-id", &id("web")), "{}", r.body);
+
+    let disabled = sidecar_b(&pki, &api, app.addr, "tls: disabled").await;
+    assert_eq!(get(disabled.inbound(), "b", "/").await.status, 200);
+    assert!(tls_get(disabled.inbound(), mtls, "/").await.is_err());
+}
+
+#[tokio::test]
+async fn authorization_rules_allow_by_identity_path_and_method() {
+    let pki = Pki::new("authz");
+    let (web, intruder, api) = (pki.issue("web"), pki.issue("intruder"), pki.issue("api"));
+    let app = echo("app").await;
+    let rules = format!(
+        "tls: permissive\nauthorize:\n  - name: web-api\n    from: [\"{}\"]\n    paths: [/api/*]\n    methods: [GET]\n  - name: ops\n    from: [\"spiffe://test.local/ns/ops/*\"]\n  - name: health\n    unauthenticated: true\n    paths: [/healthz]\n",
+        id("web")
+    );
+    let b = sidecar_b(&pki, &api, app.addr, &rules).await;
+    let web_cfg = client_config(&pki.anchors(), Some(&web), &id("api"), &[]);
+    let intruder_cfg = client_config(&pki.anchors(), Some(&intruder), &id("api"), &[]);
+
+    let ok = tls_get(b.inbound(), web_cfg.clone(), "/api/items")
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200);
+    for (cfg, path) in [
+        (&web_cfg, "/admin"),
+        (&web_cfg, "/apix"),
+        (&intruder_cfg, "/api/items"),
+    ] {
+        let r = tls_get(b.inbound(), cfg.clone(), path).await.unwrap();
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+        assert_eq!(r.header("x-remora-error"), Some("unauthorized"));
+    }
+    // Methods count too.
+    let stream = tls_connect(b.inbound(), web_cfg.clone()).await.unwrap();
+    let mut sender = h1_over(stream).await.unwrap();
+    let post = sender
+        .send_request(
+            Request::post("/api/items")
+                .header("host", "b")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 403);
+    // Plaintext callers match only the rule open to unauthenticated callers; so does anyone.
+    assert_eq!(get(b.inbound(), "b", "/healthz").await.status, 200);
+    assert_eq!(get(b.inbound(), "b", "/api/items").await.status, 403);
+    let r = tls_get(b.inbound(), intruder_cfg, "/healthz")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(app.requests(), 3, "denied requests never reach the app");
+
+    assert_eq!(
+        count(&b, "remora_authz_denied_total{rule=\"default-deny\"}").await,
+        5.0
+    );
+    assert_eq!(
+        count(&b, "remora_authz_allowed_total{rule=\"web-api\"}").await,
+        1.0
+    );
+    assert_eq!(
+        count(&b, "remora_authz_allowed_total{rule=\"health\"}").await,
+        2.0
+    );
+    let forbidden =
+        "remora_requests_total{code=\"403\",direction=\"inbound\",route=\"\",service=\"app\"}";
+    assert_eq!(count(&b, forbidden).await, 5.0);
+}
+
+#[tokio::test]
+async fn server_certificate_failures_fail_the_request_with_their_reason() {
+    let pki = Pki::new("server-fail");
+    let other = Pki::new("server-fail-other");
+    let web = pki.issue("web");
+    let app = echo("app").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let day = 86_400;
+    let cases = [
+        (
+            "expired",
+            pki.issue_with(
+                "api-expired",
+                Some(&id("api")),
+                Validity::between(now - 10 * day, now - day),
+            ),
+            &pki,
+            "expired",
+        ),
+        (
+            "future",
+            pki.issue_with(
+                "api-future",
+                Some(&id("api")),
+                Validity::between(now + day, now + 10 * day),
+            ),
+            &pki,
+            "not-yet-valid",
+        ),
+        ("other-ca", other.issue("api"), &other, "unknown-ca"),
+        (
+            "no-san",
+            pki.issue_with("api-nosan", None, Validity::days(10)),
+            &pki,
+            "missing-spiffe-id",
+        ),
+    ];
+    for (name, cert, issuer, reason) in cases {
+        // Remora refuses to load such a certificate, so a plain rustls server presents it.
+        let server = bad_server(&cert, issuer).await;
+        let a = sidecar_a(&pki, &web, server, &id("api"), "").await;
+        let r = get(a.outbound(), "svc", "/").await;
+        assert_eq!(r.status, 502, "{name}: {}", r.body);
+        assert_eq!(
+            r.header("x-remora-error"),
+            Some("upstream-connect-failure"),
+            "{name}"
+        );
+        assert_eq!(
+            count(&a, &handshakes("outbound", reason)).await,
+            1.0,
+            "{name}: {}",
+            a.metrics().await
+        );
+    }
+
+    // A valid server with the wrong identity.
+    let inventory = pki.issue("inventory");
+    let b = sidecar_b(&pki, &inventory, app.addr, "tls: strict").await;
+    let a = sidecar_a(&pki, &web, b.inbound(), &id("api"), "").await;
+    let r = get(a.outbound(), "svc", "/").await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(r.header("x-remora-error"), Some("peer-identity-mismatch"));
+    assert!(r.body.contains(&id("inventory")), "{}", r.body);
+    assert_eq!(
+        count(&a, &handshakes("outbound", "peer-identity-mismatch")).await,
+        1.0
+    );
+    assert_eq!(app.requests(), 0);
+}
+
+/// A TLS server presenting `w` (whatever is wrong with it), trusting `pki`'s CA for clients,
+/// answering every request with 200. Stands in for a peer Remora would refuse to load.
+async fn bad_server(w: &Workload, pki: &Pki) -> SocketAddr {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&w.cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&w.key).unwrap();
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(pki.anchors()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        remora::tls::provider(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(remora::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from("ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn caller_certificate_failures_are_refused_counted_and_others_still_served() {
+    let pki = Pki::new("caller-fail");
+    let other = Pki::new("caller-fail-other");
+    let api = pki.issue("api");
+    let app = echo("app").await;
+    let b = sidecar_b(&pki, &api, app.addr, "tls: strict").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let day = 86_400;
+    let cases = [
+        (
+            Some(pki.issue_with(
+                "web-expired",
+                Some(&id("web")),
+                Validity::between(now - 10 * day, now - day),
+            )),
+            "expired",
+        ),
+        (
+            Some(pki.issue_with(
+                "web-future",
+                Some(&id("web")),
+                Validity::between(now + day, now + 10 * day),
+            )),
+            "not-yet-valid",
+        ),
+        (Some(other.issue("web")), "unknown-ca"),
+        (
+            Some(pki.issue_with("web-nosan", None, Validity::days(10))),
+            "missing-spiffe-id",
+        ),
+        (None, "no-client-certificate"),
+    ];
+    for (cert, reason) in cases {
+        let cfg = client_config(&pki.anchors(), cert.as_ref(), &id("api"), &[]);
+        let r = tls_get(b.inbound(), cfg, "/").await;
+        assert!(r.is_err(), "{reason}: refused, got {r:?}");
+        assert_eq!(
+            count(&b, &handshakes("inbound", reason)).await,
+            1.0,
+            "{reason}: {}",
+            b.metrics().await
+        );
+    }
+    let good = client_config(&pki.anchors(), Some(&pki.issue("web")), &id("api"), &[]);
+    assert_eq!(tls_get(b.inbound(), good, "/").await.unwrap().status, 200);
+    assert_eq!(app.requests(), 1);
+}
+
+#[tokio::test]
+async fn http2_is_negotiated_by_alpn_both_ways() {
+    let pki = Pki::new("alpn");
+    let (web, api) = (pki.issue("web"), pki.issue("api"));
+    let app = echo("app").await;
+    let b = sidecar_b(&pki, &api, app.addr, "tls: strict\nprotocol: http1").await;
+
+    // A client offering h2 gets h2 from B's inbound.
+    let cfg = client_config(
+        &pki.anchors(),
+        Some(&web),
+        &id("api"),
+        &[b"h2", b"http/1.1"],
+    );
+    let stream = tls_connect(b.inbound(), cfg).await.unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(
+            Request::get("https://b/h2")
+                .body(Full::<Bytes>::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), Version::HTTP_2);
+    let r = read(resp).await;
+    assert!(r.saw("x-remora-client-id", &id("web")), "{}", r.body);
+
+    // A's http2 service multiplexes over one mTLS connection negotiated as h2.
+    let a = sidecar_a(&pki, &web, b.inbound(), &id("api"), "protocol: http2").await;
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = a.outbound();
+            tokio::spawn(async move { get(addr, "svc", &format!("/{i}")).await })
+        })
+        .collect();
+    for h in handles {
+        let r = h.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.saw("x-remora-client-id", &id("web")), "{}", r.body);
+    }
+    assert_eq!(count(&a, &handshakes("outbound", "success")).await, 1.0);
+}
+
+#[tokio::test]
+async fn rotation_takes_new_files_keeps_live_connections_and_refuses_a_bad_set() {
+    let pki = Pki::new("rotate");
+    let (web, api) = (pki.issue("web"), pki.issue("api"));
+    let app = echo("app").await;
+    let b = sidecar_b(&pki, &api, app.addr, "tls: strict").await;
+    let cfg = client_config(&pki.anchors(), Some(&web), &id("api"), &[]);
+    let server_expiry = |s: &TlsStream<TcpStream>| {
+        let leaf = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+        remora::tls::verify::validity(&leaf).unwrap().1
+    };
+
+    let live = tls_connect(b.inbound(), cfg.clone()).await.unwrap();
+    let first = server_expiry(&live);
+    let mut live = h1_over(live).await.unwrap();
+    assert_eq!(h1_get(&mut live, "/1", &[]).await.unwrap().status, 200);
+
+    // New files (same identity, another validity) are in force for new handshakes within
+    // seconds; the open connection goes on.
+    let rotated = pki.issue_with("api", Some(&id("api")), Validity::days(20));
+    let second =
+        remora::tls::verify::validity(&CertificateDer::from_pem_file(&rotated.cert).unwrap())
+            .unwrap()
+            .1;
+    assert_ne!(first, second);
+    wait_until(|| async {
+        b.metric("remora_tls_certificate_expiry_timestamp_seconds")
+            .await
+            == Some(second as f64)
+    })
+    .await;
+    assert_eq!(
+        count(&b, "remora_tls_identity_reloads_total{result=\"success\"}").await,
+        1.0
+    );
+    let fresh = tls_connect(b.inbound(), cfg.clone()).await.unwrap();
+    assert_eq!(server_expiry(&fresh), second);
+    assert_eq!(h1_get(&mut live, "/2", &[]).await.unwrap().status, 200);
+
+    // A certificate whose key is not the key file's is refused; the identity in force stays.
+    let stray = pki.issue_with("stray", Some(&id("api")), Validity::days(30));
+    std::fs::copy(&stray.cert, &api.cert).unwrap();
+    wait_until(|| async {
+        b.metric("remora_tls_identity_reloads_total{result=\"rejected\"}")
+            .await
+            == Some(1.0)
+    })
+    .await;
+    let after = tls_connect(b.inbound(), cfg.clone()).await.unwrap();
+    assert_eq!(server_expiry(&after), second);
+    assert_eq!(tls_get(b.inbound(), cfg, "/3").await.unwrap().status, 200);
+    assert_eq!(h1_get(&mut live, "/4", &[]).await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn outbound_identity_rotation_applies_to_new_connections() {
+    let pki = Pki::new("rotate-out");
+    let (web, api) = (pki.issue("web"), pki.issue("api"));
+    let app = echo("app").await;
+    let b = sidecar_b(&pki, &api, app.addr, "tls: strict").await;
+    let a = sidecar_a(&pki, &web, b.inbound(), &id("api"), "idle_timeout: 300ms").await;
+    let r = get(a.outbound(), "svc", "/").await;
+    assert!(r.saw("x-remora-client-id", &id("web")), "{}", r.body);
+
+    // A's files now hold another identity; once the idle connection is gone, B sees it.
+    let renamed = pki.issue_with("web-v2", Some(&id("web-v2")), Validity::days(10));
+    std::fs::copy(&renamed.key, &web.key).unwrap();
+    std::fs::copy(&renamed.cert, &web.cert).unwrap();
+    wait_until(|| async {
+        a.metric("remora_tls_identity_reloads_total{result=\"success\"}")
+            .await
+            == Some(1.0)
+    })
+    .await;
+    wait_until(|| async {
+        get(a.outbound(), "svc", "/")
+            .await
+            .saw("x-remora-client-id", &id("web-v2"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn openssl_s_client_with_a_client_certificate_interoperates() {
+    let pki = Pki::new("openssl");
+    let (web, api) = (pki.issue("web"), pki.issue("api"));
+    let app = echo("app").await;
+    let b = sidecar_b(&pki, &api, app.addr, "tls: strict").await;
+    let addr = b.inbound();
+    let anchors = pki.anchors();
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new("openssl")
+            .args(["s_client", "-quiet", "-verify_return_error", "-connect"])
+            .arg(addr.to_string())
+            .arg("-cert")
+            .arg(&web.cert)
+            .arg("-key")
+            .arg(&web.key)
+            .arg("-CAfile")
+            .arg(&anchors)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("openssl is installed (.ci/run installs it)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"GET /openssl HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("HTTP/1.1 200"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("x-remora-client-id: {}", id("web"))),
+        "{stdout}"
+    );
+}
+
+fn config_errors(text: &str) -> String {
+    match remora::config::parse("f.yaml", text) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn tls_config_problems_name_the_field_and_the_file() {
+    let pki = Pki::new("config");
+    let other = Pki::new("config-other");
+    let (web, api, stranger) = (pki.issue("web"), pki.issue("api"), other.issue("web"));
+    let identity = |anchors: &Path, cert: &Path, key: &Path| {
+        format!("version: 1\nidentity:\n  trust_anchors: {anchors:?}\n  certificate: {cert:?}\n  private_key: {key:?}\ninbound: {{ listen: 127.0.0.1:0 }}\n")
+    };
+
+    let missing = pki.dir.join("missing.crt");
+    let e = config_errors(&identity(&pki.anchors(), &missing, &web.key));
+    assert!(
+        e.starts_with(&format!(
+            "f.yaml:4:16: identity.certificate: {}: cannot read",
+            missing.display()
+        )),
+        "{e}"
+    );
+
+    let e = config_errors(&identity(&pki.anchors(), &web.cert, &api.key));
+    assert!(
+        e.starts_with(&format!(
+            "f.yaml:5:16: identity.private_key: {}: does not match the certificate",
+            api.key.display()
+        )),
+        "{e}"
+    );
+
+    let e = config_errors(&identity(&pki.anchors(), &stranger.cert, &stranger.key));
+    assert!(
+        e.contains("identity.certificate:") && e.contains("does not chain to the trust anchors"),
+        "{e}"
+    );
+
+    let e = config_errors(&identity(&web.cert, &web.cert, &web.key));
+    assert!(
+        e.contains("identity.certificate:") && e.contains("does not chain"),
+        "{e}"
+    );
+
+    let text = r#"version: 1
+inbound:
+  listen: 127.0.0.1:0
+  tls: strict
+  authorize:
+    - from: [frontend]
+    - name: empty
+    - from: ["spiffe://d/ns*"]
+      paths: [api]
+      methods: ["GE T"]
+outbound: { listen: 127.0.0.1:0 }
+services:
+  s:
+    endpoints: ["127.0.0.1:1"]
+    tls: { identity: "spiffe://d/ns/*" }
+"#;
+    let e = config_errors(text);
+    let expect = [
+        "f.yaml:4:8: inbound.tls: needs the `identity` section",
+        "f.yaml:6:14: inbound.authorize[0].from[0]: \"frontend\" is not a SPIFFE ID",
+        "f.yaml:7:11: inbound.authorize[1]: matches no caller",
+        "f.yaml:8:14: inbound.authorize[2].from[0]: \"spiffe://d/ns*\": a wildcard is allowed only as a whole last segment",
+        "f.yaml:9:15: inbound.authorize[2].paths[0]: \"api\" must start with \"/\"",
+        "f.yaml:10:17: inbound.authorize[2].methods[0]: invalid method \"GE T\"",
+        "f.yaml:15:10: services.s.tls: needs the `identity` section",
+        "f.yaml:15:22: services.s.tls.identity: must be one exact SPIFFE ID",
+    ];
+    let lines: Vec<&str> = e.lines().collect();
+    for x in expect {
+        assert!(
+            lines.iter().any(|l| l.starts_with(x)),
+            "missing {x:?} in:\n{e}"
+        );
+    }
+    assert_eq!(lines.len(), expect.len(), "{e}");
+
+    let disabled =
+        "version: 1\ninbound:\n  listen: 127.0.0.1:0\n  authorize:\n    - from: [\"*\"]\n";
+    let e = config_errors(disabled);
+    assert!(e.contains("inbound.authorize[0].from: callers never have an identity while inbound.tls is disabled"), "{e}");
+}
+
+#[test]
+fn remora_certs_makes_files_that_remora_check_accepts() {
+    use std::process::Command;
+    let dir = std::env::temp_dir().join(format!("remora-certs-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bin = env!("CARGO_BIN_EXE_remora");
+    let out = Command::new(bin)
+        .args(["certs", "--out"])
+        .arg(dir.join("certs"))
+        .args([&id("web"), &id("api")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "ca.crt", "ca.key", "web.crt", "web.key", "api.crt", "api.key",
+    ] {
+        assert!(dir.join("certs").join(f).exists(), "{f}");
+    }
+    // A second run reuses the CA: the new workload chains to the same anchors.
+    let again = Command::new(bin)
+        .args(["certs", "--out"])
+        .arg(dir.join("certs"))
+        .arg(id("db"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("CA reused"));
+
+    // Relative paths are taken from the control file's folder.
+    let config = dir.join("remora.yaml");
+    let yaml = "version: 1\nidentity: { trust_anchors: certs/ca.crt, certificate: certs/db.crt, private_key: certs/db.key }\ninbound: { listen: 127.0.0.1:0, tls: strict }\n";
+    std::fs::write(&config, yaml).unwrap();
+    let check = Command::new(bin)
+        .arg("check")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    std::fs::write(dir.join("certs/db.key"), "not a key").unwrap();
+    let check = Command::new(bin)
+        .arg("check")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        stderr.contains("identity.private_key:") && stderr.contains("certs/db.key"),
+        "{stderr}"
+    );
+
+    let bad = Command::new(bin)
+        .args(["certs", "--out"])
+        .arg(&dir)
+        .arg("web")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64));
+    let _ = std::fs::remove_dir_all(&dir);
+}
