@@ -265,6 +265,9 @@ impl Changes {
         if yaml(&old.file.inbound) != yaml(&new.file.inbound) {
             c.other.push("inbound".to_owned());
         }
+        if yaml(&old.file.identity) != yaml(&new.file.identity) {
+            c.other.push("identity".to_owned());
+        }
         if old.shutdown != new.shutdown {
             c.other.push("shutdown".to_owned());
         }
