@@ -868,3 +868,141 @@ fn remora_certs_makes_files_that_remora_check_accepts() {
     assert_eq!(bad.status.code(), Some(64));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The README's two-sidecar demo, on free ports: certificates made as README says, the shipped
+/// files loaded from a copy of config/mtls/ next to them, and a request through both.
+#[tokio::test]
+async fn the_shipped_mtls_demo_works() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mtls");
+    let dir = std::env::temp_dir().join(format!("remora-mtls-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ids = [
+        "spiffe://demo.local/ns/shop/sa/web",
+        "spiffe://demo.local/ns/shop/sa/api",
+    ];
+    remora::tls::certs::write_dev_certs(&dir.join("certs"), &ids.map(String::from), 1).unwrap();
+    let copy = |name: &str, replace: &[(&str, String)]| {
+        let mut text = std::fs::read_to_string(shipped.join(name)).unwrap();
+        for (from, to) in replace {
+            assert!(text.contains(from), "{name} has {from}");
+            text = text.replace(from, to);
+        }
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        remora::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        path
+    };
+    // Free ports instead of the fixed ones, and an echo app instead of the admin listener.
+    let app = echo("app").await;
+    let api_file = copy(
+        "api.yaml",
+        &[
+            ("127.0.0.1:16091 }", "127.0.0.1:0 }".into()),
+            ("listen: 127.0.0.1:16006", "listen: 127.0.0.1:0".into()),
+            ("app: 127.0.0.1:16091", format!("app: \"{}\"", app.addr)),
+        ],
+    );
+    let api = proxy_file(&api_file).await;
+    let web_file = copy(
+        "web.yaml",
+        &[
+            ("127.0.0.1:16090 }", "127.0.0.1:0 }".into()),
+            ("listen: 127.0.0.1:16001", "listen: 127.0.0.1:0".into()),
+            (
+                "endpoints: [127.0.0.1:16006]",
+                format!("endpoints: [\"{}\"]", api.inbound()),
+            ),
+        ],
+    );
+    let web = proxy_file(&web_file).await;
+    let ok = get(web.outbound(), "api", "/live").await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert!(ok.saw("x-remora-client-id", ids[0]), "{}", ok.body);
+    let denied = get(web.outbound(), "api", "/metrics").await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(
+        raw(api.inbound(), b"GET /live HTTP/1.1\r\nhost: api\r\n\r\n").await,
+        ""
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_sidecar_whose_certificate_the_server_refuses_gets_502() {
+    let pki = Pki::new("refused");
+    let other = Pki::new("refused-other");
+    let api = pki.issue("api");
+    let app = echo("app").await;
+    let b = sidecar_b(&pki, &api, app.addr, "tls: strict").await;
+    // A trusts both CAs (so it accepts B) but holds a certificate only the other CA issued.
+    let bundle = pki.dir.join("both.crt");
+    std::fs::write(
+        &bundle,
+        format!("{}{}", pki.ca.pem.cert_pem, other.ca.pem.cert_pem),
+    )
+    .unwrap();
+    let stranger = other.issue("web");
+    let mut yaml = format!(
+        "identity: {{ trust_anchors: {bundle:?}, certificate: {:?}, private_key: {:?} }}\n",
+        stranger.cert, stranger.key
+    );
+    yaml.push_str(&svc_config(
+        &[b.inbound()],
+        &[],
+        &[&format!("tls: {{ identity: \"{}\" }}", id("api"))],
+    ));
+    let a = proxy(&yaml).await;
+    let r = get(a.outbound(), "svc", "/").await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(r.header("x-remora-error"), Some("upstream-reset"));
+    assert_eq!(count(&b, &handshakes("inbound", "unknown-ca")).await, 1.0);
+    assert_eq!(app.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_reload_changes_the_tls_mode_and_rules_for_new_connections() {
+    let pki = Pki::new("reload");
+    let (web, api) = (pki.issue("web"), pki.issue("api"));
+    let app = echo("app").await;
+    let config = pki.dir.join("b.yaml");
+    let yaml = |extra: &str| {
+        complete(&format!(
+            "{}inbound:\n  listen: 127.0.0.1:0\n  app: \"{}\"\n{}",
+            pki.identity(&api),
+            app.addr,
+            indent(extra)
+        ))
+    };
+    std::fs::write(&config, yaml("tls: permissive")).unwrap();
+    let b = proxy_file(&config).await;
+    let mtls = client_config(&pki.anchors(), Some(&web), &id("api"), &[]);
+    assert_eq!(get(b.inbound(), "b", "/").await.status, 200);
+
+    let strict = format!(
+        "tls: strict\nauthorize:\n  - from: [\"{}\"]\n    paths: [/only]\n",
+        id("web")
+    );
+    std::fs::write(&config, yaml(&strict)).unwrap();
+    let reload = Request::post(format!("http://{}/reload", b.admin))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let r = send(&h1_client(), reload).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("inbound"), "{}", r.body);
+    assert_eq!(
+        raw(b.inbound(), b"GET / HTTP/1.1\r\nhost: b\r\n\r\n").await,
+        ""
+    );
+    assert_eq!(
+        tls_get(b.inbound(), mtls.clone(), "/only")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        tls_get(b.inbound(), mtls, "/other").await.unwrap().status,
+        403
+    );
+}

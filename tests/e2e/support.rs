@@ -446,7 +446,11 @@ pub async fn proxy_file(path: &std::path::Path) -> Proxy {
 }
 
 async fn start(text: &str, source: Option<remora::app::ConfigSource>) -> Proxy {
-    let compiled = match remora::config::parse("test.yaml", text) {
+    // Named after its file, if any, so relative paths in it are found as in production.
+    let name = source
+        .as_ref()
+        .map_or_else(|| "test.yaml".to_owned(), |s| s.path.display().to_string());
+    let compiled = match remora::config::parse(&name, text) {
         Ok(c) => c,
         Err(e) => panic!("test config is invalid:\n{e}\n---\n{text}"),
     };
