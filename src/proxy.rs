@@ -12,7 +12,7 @@ pub mod outbound;
 mod retrying;
 pub mod server;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use http::{header, Method, Request, Response};
 use tokio::time::Instant;
@@ -21,6 +21,7 @@ use crate::{
     body::ProxyBody,
     metrics::{Direction, RequestMetrics},
     runtime::Runtime,
+    tls::accept::ClientId,
 };
 
 pub use error::{rescue, ProxyError};
@@ -37,7 +38,7 @@ pub struct ConnMeta {
     /// Whether the connection is TLS (terminated here).
     pub tls: bool,
     /// The caller's SPIFFE ID, verified in the mTLS handshake.
-    pub client_id: Option<Arc<str>>,
+    pub client_id: Option<ClientId>,
 }
 
 impl ConnMeta {
@@ -131,7 +132,7 @@ pub fn finish(
             target: "remora::access",
             direction = conn.direction.as_str(),
             client = %conn.peer.ip(),
-            client_id = conn.client_id.as_deref(),
+            client_id = conn.client_id.as_ref().map(ClientId::as_str),
             method = %line.method,
             authority = %line.authority,
             path = %line.path,

@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use http::{header::HeaderName, HeaderValue, Request, Response};
+use http::{header::HeaderName, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -19,7 +19,7 @@ use crate::{
     metrics::RequestMetrics,
     resilience::{deadline, RateLimiter},
     runtime::Runtime,
-    tls,
+    tls::{self, accept::ClientId},
     upstream::Service,
 };
 
@@ -77,7 +77,7 @@ async fn forward_to_app(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     headers::check_framing(req.headers())?;
     if let Some(authz) = &ib.authorizer {
-        let caller = conn.client_id.as_deref();
+        let caller = conn.client_id.as_ref().map(ClientId::as_str);
         if !authz.allows(caller, req.method(), req.uri().path()) {
             return Err(ProxyError::Unauthorized {
                 caller: caller.map(Arc::from),
@@ -93,16 +93,7 @@ async fn forward_to_app(
     // Only the identity this proxy verified reaches the app under this name.
     req.headers_mut().remove(CLIENT_ID);
     if let Some(id) = &conn.client_id {
-        match HeaderValue::from_str(id) {
-            Ok(v) => {
-                req.headers_mut().insert(CLIENT_ID, v);
-            }
-            Err(_) => {
-                return Err(ProxyError::BadRequest(
-                    "caller identity is not a valid header value",
-                ))
-            }
-        }
+        req.headers_mut().insert(CLIENT_ID, id.header().clone());
     }
     let app = &ib.app;
     let permit = app

@@ -5,6 +5,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use http::HeaderValue;
 use rustls::ServerConfig;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -21,6 +22,26 @@ use crate::metrics::Direction;
 /// The first byte of a TLS record carrying a handshake message (a ClientHello). No HTTP/1
 /// request line and no HTTP/2 preface starts with it.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// A caller's SPIFFE ID, verified in the handshake, with the header value it reaches the app
+/// as (made once per connection, not per request).
+#[derive(Debug, Clone)]
+pub struct ClientId {
+    id: Arc<str>,
+    header: HeaderValue,
+}
+
+impl ClientId {
+    /// The SPIFFE ID.
+    pub fn as_str(&self) -> &str {
+        &self.id
+    }
+
+    /// The ID as an `x-remora-client-id` value.
+    pub fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+}
 
 /// Terminates TLS on the inbound listener, in the mode the current config says.
 pub struct Terminator {
@@ -89,7 +110,7 @@ impl Terminator {
         config: Arc<ServerConfig>,
         peer: SocketAddr,
         timeout: Duration,
-    ) -> Option<(TlsStream<IO>, Arc<str>)>
+    ) -> Option<(TlsStream<IO>, ClientId)>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -111,7 +132,20 @@ impl Terminator {
             .peer_certificates()
             .and_then(|c| c.first());
         let id = match leaf.map(verify::spiffe_id) {
-            Some(Ok(id)) => id,
+            Some(Ok(id)) => match HeaderValue::from_str(&id) {
+                Ok(header) => ClientId {
+                    id: Arc::from(id),
+                    header,
+                },
+                Err(_) => {
+                    self.failed(
+                        peer,
+                        Failure::MissingSpiffeId,
+                        "the SPIFFE ID is not printable ASCII",
+                    );
+                    return None;
+                }
+            },
             Some(Err(e)) => {
                 self.failed(peer, Failure::MissingSpiffeId, &e.to_string());
                 return None;
@@ -122,8 +156,8 @@ impl Terminator {
             }
         };
         self.tls.metrics().handshake(Direction::Inbound, Ok(()));
-        tracing::debug!(peer = %peer, client_id = %id, alpn = ?stream.get_ref().1.alpn_protocol().map(String::from_utf8_lossy), "TLS handshake done");
-        Some((stream, Arc::from(id)))
+        tracing::debug!(peer = %peer, client_id = id.as_str(), alpn = ?stream.get_ref().1.alpn_protocol().map(String::from_utf8_lossy), "TLS handshake done");
+        Some((stream, id))
     }
 
     fn failed(&self, peer: SocketAddr, failure: Failure, detail: &str) {

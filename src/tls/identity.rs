@@ -275,3 +275,113 @@ impl rustls::client::ResolvesClientCert for Single {
 pub fn client_resolver(key: Arc<CertifiedKey>) -> Arc<dyn rustls::client::ResolvesClientCert> {
     Arc::new(Single(key))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::certs::{Ca, Validity};
+
+    const ID: &str = "spiffe://test.local/ns/a/sa/web";
+
+    fn files() -> IdentityFiles {
+        IdentityFiles {
+            trust_anchors: "ca.crt".into(),
+            certificate: "web.crt".into(),
+            private_key: "web.key".into(),
+        }
+    }
+
+    fn load(ca: &Ca, cert: &str, key: &str) -> Result<Identity, IdentityError> {
+        Identity::from_pem(
+            &files(),
+            ca.pem.cert_pem.as_bytes(),
+            cert.as_bytes(),
+            key.as_bytes(),
+        )
+    }
+
+    #[test]
+    fn a_valid_set_loads_with_its_id_and_expiry() {
+        let ca = Ca::new("t", Validity::days(2)).unwrap();
+        let w = ca.issue(Some(ID), Validity::days(1)).unwrap();
+        let id = load(&ca, &w.cert_pem, &w.key_pem).unwrap();
+        assert_eq!(id.id(), ID);
+        let now = UnixTime::now().as_secs() as i64;
+        assert!((now + 86_000..now + 87_000).contains(&id.not_after()));
+        let again = load(&ca, &w.cert_pem, &w.key_pem).unwrap();
+        assert_eq!(id.fingerprint(), again.fingerprint());
+        let other = ca.issue(Some(ID), Validity::days(1)).unwrap();
+        let next = load(&ca, &other.cert_pem, &other.key_pem).unwrap();
+        assert_ne!(id.fingerprint(), next.fingerprint());
+        assert_eq!(
+            id.server_config().alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+    }
+
+    #[test]
+    fn each_problem_names_its_file() {
+        let ca = Ca::new("t", Validity::days(2)).unwrap();
+        let good = ca.issue(Some(ID), Validity::days(1)).unwrap();
+        let now = UnixTime::now().as_secs() as i64;
+        let cases = [
+            (
+                ca.issue(None, Validity::days(1)).unwrap(),
+                None,
+                Field::Certificate,
+                "no spiffe:// URI SAN",
+            ),
+            (
+                ca.issue(Some(ID), Validity::between(now - 100, now - 10))
+                    .unwrap(),
+                None,
+                Field::Certificate,
+                "has expired",
+            ),
+            (
+                ca.issue(Some(ID), Validity::between(now + 100, now + 1000))
+                    .unwrap(),
+                None,
+                Field::Certificate,
+                "is not valid yet",
+            ),
+            (
+                good.clone(),
+                Some(ca.issue(Some(ID), Validity::days(1)).unwrap().key_pem),
+                Field::PrivateKey,
+                "does not match the certificate in web.crt",
+            ),
+            (
+                good.clone(),
+                Some("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into()),
+                Field::PrivateKey,
+                "unusable private key",
+            ),
+        ];
+        for (issued, key, field, message) in cases {
+            let key = key.unwrap_or(issued.key_pem.clone());
+            let e = load(&ca, &issued.cert_pem, &key).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(message), "{message:?} in {e}");
+        }
+        let e = Identity::from_pem(
+            &files(),
+            b"",
+            good.cert_pem.as_bytes(),
+            good.key_pem.as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, Field::TrustAnchors);
+        assert!(
+            e.to_string().starts_with("ca.crt: no CERTIFICATE block"),
+            "{e}"
+        );
+        let stranger = Ca::new("other", Validity::days(2)).unwrap();
+        let e = load(&stranger, &good.cert_pem, &good.key_pem).unwrap_err();
+        assert!(
+            e.message
+                .contains("does not chain to the trust anchors in ca.crt"),
+            "{e}"
+        );
+    }
+}

@@ -215,6 +215,27 @@ async fn tls_get(addr: SocketAddr, config: Arc<ClientConfig>, path: &str) -> Res
     h1_get(&mut sender, path, &[]).await
 }
 
+/// Valid for nine days, ending yesterday.
+fn expired() -> Validity {
+    let now = now();
+    Validity::between(now - 10 * DAY, now - DAY)
+}
+
+/// Valid for nine days, starting tomorrow.
+fn not_yet_valid() -> Validity {
+    let now = now();
+    Validity::between(now + DAY, now + 10 * DAY)
+}
+
+const DAY: i64 = 86_400;
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
 fn handshakes(direction: &str, result: &str) -> String {
     format!("remora_tls_handshakes_total{{direction=\"{direction}\",result=\"{result}\"}}")
 }
@@ -367,29 +388,16 @@ async fn server_certificate_failures_fail_the_request_with_their_reason() {
     let other = Pki::new("server-fail-other");
     let web = pki.issue("web");
     let app = echo("app").await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let day = 86_400;
     let cases = [
         (
             "expired",
-            pki.issue_with(
-                "api-expired",
-                Some(&id("api")),
-                Validity::between(now - 10 * day, now - day),
-            ),
+            pki.issue_with("api-expired", Some(&id("api")), expired()),
             &pki,
             "expired",
         ),
         (
             "future",
-            pki.issue_with(
-                "api-future",
-                Some(&id("api")),
-                Validity::between(now + day, now + 10 * day),
-            ),
+            pki.issue_with("api-future", Some(&id("api")), not_yet_valid()),
             &pki,
             "not-yet-valid",
         ),
@@ -489,26 +497,13 @@ async fn caller_certificate_failures_are_refused_counted_and_others_still_served
     let api = pki.issue("api");
     let app = echo("app").await;
     let b = sidecar_b(&pki, &api, app.addr, "tls: strict").await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let day = 86_400;
     let cases = [
         (
-            Some(pki.issue_with(
-                "web-expired",
-                Some(&id("web")),
-                Validity::between(now - 10 * day, now - day),
-            )),
+            Some(pki.issue_with("web-expired", Some(&id("web")), expired())),
             "expired",
         ),
         (
-            Some(pki.issue_with(
-                "web-future",
-                Some(&id("web")),
-                Validity::between(now + day, now + 10 * day),
-            )),
+            Some(pki.issue_with("web-future", Some(&id("web")), not_yet_valid())),
             "not-yet-valid",
         ),
         (Some(other.issue("web")), "unknown-ca"),
