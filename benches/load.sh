@@ -36,34 +36,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r UP REMORA_PORT NGINX_H1 NGINX_H2 HAPROXY_PORT ADMIN < <(python3 - <<'PY'
-import socket
-socks = [socket.socket() for _ in range(6)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-)
-
-wait_port() {
-  for _ in $(seq 200); do
-    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "port $1 never opened" >&2; exit 1
-}
+source benches/common.sh
+read -r UP REMORA_PORT NGINX_H1 NGINX_H2 HAPROXY_PORT ADMIN < <(free_ports 6)
 
 # --- the upstream: nginx on the load core, a small fixed body ---
-cat > "$work/upstream.conf" <<NGX
-worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "hello from upstream\n"; } }
-}
-NGX
-taskset -c "$LOAD_CPU" nginx -c "$work/upstream.conf" -p "$work" &
-pids+=($!)
+start_upstream "$UP" "$LOAD_CPU"
 
 # --- Remora ---
 cat > "$work/remora.yaml" <<YAML
@@ -140,21 +117,7 @@ idle_rss=$(rss_kb "$remora_pid")
 # wrk: prints "rps p50_ms p99_ms" (host header "bench" unless a second argument says otherwise)
 h1() {
   taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: ${2:-bench}" "http://127.0.0.1:$1/" |
-    python3 -c '
-import re, sys
-t = sys.stdin.read()
-def ms(v):
-    m = re.match(r"([\d.]+)(us|ms|s|m)$", v)
-    if not m:
-        sys.exit("cannot read wrk latency %r in:\n%s" % (v, t))
-    n, u = m.groups()
-    return float(n) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[u]
-rps = re.search(r"Requests/sec:\s+([\d.]+)", t).group(1)
-p50 = re.search(r"^\s+50%\s+(\S+)", t, re.M).group(1)
-p99 = re.search(r"^\s+99%\s+(\S+)", t, re.M).group(1)
-non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
-if non2xx: print("warning: %s non-2xx responses" % non2xx.group(1), file=sys.stderr)
-print(rps, ms(p50), ms(p99))'
+    wrk_figures
 }
 
 # h2load: prints "rps p50_ms p99_ms" from its per-request log

@@ -39,33 +39,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r UP A_PORT B_PORT A_ADMIN B_ADMIN < <(python3 - <<'PY'
-import socket
-socks = [socket.socket() for _ in range(5)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-)
-
-wait_port() {
-  for _ in $(seq 200); do
-    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "port $1 never opened" >&2; exit 1
-}
-
-cat > "$work/upstream.conf" <<NGX
-worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "hello from upstream\n"; } }
-}
-NGX
-taskset -c "$LOAD_CPU" nginx -c "$work/upstream.conf" -p "$work" &
-pids+=($!)
+source benches/common.sh
+read -r UP A_PORT B_PORT A_ADMIN B_ADMIN < <(free_ports 5)
+start_upstream "$UP" "$LOAD_CPU"
 
 A_ID=spiffe://bench.local/ns/bench/sa/a
 B_ID=spiffe://bench.local/ns/bench/sa/b
@@ -110,20 +86,7 @@ for p in $UP $A_PORT $B_PORT $A_ADMIN $B_ADMIN; do wait_port "$p"; done
 h1() {
   local host=$1 port=$2; shift 2
   taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $host" "$@" "http://127.0.0.1:$port/" |
-    python3 -c '
-import re, sys
-t = sys.stdin.read()
-def ms(v):
-    n, u = re.match(r"([\d.]+)(us|ms|s|m)$", v).groups()
-    return float(n) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[u]
-rps = re.search(r"Requests/sec:\s+([\d.]+)", t).group(1)
-p50 = re.search(r"^\s+50%\s+(\S+)", t, re.M).group(1)
-p99 = re.search(r"^\s+99%\s+(\S+)", t, re.M).group(1)
-bad = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
-if bad: print("warning: %s non-2xx responses" % bad.group(1), file=sys.stderr)
-errs = re.search(r"Socket errors: .*", t)
-if errs: print("note: " + errs.group(0), file=sys.stderr)
-print(rps, ms(p50), ms(p99))'
+    wrk_figures
 }
 
 # openssl s_time: a new mTLS connection (full handshake) and one GET per connection, from
