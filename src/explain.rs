@@ -221,6 +221,9 @@ pub struct Backend {
     pub outlier_detection: Option<String>,
     /// Health checks, when on.
     pub health_check: Option<String>,
+    /// The SPIFFE ID required of the endpoints, when the service is called over mTLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtls_peer_identity: Option<String>,
     /// Current endpoints (`None`: resolved only at run time).
     pub endpoints: Option<Vec<String>>,
 }
@@ -477,6 +480,7 @@ fn backend(name: &str, weight: u32, total: u32, services: &dyn ServiceInfo) -> B
                 h.healthy_after
             )
         }),
+        mtls_peer_identity: spec.and_then(|s| s.tls.clone()),
         endpoints: services
             .endpoints(name)
             .map(|eps| eps.iter().map(SocketAddr::to_string).collect()),
@@ -555,6 +559,9 @@ impl fmt::Display for Explanation {
                             }
                             if let Some(h) = &b.health_check {
                                 writeln!(f, "      health check: {h}")?;
+                            }
+                            if let Some(id) = &b.mtls_peer_identity {
+                                writeln!(f, "      mTLS: the peer must be {id}")?;
                             }
                             match &b.endpoints {
                                 Some(eps) if eps.is_empty() => {

@@ -911,6 +911,17 @@ async fn the_shipped_mtls_demo_works() {
         ],
     );
     let web = proxy_file(&web_file).await;
+    let explained = std::process::Command::new(env!("CARGO_BIN_EXE_remora"))
+        .args(["explain", "-c"])
+        .arg(&web_file)
+        .args(["GET", "http://api/live"])
+        .output()
+        .unwrap();
+    let explained = String::from_utf8_lossy(&explained.stdout);
+    assert!(
+        explained.contains(&format!("mTLS: the peer must be {}", ids[1])),
+        "{explained}"
+    );
     let ok = get(web.outbound(), "api", "/live").await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert!(ok.saw("x-remora-client-id", ids[0]), "{}", ok.body);
