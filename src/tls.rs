@@ -174,7 +174,13 @@ impl TlsMetrics {
     /// [`verify::Failure::as_str`].
     pub fn handshake(&self, direction: Direction, result: Result<(), verify::Failure>) {
         match result {
-            Ok(()) => self.success[direction as usize].inc(),
+            Ok(()) => {
+                let i = match direction {
+                    Direction::Inbound => 0,
+                    Direction::Outbound => 1,
+                };
+                self.success[i].inc()
+            }
             Err(f) => self
                 .handshakes
                 .with_label_values(&[direction.as_str(), f.as_str()])

@@ -1012,3 +1012,100 @@ async fn a_reload_changes_the_tls_mode_and_rules_for_new_connections() {
         403
     );
 }
+
+/// The real binary logs a distinct line for each certificate failure, with its reason.
+#[tokio::test]
+async fn the_binary_logs_each_handshake_failure_with_its_reason() {
+    use std::io::BufRead;
+    let pki = Pki::new("logs");
+    let other = Pki::new("logs-other");
+    let api = pki.issue("api");
+    let app = echo("app").await;
+    let config = pki.dir.join("b.yaml");
+    std::fs::write(
+        &config,
+        complete(&format!(
+            "log: {{ level: info, format: json }}\n{}inbound:\n  listen: 127.0.0.1:0\n  app: \"{}\"\n  tls: strict\n",
+            pki.identity(&api),
+            app.addr
+        )),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_remora"))
+        .args(["run", "--workers", "1", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        lines
+            .recv_timeout(DEADLINE)
+            .expect("a log line before the deadline")
+    };
+    let inbound: SocketAddr = loop {
+        let line = next();
+        if line.contains("listener bound") && line.contains("\"direction\":\"inbound\"") {
+            break line
+                .split("\"addr\":\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+    };
+    let cases = [
+        (
+            pki.issue_with("web-expired", Some(&id("web")), expired()),
+            "expired",
+            "the peer's certificate has expired",
+        ),
+        (
+            pki.issue_with("web-future", Some(&id("web")), not_yet_valid()),
+            "not-yet-valid",
+            "the peer's certificate is not valid yet",
+        ),
+        (
+            other.issue("web"),
+            "unknown-ca",
+            "the peer's certificate is not issued by a trusted CA",
+        ),
+        (
+            pki.issue_with("web-nosan", None, Validity::days(1)),
+            "missing-spiffe-id",
+            "the peer's certificate has no SPIFFE ID (URI SAN)",
+        ),
+    ];
+    for (cert, reason, message) in cases {
+        let cfg = client_config(&pki.anchors(), Some(&cert), &id("api"), &[]);
+        assert!(tls_get(inbound, cfg, "/").await.is_err(), "{reason}");
+        let line = loop {
+            let line = next();
+            if line.contains("TLS handshake failed") {
+                break line;
+            }
+        };
+        assert!(
+            line.contains(&format!("\"reason\":\"{reason}\"")),
+            "{reason}: {line}"
+        );
+        assert!(line.contains(message), "{reason}: {line}");
+        assert!(line.contains("\"level\":\"WARN\""), "{line}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
