@@ -268,11 +268,16 @@ impl Pool {
         let stream = connector::connect(&self.inner.target, self.inner.connect_timeout).await?;
         let sender = match &self.inner.tls {
             None => spawn_http1(stream, slot).await?,
+            // Boxed: the TLS handshake's state is large, and inline it would grow every
+            // request's future (moved several times per request) even on plaintext pools.
             Some(tls) => {
-                let stream = tls
-                    .connect(stream, false, self.inner.connect_timeout)
-                    .await?;
-                spawn_http1(stream, slot).await?
+                Box::pin(async {
+                    let stream = tls
+                        .connect(stream, false, self.inner.connect_timeout)
+                        .await?;
+                    spawn_http1(stream, slot).await
+                })
+                .await?
             }
         };
         self.start_sweeper();
@@ -286,11 +291,15 @@ impl Pool {
         let stream = connector::connect(&self.inner.target, self.inner.connect_timeout).await?;
         let sender = match &self.inner.tls {
             None => spawn_http2(stream, slot).await?,
+            // Boxed for the same reason as in `connect_http1`.
             Some(tls) => {
-                let stream = tls
-                    .connect(stream, true, self.inner.connect_timeout)
-                    .await?;
-                spawn_http2(stream, slot).await?
+                Box::pin(async {
+                    let stream = tls
+                        .connect(stream, true, self.inner.connect_timeout)
+                        .await?;
+                    spawn_http2(stream, slot).await
+                })
+                .await?
             }
         };
         self.start_sweeper();
