@@ -1,6 +1,15 @@
-# Shared by benches/load.sh and benches/mtls.sh (sourced, not run): free ports, waiting for a
-# port, the nginx upstream, and wrk's figures. Expects $work (a temporary folder) and the
-# array pids (processes to stop at exit).
+# Shared by benches/load.sh and benches/mtls.sh (sourced, not run): a temporary folder
+# ($work) and the processes to stop at exit (pids), both cleaned up by an EXIT trap; free
+# ports, waiting for a port, the nginx upstream, and wrk's figures.
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 # Prints N free TCP ports on 127.0.0.1.
 free_ports() {

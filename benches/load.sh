@@ -27,15 +27,6 @@ if ! need wrk || ! need h2load || ! need nginx || ! need haproxy; then
 fi
 cargo build --release --quiet
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 source benches/common.sh
 read -r UP REMORA_PORT NGINX_H1 NGINX_H2 HAPROXY_PORT ADMIN < <(free_ports 6)
 

@@ -30,15 +30,6 @@ if ! need wrk || ! need nginx || ! need openssl; then
 fi
 cargo build --release --quiet
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 source benches/common.sh
 read -r UP A_PORT B_PORT A_ADMIN B_ADMIN < <(free_ports 5)
 start_upstream "$UP" "$LOAD_CPU"

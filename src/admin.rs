@@ -77,7 +77,7 @@ pub async fn handle(
     }
     match path {
         "/metrics" => {
-            let mut resp = text(StatusCode::OK, rt.metrics.encode());
+            let mut resp = text(StatusCode::OK, rt.shared.metrics.encode());
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

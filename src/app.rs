@@ -104,7 +104,7 @@ pub async fn run(
 ) {
     let startup = compiled.startup();
     let rt = Runtime::new(compiled);
-    tls::watch::spawn(&rt.tls, tls::watch::PERIOD);
+    tls::watch::spawn(&rt.shared.tls, tls::watch::PERIOD);
     let addrs = listeners.addrs();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (drained_tx, mut drained_rx) = mpsc::channel::<()>(1);
@@ -163,7 +163,7 @@ pub async fn run(
 /// TLS termination for the inbound listener, in the mode of the config in force.
 fn inbound_terminator(rt: &Arc<Runtime>) -> Terminator {
     let weak = Arc::downgrade(rt);
-    Terminator::new(rt.tls.clone(), move || {
+    Terminator::new(rt.shared.tls.clone(), move || {
         weak.upgrade()
             .and_then(|rt| rt.snapshot().inbound.as_ref().map(|ib| ib.tls))
             .unwrap_or(tls::Mode::Disabled)
@@ -246,7 +246,7 @@ impl DataListeners {
         let (accept_stop, accept_rx) = watch::channel(false);
         let rt = self.rt.clone();
         let task = tokio::spawn(async move {
-            let metrics = rt.metrics.clone();
+            let metrics = rt.shared.metrics.clone();
             match d {
                 Direction::Inbound => {
                     let tls = Some(Arc::new(inbound_terminator(&rt)));

@@ -157,7 +157,7 @@ pub fn unconfigured(
     started: Instant,
     access: Option<AccessLine>,
 ) -> Response<ProxyBody> {
-    let fallback = rt.metrics.request(conn.direction, "", "");
+    let fallback = rt.shared.metrics.request(conn.direction, "", "");
     finish(
         conn,
         started,

@@ -112,7 +112,7 @@ impl Reloader {
         let _one_at_a_time = self.serial.lock().await;
         let result = self.try_reload().await;
         let ok = result.is_ok();
-        self.rt.metrics.reload(ok);
+        self.rt.shared.metrics.reload(ok);
         match &result {
             Ok(changes) => tracing::info!(%trigger, changes = %changes, "config reloaded"),
             Err(e) => {
@@ -158,7 +158,7 @@ impl Reloader {
             .prepare(&startup)
             .await
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
-        let next = Snapshot::build(compiled, self.rt.shared(), Some(&current));
+        let next = Snapshot::build(compiled, &self.rt.shared, Some(&current));
         let mut changes = Changes::between(&current, &next);
         self.rt.publish(next);
         changes.other.extend(self.listeners.commit(plan).await);

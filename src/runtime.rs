@@ -216,11 +216,8 @@ impl Default for Shared {
 /// Process-wide state shared by every listener.
 #[derive(Debug)]
 pub struct Runtime {
-    /// Metrics registry and handles.
-    pub metrics: Metrics,
-    /// The identity in force and the TLS metrics.
-    pub tls: Arc<TlsContext>,
-    shared: Shared,
+    /// Metrics, the identity in force: what every snapshot is bound to.
+    pub shared: Shared,
     snapshot: ArcSwap<Snapshot>,
     ready: AtomicBool,
     passthrough: Passthrough,
@@ -233,18 +230,11 @@ impl Runtime {
         let snapshot = Snapshot::build(compiled, &shared, None);
         shared.metrics.config_loaded();
         Arc::new(Self {
-            metrics: shared.metrics.clone(),
-            tls: shared.tls.clone(),
             shared,
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
             passthrough: Passthrough::new(Duration::from_secs(1)),
         })
-    }
-
-    /// What snapshots are built with.
-    pub fn shared(&self) -> &Shared {
-        &self.shared
     }
 
     /// The current snapshot. Hold it for the whole request so the request sees one config.

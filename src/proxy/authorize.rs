@@ -6,7 +6,7 @@
 use http::Method;
 use prometheus::{IntCounter, IntCounterVec, Opts};
 
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, routing::matcher::prefix_matches};
 
 /// Compiled `inbound.authorize`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,10 +105,7 @@ impl PathPattern {
     fn matches(&self, path: &str) -> bool {
         match self {
             PathPattern::Exact(e) => e == path,
-            PathPattern::Prefix(p) => {
-                path.starts_with(p.as_str())
-                    && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
-            }
+            PathPattern::Prefix(p) => prefix_matches(p, path),
         }
     }
 }

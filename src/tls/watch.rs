@@ -23,9 +23,11 @@ pub fn spawn(tls: &Arc<TlsContext>, period: Duration) {
 }
 
 async fn watch(tls: Weak<TlsContext>, period: Duration) {
-    // The fingerprint seen at the previous read, and the last one judged invalid.
+    // The fingerprint seen at the previous read, the last one judged invalid, and whether
+    // the last read failed (each trouble is reported once, not every second).
     let mut previous = None;
     let mut rejected = None;
+    let mut unreadable = false;
     loop {
         tokio::time::sleep(period).await;
         let Some(tls) = tls.upgrade() else { return };
@@ -42,14 +44,15 @@ async fn watch(tls: Weak<TlsContext>, period: Duration) {
         let (anchors, cert, key) = match read {
             Ok(t) => t,
             Err(e) => {
-                if rejected != Some(0) {
+                if !unreadable {
                     tracing::warn!(certificate = %files.certificate.display(), error = %e, "identity files unreadable; the identity in force stays");
                     tls.metrics().rotation(false);
-                    rejected = Some(0);
+                    unreadable = true;
                 }
                 continue;
             }
         };
+        unreadable = false;
         let seen = fingerprint(&anchors, &cert, &key, &files);
         let stable = previous.replace(seen) == Some(seen);
         if seen == current.fingerprint() {

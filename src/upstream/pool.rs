@@ -24,13 +24,9 @@ use hyper::{
     client::conn::{http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    sync::Notify,
-    time::Instant,
-};
+use tokio::{sync::Notify, time::Instant};
 
-use super::connector::{self, ConnectError, Target};
+use super::connector::{self, ConnectError, Stream, Target};
 use crate::{
     body::ProxyBody,
     resilience::breaker::{Breaker, ConnectionSlot, Overflow},
@@ -259,27 +255,37 @@ impl Pool {
         }
     }
 
+    /// Opens a connection to the target, over mTLS (ALPN `h2` or `http/1.1`) when the
+    /// service says so.
+    async fn open(&self, http2: bool) -> Result<Stream, PoolError> {
+        let tcp = connector::connect(&self.inner.target, self.inner.connect_timeout).await?;
+        match &self.inner.tls {
+            None => Ok(Stream::Plain(tcp)),
+            // Boxed: the handshake's state is large, and inline it would grow every request's
+            // future (moved several times per request), plaintext pools' too.
+            Some(tls) => {
+                let handshake = Box::pin(tls.connect(tcp, http2, self.inner.connect_timeout));
+                Ok(Stream::Tls(Box::new(handshake.await?)))
+            }
+        }
+    }
+
     /// Opens an HTTP/1.1 connection; `slot` (its place under the breaker) is held until the
     /// connection closes.
     async fn connect_http1(
         &self,
         slot: Option<ConnectionSlot>,
     ) -> Result<http1::SendRequest<ProxyBody>, PoolError> {
-        let stream = connector::connect(&self.inner.target, self.inner.connect_timeout).await?;
-        let sender = match &self.inner.tls {
-            None => spawn_http1(stream, slot).await?,
-            // Boxed: the TLS handshake's state is large, and inline it would grow every
-            // request's future (moved several times per request) even on plaintext pools.
-            Some(tls) => {
-                Box::pin(async {
-                    let stream = tls
-                        .connect(stream, false, self.inner.connect_timeout)
-                        .await?;
-                    spawn_http1(stream, slot).await
-                })
-                .await?
+        let stream = self.open(false).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
             }
-        };
+        });
         self.start_sweeper();
         Ok(sender)
     }
@@ -288,20 +294,18 @@ impl Pool {
         &self,
         slot: Option<ConnectionSlot>,
     ) -> Result<http2::SendRequest<ProxyBody>, PoolError> {
-        let stream = connector::connect(&self.inner.target, self.inner.connect_timeout).await?;
-        let sender = match &self.inner.tls {
-            None => spawn_http2(stream, slot).await?,
-            // Boxed for the same reason as in `connect_http1`.
-            Some(tls) => {
-                Box::pin(async {
-                    let stream = tls
-                        .connect(stream, true, self.inner.connect_timeout)
-                        .await?;
-                    spawn_http2(stream, slot).await
-                })
-                .await?
+        let stream = self.open(true).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
             }
-        };
+        });
         self.start_sweeper();
         Ok(sender)
     }
@@ -320,47 +324,6 @@ impl Pool {
             });
         });
     }
-}
-
-/// Runs the HTTP/1.1 client handshake on `io` and drives the connection in a task that holds
-/// `slot` until the connection closes.
-async fn spawn_http1<IO>(
-    io: IO,
-    slot: Option<ConnectionSlot>,
-) -> Result<http1::SendRequest<ProxyBody>, PoolError>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
-    tokio::spawn(async move {
-        let _slot = slot;
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
-}
-
-/// Runs the HTTP/2 client handshake on `io`, as [`spawn_http1`].
-async fn spawn_http2<IO>(
-    io: IO,
-    slot: Option<ConnectionSlot>,
-) -> Result<http2::SendRequest<ProxyBody>, PoolError>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .adaptive_window(true)
-        .handshake(TokioIo::new(io))
-        .await?;
-    tokio::spawn(async move {
-        let _slot = slot;
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
-        }
-    });
-    Ok(sender)
 }
 
 impl Inner {
