@@ -57,6 +57,9 @@ pub enum ProxyError {
     /// The route's fault injection answered instead of the upstream.
     #[error("fault injected by the route")]
     FaultInjected(StatusCode),
+    /// A plaintext request on an inbound listener that takes only mTLS.
+    #[error("this listener accepts only mutual TLS (inbound.tls: strict)")]
+    MtlsRequired,
     /// No `inbound.authorize` rule allows this caller, path and method.
     #[error("caller {} is not authorized for this request", .caller.as_deref().unwrap_or("(unauthenticated)"))]
     Unauthorized {
@@ -79,7 +82,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::MtlsRequired => StatusCode::BAD_REQUEST,
             ProxyError::NoEndpoints { .. } | ProxyError::Overloaded(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -107,6 +110,7 @@ impl ProxyError {
             ProxyError::RateLimited(_) => "rate-limited",
             ProxyError::FaultInjected(_) => "fault-injected",
             ProxyError::Unauthorized { .. } => "unauthorized",
+            ProxyError::MtlsRequired => "mtls-required",
             ProxyError::PeerIdentityMismatch { .. } => "peer-identity-mismatch",
         }
     }
@@ -121,6 +125,7 @@ impl ProxyError {
                 | ProxyError::RateLimited(_)
                 | ProxyError::FaultInjected(_)
                 | ProxyError::Unauthorized { .. }
+                | ProxyError::MtlsRequired
         )
     }
 }

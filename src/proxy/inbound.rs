@@ -76,6 +76,10 @@ async fn forward_to_app(
     tags: &mut Tags<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     headers::check_framing(req.headers())?;
+    // Also catches connections accepted in plaintext before a reload made the mode strict.
+    if ib.tls == tls::Mode::Strict && !conn.tls {
+        return Err(ProxyError::MtlsRequired);
+    }
     if let Some(authz) = &ib.authorizer {
         let caller = conn.client_id.as_ref().map(ClientId::as_str);
         if !authz.allows(caller, req.method(), req.uri().path()) {

@@ -67,7 +67,9 @@ impl Terminator {
 
     /// How to serve `stream`: `Ok(None)` plaintext, `Ok(Some(config))` TLS with `config`,
     /// `Err(())` close it (logged and counted here). Waits at most `timeout` for the caller's
-    /// first byte.
+    /// first byte. A plaintext caller on a `strict` listener is counted and logged here and
+    /// served as plaintext, so that the inbound handler can answer it with a clear error
+    /// (400 `mtls-required`) instead of a bare close.
     pub async fn decide(
         &self,
         stream: &TcpStream,
@@ -85,11 +87,10 @@ impl Terminator {
             _ => return Err(()),
         }
         if first[0] != TLS_HANDSHAKE_RECORD {
-            if mode == Mode::Permissive {
-                return Ok(None);
+            if mode == Mode::Strict {
+                self.failed(peer, Failure::Plaintext, "inbound.tls is strict");
             }
-            self.failed(peer, Failure::Plaintext, "inbound.tls is strict");
-            return Err(());
+            return Ok(None);
         }
         match self.tls.identity() {
             Some(id) => Ok(Some(id.server_config().clone())),

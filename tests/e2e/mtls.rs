@@ -281,14 +281,22 @@ async fn strict_refuses_plaintext_permissive_accepts_both_disabled_only_plaintex
     let mtls = client_config(&pki.anchors(), Some(&web), &id("api"), &[b"http/1.1"]);
 
     let strict = sidecar_b(&pki, &api, app.addr, "tls: strict").await;
-    let answer = raw(strict.inbound(), b"GET / HTTP/1.1\r\nhost: b\r\n\r\n").await;
-    assert_eq!(
-        answer, "",
-        "strict closes plaintext connections without answering"
-    );
+    // Plaintext callers get a clear refusal (HTTP/1.1 and HTTP/2 alike); the app sees nothing.
+    let plain = get(strict.inbound(), "b", "/").await;
+    assert_eq!(plain.status, 400, "{}", plain.body);
+    assert_eq!(plain.header("x-remora-error"), Some("mtls-required"));
+    assert!(plain.body.contains("only mutual TLS"), "{}", plain.body);
+    let h2 = send_h2(
+        strict.inbound(),
+        Request::get("http://b/").body(Full::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(h2.header("x-remora-error"), Some("mtls-required"));
+    assert_eq!(app.requests(), 0);
+    // One per plaintext connection (the HTTP/1.1 and the HTTP/2 one).
     assert_eq!(
         count(&strict, &handshakes("inbound", "plaintext-refused")).await,
-        1.0
+        2.0
     );
     let r = tls_get(strict.inbound(), mtls.clone(), "/").await.unwrap();
     assert!(r.saw("x-remora-client-id", &id("web")), "{}", r.body);
@@ -927,10 +935,8 @@ async fn the_shipped_mtls_demo_works() {
     assert!(ok.saw("x-remora-client-id", ids[0]), "{}", ok.body);
     let denied = get(web.outbound(), "api", "/metrics").await;
     assert_eq!(denied.status, 403);
-    assert_eq!(
-        raw(api.inbound(), b"GET /live HTTP/1.1\r\nhost: api\r\n\r\n").await,
-        ""
-    );
+    let plain = get(api.inbound(), "api", "/live").await;
+    assert_eq!(plain.header("x-remora-error"), Some("mtls-required"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -996,10 +1002,9 @@ async fn a_reload_changes_the_tls_mode_and_rules_for_new_connections() {
     let r = send(&h1_client(), reload).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains("inbound"), "{}", r.body);
-    assert_eq!(
-        raw(b.inbound(), b"GET / HTTP/1.1\r\nhost: b\r\n\r\n").await,
-        ""
-    );
+    let plain = get(b.inbound(), "b", "/").await;
+    assert_eq!(plain.status, 400);
+    assert_eq!(plain.header("x-remora-error"), Some("mtls-required"));
     assert_eq!(
         tls_get(b.inbound(), mtls.clone(), "/only")
             .await
