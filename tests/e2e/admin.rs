@@ -108,19 +108,8 @@ services:
 async fn graceful_stop_finishes_in_flight_requests() {
     let up = slow("slow", Duration::from_millis(600)).await;
     let mut p = proxy(&format!(
-        r#"
-shutdown: {{ grace: 0s, drain_timeout: 10s }}
-outbound:
-  listen: 127.0.0.1:0
-  routes:
-    - name: r
-      match: {{ host: svc }}
-      backends: [{{ service: s }}]
-      timeout: 5s
-services:
-  s: {{ endpoints: ["{}"] }}
-"#,
-        up.addr
+        "shutdown: {{ grace: 0s, drain_timeout: 10s }}\n{}",
+        svc_config(&[up.addr], &["timeout: 5s"], &[])
     ))
     .await;
     let out = p.outbound();

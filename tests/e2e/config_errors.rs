@@ -1,11 +1,10 @@
 //! Config validation: every problem at once, each with line, column and field path; and every
 //! shipped file in config/ loads.
 
+use crate::support::config_error;
+
 fn errors(text: &str) -> Vec<String> {
-    match remora::config::parse("f.yaml", text) {
-        Ok(_) => panic!("config was accepted:\n{text}"),
-        Err(e) => e.to_string().lines().map(str::to_owned).collect(),
-    }
+    config_error(text).lines().map(str::to_owned).collect()
 }
 
 #[test]

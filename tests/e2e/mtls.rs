@@ -714,13 +714,6 @@ async fn openssl_s_client_with_a_client_certificate_interoperates() {
     );
 }
 
-fn config_errors(text: &str) -> String {
-    match remora::config::parse("f.yaml", text) {
-        Ok(_) => panic!("config was accepted:\n{text}"),
-        Err(e) => e.to_string(),
-    }
-}
-
 #[test]
 fn tls_config_problems_name_the_field_and_the_file() {
     let pki = Pki::new("config");
@@ -731,7 +724,7 @@ fn tls_config_problems_name_the_field_and_the_file() {
     };
 
     let missing = pki.dir.join("missing.crt");
-    let e = config_errors(&identity(&pki.anchors(), &missing, &web.key));
+    let e = config_error(&identity(&pki.anchors(), &missing, &web.key));
     assert!(
         e.starts_with(&format!(
             "f.yaml:4:16: identity.certificate: {}: cannot read",
@@ -740,7 +733,7 @@ fn tls_config_problems_name_the_field_and_the_file() {
         "{e}"
     );
 
-    let e = config_errors(&identity(&pki.anchors(), &web.cert, &api.key));
+    let e = config_error(&identity(&pki.anchors(), &web.cert, &api.key));
     assert!(
         e.starts_with(&format!(
             "f.yaml:5:16: identity.private_key: {}: does not match the certificate",
@@ -749,13 +742,13 @@ fn tls_config_problems_name_the_field_and_the_file() {
         "{e}"
     );
 
-    let e = config_errors(&identity(&pki.anchors(), &stranger.cert, &stranger.key));
+    let e = config_error(&identity(&pki.anchors(), &stranger.cert, &stranger.key));
     assert!(
         e.contains("identity.certificate:") && e.contains("does not chain to the trust anchors"),
         "{e}"
     );
 
-    let e = config_errors(&identity(&web.cert, &web.cert, &web.key));
+    let e = config_error(&identity(&web.cert, &web.cert, &web.key));
     assert!(
         e.contains("identity.certificate:") && e.contains("does not chain"),
         "{e}"
@@ -777,7 +770,7 @@ services:
     endpoints: ["127.0.0.1:1"]
     tls: { identity: "spiffe://d/ns/*" }
 "#;
-    let e = config_errors(text);
+    let e = config_error(text);
     let expect = [
         "f.yaml:4:8: inbound.tls: needs the `identity` section",
         "f.yaml:6:14: inbound.authorize[0].from[0]: \"frontend\" is not a SPIFFE ID",
@@ -799,7 +792,7 @@ services:
 
     let disabled =
         "version: 1\ninbound:\n  listen: 127.0.0.1:0\n  authorize:\n    - from: [\"*\"]\n";
-    let e = config_errors(disabled);
+    let e = config_error(disabled);
     assert!(e.contains("inbound.authorize[0].from: callers never have an identity while inbound.tls is disabled"), "{e}");
 }
 

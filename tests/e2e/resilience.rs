@@ -131,9 +131,7 @@ async fn delay_faults_hold_requests_back() {
 #[test]
 fn bad_policies_are_config_errors() {
     let text = "version: 1\noutbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: r\n      direct_response: { status: 200 }\n      rate_limit: { requests_per_second: 0 }\n      fault: { abort: { percent: 150, status: 42 } }\n";
-    let err = remora::config::parse("f.yaml", text)
-        .unwrap_err()
-        .to_string();
+    let err = config_error(text);
     assert!(
         err.contains(
             "f.yaml:7:42: outbound.routes[0].rate_limit.requests_per_second: must be at least 1"
@@ -258,9 +256,7 @@ async fn max_connections_queues_up_to_max_pending() {
 #[test]
 fn breaker_limits_must_be_positive() {
     let text = "version: 1\noutbound: { listen: 127.0.0.1:0 }\nservices:\n  s:\n    endpoints: [\"127.0.0.1:1\"]\n    circuit_breaker: { max_requests: 0 }\n";
-    let err = remora::config::parse("f.yaml", text)
-        .unwrap_err()
-        .to_string();
+    let err = config_error(text);
     assert!(
         err.contains("services.s.circuit_breaker.max_requests: must be at least 1"),
         "{err}"
@@ -382,21 +378,13 @@ async fn health_checks_take_endpoints_out_and_back() {
     );
     let a = checked("a", a_ok.clone()).await;
     let b = checked("b", b_ok.clone()).await;
-    let p = proxy(&format!(
-        r#"
-outbound:
-  listen: 127.0.0.1:0
-  routes:
-    - name: r
-      match: {{ host: svc }}
-      backends: [{{ service: s }}]
-services:
-  s:
-    endpoints: ["{}", "{}"]
-    load_balancer: round_robin
-    health_check: {{ path: /healthz, interval: 100ms, timeout: 500ms, unhealthy_after: 2, healthy_after: 2 }}
-"#,
-        a.addr, b.addr
+    let p = proxy(&svc_config(
+        &[a.addr, b.addr],
+        &[],
+        &[
+            "load_balancer: round_robin",
+            "health_check: { path: /healthz, interval: 100ms, timeout: 500ms, unhealthy_after: 2, healthy_after: 2 }",
+        ],
     ))
     .await;
     let gauge = |addr: std::net::SocketAddr| {

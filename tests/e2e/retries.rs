@@ -289,9 +289,7 @@ async fn grpc_unavailable_is_retried_from_headers_or_trailers() {
 #[test]
 fn retry_config_errors() {
     let text = "version: 1\noutbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: r\n      backends: [{ service: s }]\n      retry: { attempts: 0, on: [sometimes, { retriable-status: [700] }], backoff: { base: 1s, max: 10ms } }\nservices:\n  s: { endpoints: [\"127.0.0.1:1\"], retry_budget: { ratio: 2 } }\n";
-    let err = remora::config::parse("f.yaml", text)
-        .unwrap_err()
-        .to_string();
+    let err = config_error(text);
     for want in [
         "outbound.routes[0].retry.attempts: must be at least 1",
         "outbound.routes[0].retry.on[0]: unknown retry condition \"sometimes\"",

@@ -471,6 +471,15 @@ async fn start(text: &str, source: Option<remora::app::ConfigSource>) -> Proxy {
     p
 }
 
+/// The report for control file text that must be refused (named `f.yaml`), one line per
+/// problem.
+pub fn config_error(text: &str) -> String {
+    match remora::config::parse("f.yaml", text) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// Polls `cond` until it holds, failing the test after `DEADLINE`.
 pub async fn wait_until<F, Fut>(cond: F)
 where

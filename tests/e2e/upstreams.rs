@@ -51,19 +51,10 @@ async fn random_reaches_every_endpoint() {
 async fn least_request_avoids_the_busy_endpoint() {
     let busy = slow("busy", Duration::from_secs(2)).await;
     let fast = echo("fast").await;
-    let p = proxy(&format!(
-        r#"
-outbound:
-  listen: 127.0.0.1:0
-  routes:
-    - name: r
-      match: {{ host: svc }}
-      backends: [{{ service: s }}]
-      timeout: 5s
-services:
-  s: {{ endpoints: ["{}", "{}"], load_balancer: least_request }}
-"#,
-        busy.addr, fast.addr
+    let p = proxy(&svc_config(
+        &[busy.addr, fast.addr],
+        &["timeout: 5s"],
+        &["load_balancer: least_request"],
     ))
     .await;
     let out = p.outbound();
