@@ -14,7 +14,7 @@ use crate::{
     admin,
     config::{Compiled, Limits, Startup},
     metrics::Direction,
-    proxy::{inbound, outbound, server, ConnMeta},
+    proxy::{self, server, ConnMeta},
     reload::Reloader,
     runtime::Runtime,
     tls::{self, accept::Terminator},
@@ -250,11 +250,11 @@ impl DataListeners {
             match d {
                 Direction::Inbound => {
                     let tls = Some(Arc::new(inbound_terminator(&rt)));
-                    let h = move |conn, req| inbound::handle(rt.clone(), conn, req);
+                    let h = move |conn, req| proxy::handle(rt.clone(), conn, req);
                     server::serve(listener, limits, meta, &metrics, life, accept_rx, tls, h).await
                 }
                 Direction::Outbound => {
-                    let h = move |conn, req| outbound::handle(rt.clone(), conn, req);
+                    let h = move |conn, req| proxy::handle(rt.clone(), conn, req);
                     server::serve(listener, limits, meta, &metrics, life, accept_rx, None, h).await
                 }
             }

@@ -58,14 +58,9 @@ impl ProxyBody {
         ProxyBody::Full((!b.is_empty()).then_some(b))
     }
 
-    /// An upstream response body holding its endpoint's in-flight count and connection
-    /// lease; both end with the body (at once when it is already empty).
-    pub fn upstream(
-        body: Incoming,
-        in_flight: Option<InFlight>,
-        permit: Option<RequestPermit>,
-        lease: Option<Lease>,
-    ) -> Self {
+    /// An upstream response body holding its connection lease, which goes back to the pool
+    /// when the body ends (at once when it is already empty).
+    pub fn upstream(body: Incoming, lease: Option<Lease>) -> Self {
         if body.is_end_stream() {
             if let Some(lease) = lease {
                 lease.release();
@@ -74,32 +69,41 @@ impl ProxyBody {
         }
         ProxyBody::Stream {
             body,
-            in_flight,
-            permit,
+            in_flight: None,
+            permit: None,
             lease,
         }
     }
 
     /// Keeps `permit` (the service's count of this request) until the body ends; a body
-    /// Remora made itself is complete already, so the permit ends with it.
-    pub fn with_permit(self, permit: RequestPermit) -> Self {
+    /// that has ended, or that Remora made itself, lets it go at once.
+    pub fn with_permit(mut self, permit: RequestPermit) -> Self {
+        if let Some((_, slot)) = self.guards() {
+            *slot = Some(permit);
+        }
+        self
+    }
+
+    /// Keeps `in_flight` (the endpoint's count of this request, which the least-request
+    /// balancer reads) until the body ends, like [`ProxyBody::with_permit`].
+    pub fn with_in_flight(mut self, in_flight: InFlight) -> Self {
+        if let Some((slot, _)) = self.guards() {
+            *slot = Some(in_flight);
+        }
+        self
+    }
+
+    /// The guard slots of a streamed body that has not ended.
+    fn guards(&mut self) -> Option<(&mut Option<InFlight>, &mut Option<RequestPermit>)> {
         match self {
             ProxyBody::Stream {
                 body,
                 in_flight,
-                lease,
+                permit,
                 ..
-            } => ProxyBody::Stream {
-                body,
-                in_flight,
-                permit: Some(permit),
-                lease,
-            },
-            ProxyBody::Prefixed { first, rest } => ProxyBody::Prefixed {
-                first,
-                rest: Box::new(rest.with_permit(permit)),
-            },
-            other => other,
+            } if !body.is_end_stream() => Some((in_flight, permit)),
+            ProxyBody::Prefixed { rest, .. } => rest.guards(),
+            _ => None,
         }
     }
 

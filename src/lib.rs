@@ -3,23 +3,26 @@
 //! # Layout (the request path, top to bottom)
 //!
 //! - [`app`]: binds listeners, starts everything, stops gracefully.
-//! - [`proxy`]: accept loop, outbound and inbound handlers, forwarding, errors → responses.
+//! - [`proxy`]: accept loop, each direction's tower stack, forwarding, errors → responses.
 //! - [`routing`]: route matching and the route table.
 //! - [`upstream`]: services, discovery (static, DNS), endpoints with pooled connections.
 //! - [`balance`]: endpoint selection (least-request, round robin, random, ring hash).
-//! - [`resilience`]: rate limiting and fault injection.
+//! - [`resilience`]: the policy layers: rate limit, faults, breaker, retries, mirror.
 //! - [`runtime`]: the config snapshot published atomically, and process-wide state.
 //! - [`config`]: the control file, its validation and compilation; [`reload`]: live reloads.
 //! - [`explain`], [`route_test`]: which route a request takes and why; route test cases.
 //! - [`tls`]: mutual TLS: identities, termination, origination, rotation, dev certificates.
 //! - [`metrics`], [`admin`], [`telemetry`]: Prometheus metrics, the admin listener, logs.
-//! - [`body`]: the body type moved in both directions.
+//! - [`body`]: the body type moved in both directions; [`context`]: the per-request context
+//!   and the stack's vocabulary; [`error`]: errors on the request path.
 
 pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod body;
 pub mod config;
+pub mod context;
+pub mod error;
 pub mod explain;
 pub mod metrics;
 pub mod proxy;

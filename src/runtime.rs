@@ -18,8 +18,8 @@ use crate::{
     metrics::{Direction, Metrics},
     proxy::{
         authorize::{Authorizer, AuthzMetrics},
-        inbound::Inbound,
-        outbound::Outbound,
+        inbound::{self, Inbound},
+        outbound::{self, Outbound},
     },
     resilience::RateLimiter,
     routing::{
@@ -29,9 +29,6 @@ use crate::{
     tls::TlsContext,
     upstream::{Passthrough, Service},
 };
-
-/// Timeout for passed-through (unmatched) requests, like a route's default.
-const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One compiled config bound to live services.
 #[derive(Debug)]
@@ -118,7 +115,6 @@ impl Snapshot {
                         let [sent, failed, dropped] = metrics.mirror(&spec.name);
                         MirrorTarget {
                             service: services[&m.service].clone(),
-                            limiter: Default::default(),
                             sent,
                             failed,
                             dropped,
@@ -135,16 +131,13 @@ impl Snapshot {
                     }
                 })
                 .collect();
+            let table = Arc::new(RouteTable {
+                routes,
+                unmatched: ob.unmatched,
+            });
             Outbound {
-                table: RouteTable {
-                    routes,
-                    unmatched: ob.unmatched,
-                },
-                unmatched_metrics: metrics.request(d, "", ""),
-                passthrough_metrics: metrics.request(d, "", "passthrough"),
-                passthrough_upstream: metrics.upstream("passthrough"),
-                passthrough_timeout: PASSTHROUGH_TIMEOUT,
-                rate_limited: metrics.rate_limited(d),
+                stack: outbound::stack(table.clone(), metrics, &shared.passthrough, log.access_log),
+                table,
             }
         });
 
@@ -160,15 +153,21 @@ impl Snapshot {
                     .and_then(|i| i.limiter.clone())
                     .unwrap_or_else(|| Arc::new(RateLimiter::new(rate, burst)))
             });
-            Inbound {
-                app: kept.unwrap_or_else(|| Service::new("app", ib.app, metrics, &shared.tls)),
+            let app = kept.unwrap_or_else(|| Service::new("app", ib.app, metrics, &shared.tls));
+            let settings = inbound::Settings {
+                app: app.clone(),
+                timeout: ib.timeout,
+                limiter: limiter.clone(),
                 tls: ib.tls,
                 authorizer: ib.authorize.map(|p| Authorizer::new(p, &shared.authz)),
-                timeout: ib.timeout,
+                access_log: log.access_log,
+            };
+            Inbound {
+                app,
                 rate_limit: ib.rate_limit,
                 limiter,
-                rate_limited: metrics.rate_limited(Direction::Inbound),
-                metrics: metrics.request(Direction::Inbound, "", "app"),
+                tls: ib.tls,
+                stack: inbound::stack(settings, metrics),
             }
         });
 
@@ -193,6 +192,8 @@ pub struct Shared {
     pub tls: Arc<TlsContext>,
     /// Authorization counters.
     pub authz: AuthzMetrics,
+    /// Clients for passed-through requests.
+    pub passthrough: Arc<Passthrough>,
 }
 
 impl Shared {
@@ -202,6 +203,7 @@ impl Shared {
         Self {
             tls: TlsContext::new(&metrics),
             authz: AuthzMetrics::new(&metrics),
+            passthrough: Passthrough::new(Duration::from_secs(1)),
             metrics,
         }
     }
@@ -220,7 +222,6 @@ pub struct Runtime {
     pub shared: Shared,
     snapshot: ArcSwap<Snapshot>,
     ready: AtomicBool,
-    passthrough: Passthrough,
 }
 
 impl Runtime {
@@ -233,7 +234,6 @@ impl Runtime {
             shared,
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
-            passthrough: Passthrough::new(Duration::from_secs(1)),
         })
     }
 
@@ -255,10 +255,5 @@ impl Runtime {
     /// Sets readiness.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
-    }
-
-    /// Clients for passed-through requests.
-    pub fn passthrough(&self) -> &Passthrough {
-        &self.passthrough
     }
 }

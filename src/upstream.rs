@@ -1,6 +1,7 @@
 //! The upstream side: services (named sets of endpoints with a balancer), their discovery
 //! (static or DNS), and each endpoint's connection pool.
 
+pub mod client;
 mod connector;
 mod dns;
 mod endpoint;
@@ -19,9 +20,10 @@ use std::{
 use arc_swap::ArcSwap;
 use http::HeaderMap;
 
+pub use client::Balance;
 pub use connector::{connect, ConnectError, Target};
 pub use endpoint::{Endpoint, InFlight};
-pub use passthrough::Passthrough;
+pub use passthrough::{Passthrough, PassthroughClient};
 pub use pool::{Lease, Pool, PoolError};
 
 use crate::{
@@ -89,8 +91,7 @@ pub struct Service {
     metrics: UpstreamMetrics,
     breaker: Arc<Breaker>,
     outlier: Option<Detector>,
-    budget: Budget,
-    budget_exhausted: prometheus::IntCounter,
+    budget: Arc<Budget>,
     /// Endpoints failing their health checks (the balancers' fast path).
     unhealthy: Arc<AtomicUsize>,
     /// Per-endpoint health gauges, when health checks are on.
@@ -119,8 +120,10 @@ impl Service {
                 .outlier
                 .map(|p| Detector::new(p, metrics.outlier_ejections(name))),
             ejected_gauges: spec.outlier.map(|_| metrics.endpoint_ejected()),
-            budget: Budget::new(f64::from(spec.retry_budget.0) / 1000.0, spec.retry_budget.1),
-            budget_exhausted: metrics.budget_exhausted(name),
+            budget: Arc::new(
+                Budget::new(f64::from(spec.retry_budget.0) / 1000.0, spec.retry_budget.1)
+                    .counting(metrics.budget_exhausted(name)),
+            ),
             unhealthy: Arc::new(AtomicUsize::new(0)),
             healthy_gauges: spec.health.as_ref().map(|_| metrics.endpoint_healthy()),
             balancer: Balancer::new(spec.policy.clone()),
@@ -208,13 +211,8 @@ impl Service {
     }
 
     /// The service's retry budget.
-    pub fn budget(&self) -> &Budget {
+    pub fn budget(&self) -> &Arc<Budget> {
         &self.budget
-    }
-
-    /// Counts a retry the budget refused.
-    pub fn budget_exhausted(&self) {
-        self.budget_exhausted.inc();
     }
 
     /// Records a response of `endpoint` for outlier detection.
@@ -311,8 +309,7 @@ async fn check_health(
                     let (resp, lease) = ep.pool().send(req).await.ok()?;
                     let ok = resp.status().is_success();
                     // Read the body so the connection goes back to the pool.
-                    let body =
-                        crate::body::ProxyBody::upstream(resp.into_body(), None, None, lease);
+                    let body = crate::body::ProxyBody::upstream(resp.into_body(), lease);
                     body.collect().await.ok()?;
                     Some(ok)
                 };

@@ -733,7 +733,7 @@ impl Ctx {
                 self.err(&at, "mirroring needs `backends`".into());
                 return None;
             }
-            Some(crate::resilience::mirror::Mirror {
+            Some(crate::resilience::mirror::MirrorPolicy {
                 service: m.service.clone(),
                 percent: m.percent,
             })

@@ -1,60 +1,154 @@
-//! Sending a request upstream: builds the upstream request (URI with the caller's authority,
-//! protocol version, hop-by-hop hygiene, `x-forwarded-*`), sends it through a connection pool
-//! within the timeout, classifies failures, and tunnels upgraded connections.
+//! Shaping a request for its upstream and a response for its caller. `Prepare` turns the
+//! caller's request into the upstream request once, before the tries: hop-by-hop hygiene,
+//! `x-forwarded-*`, the route's path rewrite and request header edits, and the protocol
+//! version the service speaks (HTTP/1.1 in origin form with `Host`, HTTP/2 with the absolute
+//! URI). On the way back it strips the response's hop-by-hop headers. `ResponseEdits`
+//! applies a route's response header edits to every answer the route gives.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use http::{
     header,
     uri::{Authority, PathAndQuery, Scheme},
-    HeaderValue, Request, Response, Uri, Version,
+    HeaderValue, Uri, Version,
 };
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
+use tower::{Layer, Service, ServiceBuilder};
 
-use super::{error::ProxyError, headers, ConnMeta};
+use super::headers;
 use crate::{
-    body::ProxyBody,
     config::file::Protocol,
-    metrics::{AttemptResult, UpstreamMetrics},
-    resilience::breaker::RequestPermit,
-    tls::connect::OriginateError,
-    upstream::{Endpoint, Pool, PoolError},
+    context::{BoxFuture, Ctx, Req, Resp},
+    error::ProxyError,
+    resilience::retry::{Retry, RetryLayer},
+    routing::{HeaderEdits, Rewrite},
+    upstream::{self, Balance},
 };
 
-/// A request made ready for its upstream, with the caller's side of a pending upgrade.
-pub struct Prepared {
-    /// The upstream request.
-    pub request: Request<ProxyBody>,
-    /// The caller's connection, once the upstream agrees to upgrade.
-    pub on_upgrade: Option<OnUpgrade>,
+/// The forwarding path to one service: preparation → tries → balancer → pooled client.
+pub type Forward = Prepare<Retry<Balance>>;
+
+/// The forwarding path to `service`, with a route's `rewrite` and request `edits` (none for
+/// the inbound app) and its `tries`. Routes, their mirrors and the inbound app all send
+/// through it.
+pub fn to_service(
+    service: &Arc<upstream::Service>,
+    rewrite: Option<Rewrite>,
+    edits: HeaderEdits,
+    tries: RetryLayer,
+) -> Forward {
+    path(
+        service.spec().protocol,
+        rewrite,
+        edits,
+        tries,
+        Balance::new(service.clone()),
+    )
 }
 
-/// Turns the caller's request into the upstream request: `path_and_query` replaces the
-/// original when a route rewrote it; `fallback_authority` is used when the caller sent none.
-/// HTTP/1.1 requests carry the origin form and `Host`; HTTP/2 ones the absolute URI (its
-/// authority becomes `:authority`).
-pub fn prepare(
-    req: Request<ProxyBody>,
-    conn: &ConnMeta,
+/// Preparation and tries over any client (a service's balancer, or the passthrough pools).
+pub fn path<C>(
     protocol: Protocol,
-    path_and_query: Option<String>,
-    fallback_authority: Option<&Endpoint>,
-) -> Result<Prepared, ProxyError> {
+    rewrite: Option<Rewrite>,
+    edits: HeaderEdits,
+    tries: RetryLayer,
+    client: C,
+) -> Prepare<Retry<C>> {
+    ServiceBuilder::new()
+        .layer(PrepareLayer::new(protocol, rewrite, edits))
+        .layer(tries)
+        .service(client)
+}
+
+/// How requests to one backend are shaped.
+#[derive(Debug, Clone)]
+pub struct PrepareLayer(Arc<Shape>);
+
+#[derive(Debug)]
+struct Shape {
+    protocol: Protocol,
+    rewrite: Option<Rewrite>,
+    edits: HeaderEdits,
+}
+
+impl PrepareLayer {
+    /// Requests for a service speaking `protocol`, rewritten by `rewrite` and edited by
+    /// `edits` (a route's; none for the inbound app and passthrough).
+    pub fn new(protocol: Protocol, rewrite: Option<Rewrite>, edits: HeaderEdits) -> Self {
+        Self(Arc::new(Shape {
+            protocol,
+            rewrite,
+            edits,
+        }))
+    }
+}
+
+impl<S> Layer<S> for PrepareLayer {
+    type Service = Prepare<S>;
+
+    fn layer(&self, inner: S) -> Prepare<S> {
+        Prepare {
+            shape: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// Shapes the request, then sends it on through `S`.
+#[derive(Debug, Clone)]
+pub struct Prepare<S> {
+    shape: Arc<Shape>,
+    inner: S,
+}
+
+impl<S> Service<Req> for Prepare<S>
+where
+    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
+{
+    type Response = Resp;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> BoxFuture {
+        let mut req = match prepare(req, &self.shape) {
+            Ok(r) => r,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        self.shape.edits.apply(req.headers_mut());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+            headers::strip_hop_by_hop(resp.headers_mut(), switching);
+            Ok(resp)
+        })
+    }
+}
+
+/// The upstream request for `req`. An upgrade keeps the caller's `OnUpgrade` for the client
+/// to tunnel with; any other request loses it, which tells the layers below it is not one.
+fn prepare(req: Req, shape: &Shape) -> Result<Req, ProxyError> {
+    let ctx = Ctx::of(&req);
+    let conn = ctx.conn();
     let (mut parts, body) = req.into_parts();
     let upgrade = headers::is_upgrade(parts.version, &parts.method, &parts.headers);
-    let on_upgrade = if upgrade {
-        parts.extensions.remove::<OnUpgrade>()
-    } else {
-        None
-    };
+    if !upgrade {
+        parts.extensions.remove::<OnUpgrade>();
+    }
     let downstream_version = parts.version;
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     let proto = if conn.tls { "https" } else { "http" };
     headers::add_forwarded(&mut parts.headers, conn.peer.ip(), proto);
 
-    let pq = match path_and_query {
-        Some(s) => PathAndQuery::try_from(s)
+    let pq = match &shape.rewrite {
+        Some(rw) => PathAndQuery::try_from(rw.apply(parts.uri.path(), parts.uri.query()))
             .map_err(|_| ProxyError::BadRequest("rewritten path is not a valid URI"))?,
         None => parts
             .uri
@@ -62,140 +156,100 @@ pub fn prepare(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
-    parts.version = match protocol {
+    parts.version = match shape.protocol {
         _ if upgrade => Version::HTTP_11,
         Protocol::Http1 => Version::HTTP_11,
         Protocol::Http2 => Version::HTTP_2,
         Protocol::Auto if downstream_version == Version::HTTP_2 => Version::HTTP_2,
         Protocol::Auto => Version::HTTP_11,
     };
-    let authority = || -> Result<Authority, ProxyError> {
-        match parts.uri.authority() {
-            Some(a) => Ok(a.clone()),
-            None => match parts.headers.get(header::HOST) {
-                Some(h) => Authority::try_from(h.as_bytes())
-                    .map_err(|_| ProxyError::BadRequest("invalid host header")),
-                None => fallback_authority
-                    .and_then(|ep| Authority::try_from(ep.addr().to_string()).ok())
-                    .ok_or(ProxyError::NoRoute),
-            },
-        }
-    };
+    // Without an authority in the URI or a Host, the client fills in the endpoint's address.
     if parts.version == Version::HTTP_2 {
+        let authority = match (parts.uri.authority(), parts.headers.get(header::HOST)) {
+            (Some(a), _) => Some(a.clone()),
+            (None, Some(h)) => Some(
+                Authority::try_from(h.as_bytes())
+                    .map_err(|_| ProxyError::BadRequest("invalid host header"))?,
+            ),
+            (None, None) => None,
+        };
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(authority()?);
+        if let Some(a) = authority {
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(a);
+        }
         uri.path_and_query = Some(pq);
         parts.uri =
             Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
         // HTTP/2 carries the authority in `:authority`; a second copy in Host must not differ.
         parts.headers.remove(header::HOST);
     } else {
-        if !parts.headers.contains_key(header::HOST) {
-            let host = HeaderValue::from_str(authority()?.as_str())
+        if let (false, Some(a)) = (
+            parts.headers.contains_key(header::HOST),
+            parts.uri.authority(),
+        ) {
+            let host = HeaderValue::from_str(a.as_str())
                 .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
             parts.headers.insert(header::HOST, host);
         }
         parts.uri = Uri::from(pq);
     }
-    Ok(Prepared {
-        request: Request::from_parts(parts, body),
-        on_upgrade,
-    })
+    Ok(Req::from_parts(parts, body))
 }
 
-/// Sends `prepared` through `pool` and waits at most `timeout` for response headers.
-pub async fn send(
-    pool: &Pool,
-    prepared: Prepared,
-    endpoint: Option<&Arc<Endpoint>>,
-    permit: Option<RequestPermit>,
-    timeout: Duration,
-    metrics: &UpstreamMetrics,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let Prepared {
-        request,
-        on_upgrade,
-    } = prepared;
-    let in_flight = endpoint.map(|e| e.start());
-    let result = tokio::time::timeout(timeout, pool.send(request)).await;
-    let target = || pool.target().to_string();
-    let (mut resp, lease) = match result {
-        Err(_) => {
-            metrics.attempt(AttemptResult::Timeout);
-            return Err(ProxyError::Timeout(timeout));
-        }
-        Ok(Err(PoolError::Connect(e))) => {
-            metrics.attempt(AttemptResult::ConnectFailure);
-            return Err(ProxyError::Connect {
-                target: target(),
-                source: Box::new(e),
-            });
-        }
-        Ok(Err(PoolError::Tls(OriginateError::Mismatch(m)))) => {
-            metrics.attempt(AttemptResult::ConnectFailure);
-            return Err(ProxyError::PeerIdentityMismatch {
-                target: target(),
-                source: Box::new(m),
-            });
-        }
-        Ok(Err(PoolError::Tls(e))) => {
-            metrics.attempt(AttemptResult::ConnectFailure);
-            return Err(ProxyError::Connect {
-                target: target(),
-                source: Box::new(e),
-            });
-        }
-        Ok(Err(PoolError::Overloaded(limit))) => {
-            return Err(ProxyError::Overloaded(limit.as_str()));
-        }
-        Ok(Err(PoolError::Http(e))) => {
-            metrics.attempt(AttemptResult::Reset);
-            return Err(ProxyError::Reset {
-                target: target(),
-                source: Box::new(e),
-            });
-        }
-        Ok(Ok(pair)) => pair,
-    };
-    metrics.attempt(AttemptResult::Success);
+// === impl ResponseEditsLayer ===
 
-    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    if switching {
-        if let Some(downstream) = on_upgrade {
-            tunnel(downstream, hyper::upgrade::on(&mut resp));
-        }
-    }
-    headers::strip_hop_by_hop(resp.headers_mut(), switching);
-    Ok(resp.map(|body| ProxyBody::upstream(body, in_flight, permit, lease)))
-}
+/// A route's response header edits.
+#[derive(Debug, Clone)]
+pub struct ResponseEditsLayer(Arc<HeaderEdits>);
 
-/// What a forwarding result says about the endpoint, for outlier detection: `Some(false)`
-/// for a 5xx or a connect failure, reset or timeout; `Some(true)` for any other response;
-/// `None` when the request never reached it (a breaker, a malformed request).
-pub fn endpoint_health(result: &Result<Response<ProxyBody>, ProxyError>) -> Option<bool> {
-    match result {
-        Ok(resp) => Some(!resp.status().is_server_error()),
-        Err(ProxyError::Connect { .. } | ProxyError::Reset { .. } | ProxyError::Timeout(_)) => {
-            Some(false)
-        }
-        Err(_) => None,
+impl ResponseEditsLayer {
+    /// Applies `edits` to every response.
+    pub fn new(edits: HeaderEdits) -> Self {
+        Self(Arc::new(edits))
     }
 }
 
-/// Copies bytes both ways between an upgraded caller and upstream until either side closes.
-fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
-    tokio::spawn(async move {
-        let (down, up) = match tokio::try_join!(downstream, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-            tracing::debug!(error = %e, "upgraded connection ended with an error");
+impl<S> Layer<S> for ResponseEditsLayer {
+    type Service = ResponseEdits<S>;
+
+    fn layer(&self, inner: S) -> ResponseEdits<S> {
+        ResponseEdits {
+            edits: self.0.clone(),
+            inner,
         }
-    });
+    }
+}
+
+/// Edits the headers of the responses `S` gives (not of errors, which the rescue answers).
+#[derive(Debug, Clone)]
+pub struct ResponseEdits<S> {
+    edits: Arc<HeaderEdits>,
+    inner: S,
+}
+
+impl<S> Service<Req> for ResponseEdits<S>
+where
+    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
+{
+    type Response = Resp;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> BoxFuture {
+        let fut = self.inner.call(req);
+        if self.edits.is_empty() {
+            return fut;
+        }
+        let edits = self.edits.clone();
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            edits.apply(resp.headers_mut());
+            Ok(resp)
+        })
+    }
 }

@@ -6,7 +6,7 @@ use http::{
     HeaderMap, HeaderValue, Method, Version,
 };
 
-use super::error::ProxyError;
+use crate::error::ProxyError;
 
 /// Hop-by-hop headers that are never forwarded (besides those `Connection` lists).
 const HOP_BY_HOP: [HeaderName; 6] = [

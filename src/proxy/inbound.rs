@@ -1,26 +1,36 @@
-//! The inbound listener's handler: callers' requests to the local app. Authorizes the caller
-//! by its identity, replaces the caller identity header with the verified identity (so it
-//! cannot be forged), then forwards to the app with the inbound timeout.
+//! The inbound listener's stack: callers' requests to the local app. `stack` builds it when
+//! a config is loaded: observe (metrics, rescue, access log) → guard (framing, `tls: strict`,
+//! authorization by the caller's identity, the verified identity header) → rate limit →
+//! circuit breaker → the forwarding path to the app (`forward::path`: preparation → one try
+//! within the inbound timeout → balancer → pooled client), the same layers routes use.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use http::{header::HeaderName, Request, Response};
-use hyper::body::Incoming;
-use tokio::time::Instant;
+use http::header::HeaderName;
+use tower::{Service, ServiceBuilder};
 
 use super::{
-    authorize::Authorizer, error::ProxyError, finish, forward, headers, unconfigured, AccessLine,
-    ConnMeta, Tags,
+    authorize::Authorizer,
+    forward::{self, Forward},
+    headers,
+    observe::{Observe, ObserveLayer},
 };
-use prometheus::IntCounter;
-
 use crate::{
-    body::ProxyBody,
-    metrics::RequestMetrics,
-    resilience::{deadline, RateLimiter},
-    runtime::Runtime,
+    context::{BoxFuture, Ctx, Req, Resp},
+    error::ProxyError,
+    metrics::{Direction, Metrics},
+    resilience::{
+        breaker::{BreakerLayer, CircuitBreaker},
+        rate_limit::{RateLimit, RateLimitLayer},
+        retry::RetryLayer,
+        RateLimiter,
+    },
     tls::{self, accept::ClientId},
-    upstream::Service,
+    upstream::Service as Upstream,
 };
 
 /// The header that carries the caller's verified identity to the app. Whatever a caller
@@ -31,105 +41,120 @@ pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-remora-client-id");
 #[derive(Debug)]
 pub struct Inbound {
     /// The local app as a one-endpoint service.
-    pub app: Arc<Service>,
-    /// Time the app has to answer with response headers.
-    pub timeout: Duration,
-    /// Request metrics (route "", service "app").
-    pub metrics: RequestMetrics,
+    pub app: Arc<Upstream>,
     /// Local rate limit (requests per second, burst), as configured.
     pub rate_limit: Option<(u32, u32)>,
     /// The listener's token bucket; kept across reloads while the limit is unchanged.
     pub limiter: Option<Arc<RateLimiter>>,
-    /// Requests refused by the rate limit.
-    pub rate_limited: IntCounter,
     /// What the listener accepts (read at every new connection).
+    pub tls: tls::Mode,
+    /// The listener's stack.
+    pub stack: InboundStack,
+}
+
+/// The inbound listener's whole stack.
+pub type InboundStack = Observe<Guard<RateLimit<CircuitBreaker<Forward>>>>;
+
+/// What the inbound stack is built from.
+#[derive(Debug)]
+pub struct Settings {
+    /// The local app.
+    pub app: Arc<Upstream>,
+    /// Time the app has to answer with response headers.
+    pub timeout: Duration,
+    /// The listener's token bucket.
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// What the listener accepts.
     pub tls: tls::Mode,
     /// Authorization rules bound to their counters; `None` allows every caller.
     pub authorizer: Option<Authorizer>,
+    /// Whether to write the access log.
+    pub access_log: bool,
 }
 
-/// Handles one request on the inbound listener.
-pub async fn handle(
-    rt: Arc<Runtime>,
-    conn: ConnMeta,
-    req: Request<Incoming>,
-) -> Response<ProxyBody> {
-    let started = Instant::now();
-    let snap = rt.snapshot();
-    let access = snap.access_log.then(|| AccessLine::capture(&req));
-    let Some(ib) = snap.inbound.as_ref() else {
-        return unconfigured(&rt, &conn, started, access);
-    };
-    let mut tags = Tags {
-        service: ib.app.name(),
-        metrics: Some(&ib.metrics),
-        ..Tags::default()
-    };
-    let result = forward_to_app(ib, &conn, req, &mut tags).await;
-    finish(&conn, started, tags, &ib.metrics, result, access)
+/// Assembles the inbound stack, top to bottom.
+pub fn stack(s: Settings, metrics: &Metrics) -> InboundStack {
+    let d = Direction::Inbound;
+    let rules = Arc::new(Rules {
+        tls: s.tls,
+        authorizer: s.authorizer,
+    });
+    ServiceBuilder::new()
+        .layer(ObserveLayer::new(
+            metrics.request(d, "", "app"),
+            Some(s.app.name().clone()),
+            s.access_log,
+        ))
+        .layer_fn(|inner| Guard {
+            rules: rules.clone(),
+            inner,
+        })
+        .layer(RateLimitLayer::new(s.limiter, metrics.rate_limited(d)))
+        .layer(BreakerLayer::new(s.app.breaker().clone()))
+        .service(forward::to_service(
+            &s.app,
+            None,
+            Default::default(),
+            RetryLayer::once(s.timeout),
+        ))
 }
 
-async fn forward_to_app(
-    ib: &Inbound,
-    conn: &ConnMeta,
-    mut req: Request<Incoming>,
-    tags: &mut Tags<'_>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    headers::check_framing(req.headers())?;
-    // Also catches connections accepted in plaintext before a reload made the mode strict.
-    if ib.tls == tls::Mode::Strict && !conn.tls {
-        return Err(ProxyError::MtlsRequired);
+/// Lets a request in only over the transport and for the callers the listener allows, and
+/// hands the app the caller's verified identity.
+#[derive(Debug, Clone)]
+pub struct Guard<S> {
+    rules: Arc<Rules>,
+    inner: S,
+}
+
+#[derive(Debug)]
+struct Rules {
+    tls: tls::Mode,
+    authorizer: Option<Authorizer>,
+}
+
+impl<S> Service<Req> for Guard<S>
+where
+    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
+{
+    type Response = Resp;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
     }
-    if let Some(authz) = &ib.authorizer {
-        let caller = conn.client_id.as_ref().map(ClientId::as_str);
-        if !authz.allows(caller, req.method(), req.uri().path()) {
-            return Err(ProxyError::Unauthorized {
-                caller: caller.map(Arc::from),
-            });
+
+    fn call(&mut self, mut req: Req) -> BoxFuture {
+        match self.rules.admit(&mut req) {
+            Ok(()) => self.inner.call(req),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }
-    if let Some(limiter) = &ib.limiter {
-        limiter.try_acquire().map_err(|wait| {
-            ib.rate_limited.inc();
-            ProxyError::RateLimited(wait)
-        })?;
+}
+
+impl Rules {
+    fn admit(&self, req: &mut Req) -> Result<(), ProxyError> {
+        headers::check_framing(req.headers())?;
+        let ctx = Ctx::of(req);
+        let conn = ctx.conn();
+        // Also catches connections accepted in plaintext before a reload made the mode strict.
+        if self.tls == tls::Mode::Strict && !conn.tls {
+            return Err(ProxyError::MtlsRequired);
+        }
+        if let Some(authz) = &self.authorizer {
+            let caller = conn.client_id.as_ref().map(ClientId::as_str);
+            if !authz.allows(caller, req.method(), req.uri().path()) {
+                return Err(ProxyError::Unauthorized {
+                    caller: caller.map(Arc::from),
+                });
+            }
+        }
+        // Only the identity this proxy verified reaches the app under this name.
+        req.headers_mut().remove(CLIENT_ID);
+        if let Some(id) = &conn.client_id {
+            req.headers_mut().insert(CLIENT_ID, id.header().clone());
+        }
+        Ok(())
     }
-    // Only the identity this proxy verified reaches the app under this name.
-    req.headers_mut().remove(CLIENT_ID);
-    if let Some(id) = &conn.client_id {
-        req.headers_mut().insert(CLIENT_ID, id.header().clone());
-    }
-    let app = &ib.app;
-    let permit = app
-        .breaker()
-        .admit()
-        .map_err(|o| ProxyError::Overloaded(o.as_str()))?;
-    let endpoint = app
-        .pick(req.headers())
-        .ok_or_else(|| ProxyError::NoEndpoints {
-            service: app.name().clone(),
-        })?;
-    tags.endpoint = Some(endpoint.addr());
-    let timeout = deadline::effective(ib.timeout, req.headers());
-    let mut prepared = forward::prepare(
-        req.map(ProxyBody::stream),
-        conn,
-        app.spec().protocol,
-        None,
-        Some(&endpoint),
-    )?;
-    deadline::propagate(prepared.request.headers_mut(), timeout);
-    let result = forward::send(
-        endpoint.pool(),
-        prepared,
-        Some(&endpoint),
-        Some(permit),
-        timeout,
-        app.metrics(),
-    )
-    .await;
-    if let Some(ok) = forward::endpoint_health(&result) {
-        app.observe(&endpoint, ok);
-    }
-    result
 }

@@ -1,280 +1,272 @@
-//! The outbound listener's handler: the local app's requests to other services. Matches the
-//! route table, then redirects, answers directly, or forwards to a backend service chosen by
-//! weight; unmatched requests are rejected or passed through to their own authority.
+//! The outbound listener's stack: the local app's requests to other services. `stack` builds
+//! it when a config is loaded: observe (metrics, rescue, access log) → router → per route:
+//! rate limit → faults → response edits → action (redirect, direct response, or the backend
+//! split) → per backend: circuit breaker → mirror → the forwarding path (`forward::path`:
+//! preparation → tries → balancer → pooled client). Unmatched requests are rejected or passed
+//! through to their own authority through the same forwarding layers.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use http::{header, Method, Request, Response};
-use hyper::body::Incoming;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use prometheus::IntCounter;
-use tokio::time::Instant;
+use tower::{Service, ServiceBuilder};
 
 use super::{
-    error::ProxyError, finish, forward, headers, mirroring, retrying, unconfigured, AccessLine,
-    ConnMeta, Tags,
+    forward::{self, Forward, ResponseEdits, ResponseEditsLayer},
+    headers,
+    observe::{Observe, ObserveLayer},
 };
 use crate::{
     body::ProxyBody,
     config::file::{Protocol, Unmatched},
-    metrics::{AttemptResult, RequestMetrics, UpstreamMetrics},
-    resilience::deadline,
-    routing::{host_without_port, ActionSpec, RequestView, RouteTable},
-    runtime::Runtime,
-    upstream::{self, passthrough, Passthrough},
+    context::{BoxFuture, ConnMeta, Ctx, Req, Resp},
+    error::ProxyError,
+    metrics::{AttemptResult, Direction, Metrics, RequestMetrics, UpstreamMetrics},
+    resilience::{
+        breaker::{BreakerLayer, CircuitBreaker},
+        fault::{FaultLayer, InjectFaults},
+        mirror::{Limiter, Mirror, MirrorLayer, Shadow},
+        rate_limit::{RateLimit, RateLimitLayer},
+        retry::{Retry, RetryLayer},
+    },
+    routing::{
+        host_without_port, table::pick_weighted, ActionSpec, RequestView, Route, RouteTable,
+    },
+    upstream::{self, passthrough, Passthrough, PassthroughClient},
 };
+
+/// Timeout for passed-through (unmatched) requests, like a route's default.
+const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The outbound side of a config snapshot.
 #[derive(Debug)]
 pub struct Outbound {
-    /// Routes.
-    pub table: RouteTable,
-    /// Metrics for requests no route took.
-    pub unmatched_metrics: RequestMetrics,
-    /// Metrics for passed-through requests.
-    pub passthrough_metrics: RequestMetrics,
-    /// Attempt counters for passed-through requests.
-    pub passthrough_upstream: UpstreamMetrics,
-    /// Timeout for passed-through requests.
-    pub passthrough_timeout: Duration,
-    /// Requests refused by route rate limits.
-    pub rate_limited: IntCounter,
+    /// Routes, for `explain` and `/debug/route`.
+    pub table: Arc<RouteTable>,
+    /// The listener's stack.
+    pub stack: OutboundStack,
 }
 
-/// Handles one request on the outbound listener.
-pub async fn handle(
-    rt: Arc<Runtime>,
-    conn: ConnMeta,
-    req: Request<Incoming>,
-) -> Response<ProxyBody> {
-    let started = Instant::now();
-    let snap = rt.snapshot();
-    let access = snap.access_log.then(|| AccessLine::capture(&req));
-    let Some(ob) = snap.outbound.as_ref() else {
-        return unconfigured(&rt, &conn, started, access);
-    };
-    let mut tags = Tags::default();
-    let result = route(&rt, ob, &conn, req, &mut tags).await;
-    finish(&conn, started, tags, &ob.unmatched_metrics, result, access)
+/// The outbound listener's whole stack.
+pub type OutboundStack = Observe<Router>;
+/// One route's stack.
+type RouteStack = RateLimit<InjectFaults<ResponseEdits<Action>>>;
+/// One backend's stack under a route.
+type BackendStack = CircuitBreaker<Mirror<Forward, Forward>>;
+/// The passthrough stack.
+type PassthroughStack = forward::Prepare<Retry<PassthroughClient>>;
+
+/// Assembles the outbound stack for `table`, top to bottom.
+pub fn stack(
+    table: Arc<RouteTable>,
+    metrics: &Metrics,
+    pools: &Arc<Passthrough>,
+    access_log: bool,
+) -> OutboundStack {
+    let d = Direction::Outbound;
+    let rate_limited = metrics.rate_limited(d);
+    let routes = table
+        .routes
+        .iter()
+        .map(|route| {
+            ServiceBuilder::new()
+                .layer(RateLimitLayer::new(
+                    route.limiter.clone(),
+                    rate_limited.clone(),
+                ))
+                .layer(FaultLayer::new(
+                    route.spec.fault.clone(),
+                    route.faults.clone(),
+                ))
+                .layer(ResponseEditsLayer::new(route.spec.response_headers.clone()))
+                .service(Action::of(route))
+        })
+        .collect();
+    let passthrough = forward::path(
+        Protocol::Auto,
+        None,
+        Default::default(),
+        RetryLayer::once(PASSTHROUGH_TIMEOUT),
+        PassthroughClient::new(pools.clone(), metrics.upstream("passthrough")),
+    );
+    let router = Router(Arc::new(RouterInner {
+        routes,
+        unmatched: table.unmatched,
+        passthrough,
+        passthrough_name: Arc::from("passthrough"),
+        passthrough_metrics: metrics.request(d, "", "passthrough"),
+        passthrough_upstream: metrics.upstream("passthrough"),
+        pools: pools.clone(),
+        table,
+    }));
+    ServiceBuilder::new()
+        .layer(ObserveLayer::new(
+            metrics.request(d, "", ""),
+            None,
+            access_log,
+        ))
+        .service(router)
 }
 
-async fn route<'a>(
-    rt: &Runtime,
-    ob: &'a Outbound,
-    conn: &ConnMeta,
-    req: Request<Incoming>,
-    tags: &mut Tags<'a>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    headers::check_framing(req.headers())?;
-    if req.method() == Method::CONNECT {
-        // A tunnel's contents are opaque to routes: only passthrough applies.
-        return match ob.table.unmatched {
-            Unmatched::Reject => Err(ProxyError::NoRoute),
-            Unmatched::Passthrough => {
-                tags.metrics = Some(&ob.passthrough_metrics);
-                tags.service = "passthrough";
-                connect_tunnel(rt.passthrough(), ob, conn, req).await
-            }
-        };
-    }
-    let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    });
-    let view = RequestView {
-        method: req.method(),
-        host: authority.map(host_without_port),
-        path: req.uri().path(),
-        query: req.uri().query(),
-        headers: req.headers(),
-    };
-    let Some(route) = ob.table.find(&view) else {
-        return match ob.table.unmatched {
-            Unmatched::Reject => Err(ProxyError::NoRoute),
-            Unmatched::Passthrough => {
-                tags.metrics = Some(&ob.passthrough_metrics);
-                tags.service = "passthrough";
-                passthrough(rt.passthrough(), ob, conn, req).await
-            }
-        };
-    };
-    tags.route = &route.spec.name;
-    tags.metrics = Some(&route.local_metrics);
-    if let Some(limiter) = &route.limiter {
-        limiter.try_acquire().map_err(|wait| {
-            ob.rate_limited.inc();
-            ProxyError::RateLimited(wait)
-        })?;
-    }
-    if let Some(fault) = &route.spec.fault {
-        let decision = fault.decide();
-        if let Some(delay) = decision.delay {
-            route.faults.delay.inc();
-            tokio::time::sleep(delay).await;
-        }
-        if let Some(status) = decision.abort {
-            route.faults.abort.inc();
-            return Err(ProxyError::FaultInjected(status));
-        }
-    }
-
-    let mut resp = match &route.spec.action {
-        ActionSpec::Redirect { status, location } => {
-            let mut resp = Response::new(ProxyBody::empty());
-            *resp.status_mut() = *status;
-            resp.headers_mut()
-                .insert(header::LOCATION, location.clone());
-            resp
-        }
-        ActionSpec::Direct {
-            status,
-            body,
-            content_type,
-        } => {
-            let mut resp = Response::new(ProxyBody::full(body.clone()));
-            *resp.status_mut() = *status;
-            if let Some(ct) = content_type {
-                resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
-            }
-            resp
-        }
-        ActionSpec::Forward(_) => {
-            let target = route.pick_target().expect("a forwarding route has targets");
-            let service = &target.service;
-            tags.metrics = Some(&target.metrics);
-            tags.service = service.name();
-            let permit = service
-                .breaker()
-                .admit()
-                .map_err(|o| ProxyError::Overloaded(o.as_str()))?;
-            service.budget().request();
-            let upgrade = headers::is_upgrade(req.version(), req.method(), req.headers());
-            let timeout = deadline::effective(route.spec.timeout, req.headers());
-            let mut req = req.map(ProxyBody::stream);
-            if !upgrade {
-                mirroring::start(route, &mut req, conn, timeout);
-            }
-            if let Some(policy) = route.spec.retry.as_ref().filter(|_| !upgrade) {
-                let result = retrying::forward(
-                    route,
-                    target,
-                    policy,
-                    timeout,
-                    req,
-                    conn,
-                    &mut tags.endpoint,
-                    permit,
-                )
-                .await;
-                let mut resp = result?;
-                route.spec.response_headers.apply(resp.headers_mut());
-                return Ok(resp);
-            }
-            let endpoint = service
-                .pick(req.headers())
-                .ok_or_else(|| ProxyError::NoEndpoints {
-                    service: service.name().clone(),
-                })?;
-            tags.endpoint = Some(endpoint.addr());
-            let rewritten = route
-                .spec
-                .rewrite
-                .as_ref()
-                .map(|rw| rw.apply(req.uri().path(), req.uri().query()));
-            let mut prepared = forward::prepare(
-                req,
-                conn,
-                service.spec().protocol,
-                rewritten,
-                Some(&endpoint),
-            )?;
-            route
-                .spec
-                .request_headers
-                .apply(prepared.request.headers_mut());
-            deadline::propagate(prepared.request.headers_mut(), timeout);
-            let result = forward::send(
-                endpoint.pool(),
-                prepared,
-                Some(&endpoint),
-                Some(permit),
-                timeout,
-                service.metrics(),
-            )
-            .await;
-            if let Some(ok) = forward::endpoint_health(&result) {
-                service.observe(&endpoint, ok);
-            }
-            result?
-        }
-    };
-    route.spec.response_headers.apply(resp.headers_mut());
-    Ok(resp)
+/// One backend of `route`: its breaker, the route's mirror, and the forwarding path with the
+/// route's rewrite, request edits and retry policy.
+fn backend(
+    route: &Route,
+    target: &crate::routing::Target,
+    mirror: &MirrorLayer<Forward>,
+) -> BackendStack {
+    let service = &target.service;
+    let tries = RetryLayer::new(
+        route.spec.retry.clone(),
+        route.spec.timeout,
+        service.budget().clone(),
+        target.retries.clone(),
+    );
+    ServiceBuilder::new()
+        .layer(BreakerLayer::new(service.breaker().clone()))
+        .layer(mirror.clone())
+        .service(forward::to_service(
+            service,
+            route.spec.rewrite.clone(),
+            route.spec.request_headers.clone(),
+            tries,
+        ))
 }
 
-/// Forwards an unmatched request to its own authority (explicit-proxy and transparent use).
-async fn passthrough(
-    pools: &Passthrough,
-    ob: &Outbound,
-    conn: &ConnMeta,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
+/// Where `route`'s copies go, through the shadow service's own forwarding path.
+fn shadow(route: &Route) -> MirrorLayer<Forward> {
+    MirrorLayer::new(route.mirror.as_ref().zip(route.spec.mirror.as_ref()).map(
+        |(target, policy)| Shadow {
+            policy: policy.clone(),
+            client: forward::to_service(
+                &target.service,
+                route.spec.rewrite.clone(),
+                route.spec.request_headers.clone(),
+                RetryLayer::once(route.spec.timeout),
+            ),
+            timeout: route.spec.timeout,
+            limiter: Limiter::default(),
+            sent: target.sent.clone(),
+            failed: target.failed.clone(),
+            dropped: target.dropped.clone(),
+        },
+    ))
+}
+
+// === impl Router ===
+
+/// Matches a request against the routes and hands it to the route's stack; passes unmatched
+/// requests through (or refuses them), and tunnels `CONNECT`.
+#[derive(Debug, Clone)]
+pub struct Router(Arc<RouterInner>);
+
+#[derive(Debug)]
+struct RouterInner {
+    table: Arc<RouteTable>,
+    /// One stack per route of `table`, in the same order.
+    routes: Vec<RouteStack>,
+    unmatched: Unmatched,
+    passthrough: PassthroughStack,
+    passthrough_name: Arc<str>,
+    passthrough_metrics: RequestMetrics,
+    passthrough_upstream: UpstreamMetrics,
+    pools: Arc<Passthrough>,
+}
+
+impl Service<Req> for Router {
+    type Response = Resp;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> BoxFuture {
+        match self.route(req) {
+            Ok(fut) => fut,
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+}
+
+impl Router {
+    fn route(&self, req: Req) -> Result<BoxFuture, ProxyError> {
+        let r = &*self.0;
+        headers::check_framing(req.headers())?;
+        let ctx = Ctx::of(&req);
+        if req.method() == Method::CONNECT {
+            // A tunnel's contents are opaque to routes: only passthrough applies.
+            self.passing_through(&ctx)?;
+            return Ok(Box::pin(connect_tunnel(self.0.clone(), ctx, req)));
+        }
+        let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
             req.headers()
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .ok_or(ProxyError::NoRoute)?;
-    if authority.parse::<http::uri::Authority>().is_err() {
-        return Err(ProxyError::BadRequest("invalid host"));
+        });
+        let view = RequestView {
+            method: req.method(),
+            host: authority.map(host_without_port),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        };
+        if let Some(i) = r.table.position(&view) {
+            let route = &r.table.routes[i];
+            ctx.set_route(&route.spec.name, &route.local_metrics);
+            return Ok(r.routes[i].clone().call(req));
+        }
+        self.passing_through(&ctx)?;
+        let authority = authority.ok_or(ProxyError::NoRoute)?;
+        if authority.parse::<http::uri::Authority>().is_err() {
+            return Err(ProxyError::BadRequest("invalid host"));
+        }
+        if loops_back(authority, ctx.conn()) {
+            return Err(ProxyError::Loop);
+        }
+        if passthrough::target(authority).is_none() {
+            return Err(ProxyError::BadRequest("invalid port in authority"));
+        }
+        Ok(r.passthrough.clone().call(req))
     }
-    if loops_back(&authority, conn) {
-        return Err(ProxyError::Loop);
+
+    /// Tags the request as passed through, or refuses it when unmatched requests are.
+    fn passing_through(&self, ctx: &Ctx) -> Result<(), ProxyError> {
+        let r = &*self.0;
+        match r.unmatched {
+            Unmatched::Reject => Err(ProxyError::NoRoute),
+            Unmatched::Passthrough => {
+                ctx.set_service(&r.passthrough_name, &r.passthrough_metrics);
+                Ok(())
+            }
+        }
     }
-    let pool = pools
-        .pool(&authority)
-        .ok_or(ProxyError::BadRequest("invalid port in authority"))?;
-    let prepared = forward::prepare(req.map(ProxyBody::stream), conn, Protocol::Auto, None, None)?;
-    forward::send(
-        &pool,
-        prepared,
-        None,
-        None,
-        ob.passthrough_timeout,
-        &ob.passthrough_upstream,
-    )
-    .await
 }
 
 /// Answers `CONNECT host:port` (HTTPS through Remora as an HTTP proxy): opens a TCP
 /// connection to the authority, answers 200, and copies bytes both ways once the caller's
 /// connection is handed over.
-async fn connect_tunnel(
-    pools: &Passthrough,
-    ob: &Outbound,
-    conn: &ConnMeta,
-    mut req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, ProxyError> {
+async fn connect_tunnel(r: Arc<RouterInner>, ctx: Ctx, mut req: Req) -> crate::context::Result {
     let authority = req
         .uri()
         .authority()
         .map(|a| a.as_str().to_owned())
         .ok_or(ProxyError::BadRequest("CONNECT needs host:port"))?;
-    if loops_back(&authority, conn) {
+    if loops_back(&authority, ctx.conn()) {
         return Err(ProxyError::Loop);
     }
     let target = passthrough::target(&authority)
         .ok_or(ProxyError::BadRequest("invalid port in authority"))?;
-    let upstream = match upstream::connect(&target, pools.connect_timeout()).await {
+    let upstream = match upstream::connect(&target, r.pools.connect_timeout()).await {
         Ok(s) => s,
         Err(e) => {
-            ob.passthrough_upstream
+            r.passthrough_upstream
                 .attempt(AttemptResult::ConnectFailure);
             return Err(ProxyError::Connect {
                 target: authority,
@@ -282,7 +274,7 @@ async fn connect_tunnel(
             });
         }
     };
-    ob.passthrough_upstream.attempt(AttemptResult::Success);
+    r.passthrough_upstream.attempt(AttemptResult::Success);
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -313,4 +305,145 @@ fn loops_back(authority: &str, conn: &ConnMeta) -> bool {
         || bare
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified() || ip == conn.local.ip())
+}
+
+// === impl Action ===
+
+/// What a route does with a request that passed its policies.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Answer with a redirect.
+    Redirect {
+        /// 301, 302, 303, 307 or 308.
+        status: StatusCode,
+        /// `location`.
+        location: HeaderValue,
+    },
+    /// Answer with a fixed response.
+    Direct {
+        /// Status.
+        status: StatusCode,
+        /// Body.
+        body: Bytes,
+        /// `content-type`, when there is one.
+        content_type: Option<HeaderValue>,
+    },
+    /// Forward to a backend chosen by weight.
+    Forward(Split),
+}
+
+impl Action {
+    /// The action of `route`, with a stack for each of its backends.
+    fn of(route: &Route) -> Self {
+        match &route.spec.action {
+            ActionSpec::Redirect { status, location } => Action::Redirect {
+                status: *status,
+                location: location.clone(),
+            },
+            ActionSpec::Direct {
+                status,
+                body,
+                content_type,
+            } => Action::Direct {
+                status: *status,
+                body: body.clone(),
+                content_type: content_type.clone(),
+            },
+            ActionSpec::Forward(_) => {
+                let mirror = shadow(route);
+                let backends = route
+                    .targets
+                    .iter()
+                    .map(|t| Backend {
+                        cumulative: t.cumulative,
+                        name: t.service.name().clone(),
+                        metrics: t.metrics.clone(),
+                        stack: backend(route, t, &mirror),
+                    })
+                    .collect();
+                Action::Forward(Split {
+                    backends,
+                    total: route.total_weight,
+                })
+            }
+        }
+    }
+}
+
+impl Service<Req> for Action {
+    type Response = Resp;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> BoxFuture {
+        let resp = match self {
+            Action::Forward(split) => return split.call(req),
+            Action::Redirect { status, location } => {
+                let mut resp = Response::new(ProxyBody::empty());
+                *resp.status_mut() = *status;
+                resp.headers_mut()
+                    .insert(header::LOCATION, location.clone());
+                resp
+            }
+            Action::Direct {
+                status,
+                body,
+                content_type,
+            } => {
+                let mut resp = Response::new(ProxyBody::full(body.clone()));
+                *resp.status_mut() = *status;
+                if let Some(ct) = content_type {
+                    resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+                }
+                resp
+            }
+        };
+        Box::pin(std::future::ready(Ok(resp)))
+    }
+}
+
+/// Picks one of a route's backends by weight, once per request (retries stay with it).
+#[derive(Debug, Clone)]
+pub struct Split {
+    backends: Arc<[Backend]>,
+    total: u32,
+}
+
+#[derive(Debug)]
+struct Backend {
+    /// Upper bound (exclusive) of this backend's slice of `0..total`.
+    cumulative: u32,
+    name: Arc<str>,
+    metrics: RequestMetrics,
+    stack: BackendStack,
+}
+
+impl Split {
+    /// A backend drawn by weight.
+    fn pick(&self) -> Option<&Backend> {
+        pick_weighted(&self.backends, self.total, |b| b.cumulative)
+    }
+}
+
+impl Service<Req> for Split {
+    type Response = Resp;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> BoxFuture {
+        let Some(b) = self.pick() else {
+            // Compiling refuses a forwarding route without a weighted backend.
+            return Box::pin(std::future::ready(Err(ProxyError::NoRoute)));
+        };
+        Ctx::of(&req).set_service(&b.name, &b.metrics);
+        b.stack.clone().call(req)
+    }
 }

@@ -2,14 +2,27 @@
 //! requests waiting for a connection. Over a bound a request fails fast with 503 `overloaded`
 //! instead of queueing without limit, so one slow service cannot pile up work in the sidecar.
 //! The counters are atomics; waiting for a connection uses a `Notify`.
+//!
+//! In the stack, `CircuitBreaker` sits right under the backend split, above mirroring and the
+//! tries: one admitted request holds one `max_requests` place however many tries it takes.
+//! Connections and pending requests are bounded in the pools, which hold the same `Breaker`.
 
-use std::sync::{
-    atomic::{AtomicUsize, Ordering},
-    Arc,
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
 };
 
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::Notify;
+use tower::{Layer, Service};
+
+use crate::{
+    context::{BoxFuture, Req, Resp},
+    error::ProxyError,
+};
 
 /// A service's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +62,12 @@ impl Overflow {
             Overflow::Requests => "max_requests",
             Overflow::Pending => "max_pending_requests",
         }
+    }
+}
+
+impl From<Overflow> for ProxyError {
+    fn from(o: Overflow) -> Self {
+        ProxyError::Overloaded(o.as_str())
     }
 }
 
@@ -182,6 +201,60 @@ pub struct PendingPermit(Arc<Breaker>);
 impl Drop for PendingPermit {
     fn drop(&mut self) {
         self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+// === impl BreakerLayer ===
+
+/// Builds [`CircuitBreaker`] services for one service's breaker.
+#[derive(Debug, Clone)]
+pub struct BreakerLayer(Arc<Breaker>);
+
+impl BreakerLayer {
+    /// Admits requests through `breaker`.
+    pub fn new(breaker: Arc<Breaker>) -> Self {
+        Self(breaker)
+    }
+}
+
+impl<S> Layer<S> for BreakerLayer {
+    type Service = CircuitBreaker<S>;
+
+    fn layer(&self, inner: S) -> CircuitBreaker<S> {
+        CircuitBreaker {
+            breaker: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// Refuses a request over `max_requests` with [`Overflow`], and keeps an admitted one
+/// counted until its response body ends (or the request fails).
+#[derive(Debug, Clone)]
+pub struct CircuitBreaker<S> {
+    breaker: Arc<Breaker>,
+    inner: S,
+}
+
+impl<S> Service<Req> for CircuitBreaker<S>
+where
+    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
+{
+    type Response = Resp;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> BoxFuture {
+        let permit = match self.breaker.admit() {
+            Ok(p) => p,
+            Err(overflow) => return Box::pin(std::future::ready(Err(overflow.into()))),
+        };
+        let fut = self.inner.call(req);
+        Box::pin(async move { fut.await.map(|r| r.map(|b| b.with_permit(permit))) })
     }
 }
 

@@ -1,10 +1,22 @@
 //! Fault injection per route, for chaos testing: a share of requests is delayed, and a share
 //! is answered with an error status instead of being forwarded. Decided per request with a
-//! thread-local random number; no state is shared.
+//! thread-local random number; no state is shared. In the stack it sits under the route's
+//! rate limit, so refused requests are not delayed.
 
-use std::time::Duration;
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use http::StatusCode;
+use tower::{Layer, Service};
+
+use crate::{
+    context::{BoxFuture, Req, Resp},
+    error::ProxyError,
+    metrics::FaultMetrics,
+};
 
 /// A route's faults.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +43,108 @@ impl Fault {
         Decision {
             delay: self.delay.and_then(|(p, d)| hit(p).then_some(d)),
             abort: self.abort.and_then(|(p, s)| hit(p).then_some(s)),
+        }
+    }
+}
+
+// === impl FaultLayer ===
+
+/// A request the route's fault injection answered instead of the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Aborted(pub StatusCode);
+
+impl From<Aborted> for ProxyError {
+    fn from(a: Aborted) -> Self {
+        ProxyError::FaultInjected(a.0)
+    }
+}
+
+/// Builds [`InjectFaults`] services for a route's faults, if it has any.
+#[derive(Debug, Clone)]
+pub struct FaultLayer {
+    fault: Option<Arc<Fault>>,
+    metrics: FaultMetrics,
+}
+
+impl FaultLayer {
+    /// Injects `fault` (none: nothing happens); injections count in `metrics`.
+    pub fn new(fault: Option<Fault>, metrics: FaultMetrics) -> Self {
+        Self {
+            fault: fault.map(Arc::new),
+            metrics,
+        }
+    }
+}
+
+impl<S> Layer<S> for FaultLayer {
+    type Service = InjectFaults<S>;
+
+    fn layer(&self, inner: S) -> InjectFaults<S> {
+        InjectFaults {
+            fault: self.fault.clone(),
+            metrics: self.metrics.clone(),
+            inner,
+        }
+    }
+}
+
+/// Delays a share of requests, and answers a share with [`Aborted`] instead of forwarding.
+#[derive(Debug, Clone)]
+pub struct InjectFaults<S> {
+    fault: Option<Arc<Fault>>,
+    metrics: FaultMetrics,
+    inner: S,
+}
+
+impl<S> Service<Req> for InjectFaults<S>
+where
+    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>
+        + Clone
+        + Send
+        + 'static,
+{
+    type Response = Resp;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> BoxFuture {
+        let Some(fault) = &self.fault else {
+            return self.inner.call(req);
+        };
+        let decision = fault.decide();
+        if decision.delay.is_some() {
+            self.metrics.delay.inc();
+        }
+        if decision.abort.is_some() {
+            self.metrics.abort.inc();
+        }
+        match decision {
+            Decision {
+                delay: None,
+                abort: None,
+            } => self.inner.call(req),
+            Decision {
+                delay: None,
+                abort: Some(status),
+            } => Box::pin(std::future::ready(Err(Aborted(status).into()))),
+            Decision {
+                delay: Some(delay),
+                abort,
+            } => {
+                // The inner service is called after the delay, as if the request arrived late.
+                let mut inner = self.inner.clone();
+                Box::pin(async move {
+                    tokio::time::sleep(delay).await;
+                    match abort {
+                        Some(status) => Err(Aborted(status).into()),
+                        None => inner.call(req).await,
+                    }
+                })
+            }
         }
     }
 }

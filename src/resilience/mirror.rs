@@ -4,18 +4,35 @@
 //! `-shadow` appended to the host so the shadow can tell. At most `MAX_IN_FLIGHT` copies per
 //! route are outstanding; further ones are dropped and counted, so a slow shadow can neither
 //! slow callers down nor grow memory without bound.
+//!
+//! In the stack, `Mirror` sits under the circuit breaker and above request preparation: the
+//! copy is the caller's request as it arrived, and it goes out through the shadow service's
+//! own forwarding path (preparation, one try, its balancer and pools), the same code the
+//! primary uses. It runs on its own task; its answer is read and dropped.
 
 use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
+use http::{header, HeaderValue, Request};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::upgrade::OnUpgrade;
+use prometheus::IntCounter;
 use tokio::sync::{oneshot, Semaphore};
+use tower::{Layer, Service};
 
-use crate::body::ProxyBody;
+use super::deadline;
+use crate::{
+    body::ProxyBody,
+    context::{BoxFuture, Ctx, Req, Resp},
+    error::ProxyError,
+    routing::host_without_port,
+};
 
 /// Mirror copies of one route outstanding at once.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -25,14 +42,14 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 /// A route's mirroring.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Mirror {
+pub struct MirrorPolicy {
     /// The shadow service.
     pub service: String,
     /// Share of requests copied, 0 to 100.
     pub percent: f64,
 }
 
-impl Mirror {
+impl MirrorPolicy {
     /// Whether this request is copied.
     pub fn hit(&self) -> bool {
         fastrand::f64() * 100.0 < self.percent
@@ -123,5 +140,178 @@ impl Tee {
     /// `Body::size_hint`.
     pub fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+// === impl MirrorLayer ===
+
+/// Where a route's copies go, and their counters.
+#[derive(Debug)]
+pub struct Shadow<M> {
+    /// Which requests are copied.
+    pub policy: MirrorPolicy,
+    /// The shadow service's forwarding path.
+    pub client: M,
+    /// The route's timeout (a caller's deadline shortens it per request).
+    pub timeout: Duration,
+    /// Copies in flight.
+    pub limiter: Limiter,
+    /// Copies answered.
+    pub sent: IntCounter,
+    /// Copies that failed.
+    pub failed: IntCounter,
+    /// Copies dropped (limit reached, body too large or too slow).
+    pub dropped: IntCounter,
+}
+
+/// Builds [`Mirror`] services for a route's shadow, if it has one.
+#[derive(Debug)]
+pub struct MirrorLayer<M>(Option<Arc<Shadow<M>>>);
+
+impl<M> Clone for MirrorLayer<M> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<M> MirrorLayer<M> {
+    /// Mirrors to `shadow` (none: nothing is copied).
+    pub fn new(shadow: Option<Shadow<M>>) -> Self {
+        Self(shadow.map(Arc::new))
+    }
+}
+
+impl<S, M> Layer<S> for MirrorLayer<M> {
+    type Service = Mirror<S, M>;
+
+    fn layer(&self, inner: S) -> Mirror<S, M> {
+        Mirror {
+            shadow: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// Sends the request on through `S`, and a drawn share of copies to the shadow.
+#[derive(Debug)]
+pub struct Mirror<S, M> {
+    shadow: Option<Arc<Shadow<M>>>,
+    inner: S,
+}
+
+impl<S: Clone, M> Clone for Mirror<S, M> {
+    fn clone(&self) -> Self {
+        Self {
+            shadow: self.shadow.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S, M> Service<Req> for Mirror<S, M>
+where
+    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
+    M: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    type Response = Resp;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Req) -> BoxFuture {
+        if let Some(shadow) = &self.shadow {
+            // An upgraded connection cannot be copied.
+            if req.extensions().get::<OnUpgrade>().is_none() && shadow.policy.hit() {
+                copy(shadow, &mut req);
+            }
+        }
+        self.inner.call(req)
+    }
+}
+
+/// Starts the copy of `req` to the shadow, teeing `req`'s body for it.
+fn copy<M>(shadow: &Arc<Shadow<M>>, req: &mut Req)
+where
+    M: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let Some(slot) = shadow.limiter.try_acquire() else {
+        shadow.dropped.inc();
+        return;
+    };
+    let body = if req.body().is_end_stream() {
+        None
+    } else {
+        let inner = std::mem::replace(req.body_mut(), ProxyBody::empty());
+        let (tee, rx) = Tee::new(inner);
+        *req.body_mut() = ProxyBody::Tee(tee);
+        Some(rx)
+    };
+    let timeout = deadline::effective(shadow.timeout, req.headers());
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    // The copy is a request of its own: its tags must not become the caller's.
+    copy.extensions_mut()
+        .insert(Ctx::new(Ctx::of(req).conn().clone()));
+    shadow_host(&mut copy);
+    let shadow = shadow.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let bytes = match body {
+            None => Bytes::new(),
+            Some(rx) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(b)) => b,
+                // Larger than the copy keeps, broken off, or too slow: no mirror.
+                _ => {
+                    shadow.dropped.inc();
+                    return;
+                }
+            },
+        };
+        let req = copy.map(|()| ProxyBody::full(bytes));
+        match shadow.client.clone().call(req).await {
+            Ok(resp) => {
+                let _ = tokio::time::timeout(timeout, resp.into_body().collect()).await;
+                shadow.sent.inc();
+            }
+            Err(_) => shadow.failed.inc(),
+        }
+    });
+}
+
+/// `host` → `host-shadow` (port kept), in the URI authority and the `Host` header.
+fn shadow_host<B>(req: &mut Request<B>) {
+    let shadow = |authority: &str| {
+        let host = host_without_port(authority);
+        format!("{host}-shadow{}", &authority[host.len()..])
+    };
+    if let Some(a) = req.uri().authority().map(|a| a.as_str().to_owned()) {
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = shadow(&a).parse().ok();
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    if let Some(h) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        if let Ok(v) = HeaderValue::from_str(&shadow(h)) {
+            req.headers_mut().insert(header::HOST, v);
+        }
     }
 }

@@ -9,11 +9,22 @@
 //! single compare-and-swap and no lock.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
     time::Duration,
 };
 
+use prometheus::IntCounter;
 use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use crate::{
+    context::{BoxFuture, Req, Resp},
+    error::ProxyError,
+};
 
 /// A token bucket.
 #[derive(Debug)]
@@ -62,6 +73,75 @@ impl RateLimiter {
 /// `retry-after` in whole seconds, at least 1.
 pub fn retry_after_secs(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0 || wait.is_zero())
+}
+
+// === impl RateLimitLayer ===
+
+/// A request refused by a rate limit; a token is available after the duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited(pub Duration);
+
+impl From<Limited> for ProxyError {
+    fn from(l: Limited) -> Self {
+        ProxyError::RateLimited(l.0)
+    }
+}
+
+/// Builds [`RateLimit`] services: a route's or the inbound listener's limit, if it has one.
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    limiter: Option<Arc<RateLimiter>>,
+    refused: IntCounter,
+}
+
+impl RateLimitLayer {
+    /// Limits by `limiter` (none: every request passes); refusals count in `refused`.
+    pub fn new(limiter: Option<Arc<RateLimiter>>, refused: IntCounter) -> Self {
+        Self { limiter, refused }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit {
+            limiter: self.limiter.clone(),
+            refused: self.refused.clone(),
+            inner,
+        }
+    }
+}
+
+/// Answers [`Limited`] (429 with `retry-after`) over the limit, before anything is sent.
+#[derive(Debug, Clone)]
+pub struct RateLimit<S> {
+    limiter: Option<Arc<RateLimiter>>,
+    refused: IntCounter,
+    inner: S,
+}
+
+impl<S> Service<Req> for RateLimit<S>
+where
+    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
+{
+    type Response = Resp;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> BoxFuture {
+        if let Some(limiter) = &self.limiter {
+            if let Err(wait) = limiter.try_acquire() {
+                self.refused.inc();
+                return Box::pin(std::future::ready(Err(Limited(wait).into())));
+            }
+        }
+        self.inner.call(req)
+    }
 }
 
 #[cfg(test)]

@@ -1,291 +1,246 @@
-//! Retries per route: which outcomes are retried, exponential backoff with full jitter, and
-//! the per-service retry budget that keeps retries from turning an outage into a storm.
+//! Tries and retries: the layer that owns a request's time. It sits above the balancer, so
+//! each try picks its endpoint afresh (avoiding the earlier tries' endpoints where it can).
 //!
-//! The budget is a sliding window of ten one-second buckets counting requests and retries.
-//! A retry is allowed while retries in the window stay under `ratio` x requests plus
-//! `min_per_second` x the window, so under a total outage upstream attempts stay below
-//! (1 + ratio) x requests + the floor. Buckets are atomics; a stale bucket is reset by the
-//! first caller to see it (a race there only blurs one second of counts).
+//! Every forwarded request passes through it: "no retry" is one try through the same code.
+//! The route's timeout (shortened by a caller's deadline, see `deadline`) bounds all tries
+//! together, and each try gets the time left, or `per_try_timeout` when that is shorter; the
+//! time is handed down as a `TryTimeout` so the endpoint layer can count a timeout against
+//! the endpoint that caused it. A failed try is retried as the policy, the request's method,
+//! the replay buffer (`replay`) and the service's retry budget allow, after an exponential,
+//! jittered backoff. No try starts that could not finish inside the deadline. Upgrades are
+//! never retried: their connection is handed over on the first answer.
+
+mod budget;
+mod policy;
 
 use std::{
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+    sync::Arc,
+    task::{Context, Poll},
     time::Duration,
 };
 
-use http::{HeaderMap, Method, StatusCode};
+use http::{header, Request};
+use http_body_util::BodyExt;
+use hyper::upgrade::OnUpgrade;
+use prometheus::IntCounter;
 use tokio::time::Instant;
+use tower::{Layer, Service};
 
-/// What a route retries, how often and how patiently.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
-    /// Tries in all, the first included.
-    pub attempts: u32,
-    /// Limit for each try (the route timeout still bounds them all).
-    pub per_try_timeout: Option<Duration>,
-    /// Outcomes retried.
-    pub on: Conditions,
-    /// First backoff ceiling.
-    pub backoff_base: Duration,
-    /// Largest backoff (and largest `Retry-After` honoured).
-    pub backoff_max: Duration,
-    /// Retry POST and PATCH even after they reached the upstream.
-    pub non_idempotent: bool,
-}
+pub use budget::Budget;
+pub use policy::{grpc_status, retry_after, Conditions, Outcome, Policy};
 
-/// Retry conditions.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Conditions {
-    /// Any 5xx.
-    pub server_error: bool,
-    /// 502, 503, 504 (Remora's own connect failures and per-try timeouts included).
-    pub gateway_error: bool,
-    /// The connection could not be opened.
-    pub connect_failure: bool,
-    /// The connection or stream failed after it was opened.
-    pub reset: bool,
-    /// These statuses.
-    pub statuses: Vec<u16>,
-    /// These gRPC status codes (1 cancelled, 4 deadline-exceeded, 8 resource-exhausted,
-    /// 14 unavailable).
-    pub grpc: Vec<u32>,
-}
+use super::{deadline, replay::Replay};
+use crate::{
+    body::ProxyBody,
+    context::{BoxFuture, Ctx, Req, Resp, TryTimeout},
+    error::ProxyError,
+};
 
-/// How one try ended, as far as retrying is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// A response with this status and, for gRPC, this `grpc-status`.
-    Response(StatusCode, Option<u32>),
-    /// No connection.
-    ConnectFailure,
-    /// The connection or stream broke.
-    Reset,
-    /// The try's time ran out.
-    Timeout,
-}
+/// Request bodies up to this size are kept for replay; larger ones are not retried.
+pub const REPLAY_CAP: usize = 64 * 1024;
 
-impl Policy {
-    /// Whether `outcome` of a `method` request should be tried again.
-    pub fn retries(&self, method: &Method, outcome: Outcome) -> bool {
-        let c = &self.on;
-        let idempotent = !matches!(*method, Method::POST | Method::PATCH) || self.non_idempotent;
-        match outcome {
-            // Never reached the upstream: safe for any method.
-            Outcome::ConnectFailure => c.connect_failure || c.gateway_error || c.server_error,
-            // Every gRPC call is a POST: listing a gRPC code is the opt-in.
-            Outcome::Response(_, Some(g)) if c.grpc.contains(&g) => true,
-            _ if !idempotent => false,
-            Outcome::Reset => c.reset,
-            Outcome::Timeout => c.gateway_error || c.server_error,
-            Outcome::Response(status, grpc) => {
-                let code = status.as_u16();
-                (c.server_error && status.is_server_error())
-                    || (c.gateway_error && matches!(code, 502..=504))
-                    || c.statuses.contains(&code)
-                    || grpc.is_some_and(|g| c.grpc.contains(&g))
-            }
-        }
-    }
+/// Builds [`Retry`] services.
+#[derive(Debug, Clone)]
+pub struct RetryLayer(Arc<Config>);
 
-    /// Backoff before retry number `retry` (1 for the first retry): full jitter over an
-    /// exponentially growing ceiling; a `Retry-After` wins when larger, up to the max.
-    pub fn backoff(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
-        let ceiling = self
-            .backoff_base
-            .saturating_mul(1u32 << (retry.saturating_sub(1)).min(16))
-            .min(self.backoff_max);
-        let jittered = ceiling.mul_f64(fastrand::f64());
-        match retry_after {
-            Some(ra) => jittered.max(ra.min(self.backoff_max)),
-            None => jittered,
-        }
-    }
-}
-
-/// `grpc-status` from headers or trailers.
-pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers
-        .get("grpc-status")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// `Retry-After` in seconds (the HTTP-date form is not honoured).
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs))
-}
-
-/// Window of the retry budget, in one-second buckets.
-const WINDOW_SECS: usize = 10;
-
-/// A service's retry budget.
 #[derive(Debug)]
-pub struct Budget {
-    ratio: f64,
-    min_per_second: u32,
-    start: Instant,
-    buckets: [Bucket; WINDOW_SECS],
+struct Config {
+    /// `None`: one try.
+    policy: Option<Policy>,
+    /// The whole request's time, before a caller's deadline shortens it.
+    timeout: Duration,
+    /// The service's budget, which counts every request and pays for every retry.
+    budget: Option<Arc<Budget>>,
+    /// Retries made (`remora_retries_total{route, service}`).
+    retries: Option<IntCounter>,
 }
 
-#[derive(Debug, Default)]
-struct Bucket {
-    /// Second (since `start`, plus one) the counts belong to; 0: never used.
-    second: AtomicU64,
-    requests: AtomicU32,
-    retries: AtomicU32,
+impl RetryLayer {
+    /// One try within `timeout`, nothing counted (the inbound app, passthrough, mirrors).
+    pub fn once(timeout: Duration) -> Self {
+        Self(Arc::new(Config {
+            policy: None,
+            timeout,
+            budget: None,
+            retries: None,
+        }))
+    }
+
+    /// A route's tries to one backend: `policy` (one try without one) within `timeout`,
+    /// counted in the service's `budget`, retries counted in `retries`.
+    pub fn new(
+        policy: Option<Policy>,
+        timeout: Duration,
+        budget: Arc<Budget>,
+        retries: IntCounter,
+    ) -> Self {
+        Self(Arc::new(Config {
+            policy,
+            timeout,
+            budget: Some(budget),
+            retries: Some(retries),
+        }))
+    }
 }
 
-impl Budget {
-    /// Retries may add `ratio` of requests, plus `min_per_second` each second.
-    pub fn new(ratio: f64, min_per_second: u32) -> Self {
-        Self {
-            ratio,
-            min_per_second,
-            start: Instant::now(),
-            buckets: Default::default(),
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            cfg: self.0.clone(),
+            inner,
         }
     }
+}
 
-    fn bucket(&self) -> &Bucket {
-        let second = self.start.elapsed().as_secs() + 1;
-        let b = &self.buckets[(second as usize) % WINDOW_SECS];
-        let seen = b.second.load(Ordering::Acquire);
-        if seen != second
-            && b.second
-                .compare_exchange(seen, second, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            b.requests.store(0, Ordering::Release);
-            b.retries.store(0, Ordering::Release);
+/// Sends a request through `S` once or, per the policy, several times.
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    cfg: Arc<Config>,
+    inner: S,
+}
+
+impl<S> Service<Req> for Retry<S>
+where
+    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>
+        + Clone
+        + Send
+        + 'static,
+{
+    type Response = Resp;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Req) -> BoxFuture {
+        let timeout = deadline::effective(self.cfg.timeout, req.headers());
+        if let Some(budget) = &self.cfg.budget {
+            budget.request();
         }
-        b
-    }
-
-    /// Counts a request (its first try).
-    pub fn request(&self) {
-        self.bucket().requests.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Takes a retry from the budget if there is room.
-    pub fn try_retry(&self) -> bool {
-        let now = self.start.elapsed().as_secs() + 1;
-        let (mut requests, mut retries) = (0u64, 0u64);
-        for b in &self.buckets {
-            let second = b.second.load(Ordering::Acquire);
-            if second != 0 && now - second.min(now) < WINDOW_SECS as u64 {
-                requests += u64::from(b.requests.load(Ordering::Acquire));
-                retries += u64::from(b.retries.load(Ordering::Acquire));
+        let upgrade = req.extensions().get::<OnUpgrade>().is_some();
+        match &self.cfg.policy {
+            Some(p) if p.attempts > 1 && !upgrade => {
+                Box::pin(retrying(self.cfg.clone(), self.inner.clone(), req, timeout))
+            }
+            policy => {
+                deadline::propagate(req.headers_mut(), timeout);
+                let per_try = policy.as_ref().and_then(|p| p.per_try_timeout);
+                let once = per_try.map_or(timeout, |t| t.min(timeout));
+                req.extensions_mut().insert(TryTimeout(once));
+                self.inner.call(req)
             }
         }
-        let allowed =
-            self.ratio * requests as f64 + f64::from(self.min_per_second) * WINDOW_SECS as f64;
-        if (retries as f64) < allowed {
-            self.bucket().retries.fetch_add(1, Ordering::AcqRel);
-            true
-        } else {
-            false
-        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The tries of one request with a retry policy.
+async fn retrying<S>(
+    cfg: Arc<Config>,
+    mut inner: S,
+    req: Req,
+    timeout: Duration,
+) -> crate::context::Result
+where
+    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
+{
+    let policy = cfg.policy.as_ref().expect("retrying needs a policy");
+    let deadline = Instant::now() + timeout;
+    let ctx = Ctx::of(&req);
+    let (parts, body) = req.into_parts();
+    let replay = Replay::new(body, REPLAY_CAP);
+    let mut attempt = 1;
+    loop {
+        let mut req = Request::new(ProxyBody::Replay(replay.attempt()));
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = parts.uri.clone();
+        *req.version_mut() = parts.version;
+        *req.headers_mut() = parts.headers.clone();
+        *req.extensions_mut() = parts.extensions.clone();
 
-    fn policy() -> Policy {
-        Policy {
-            attempts: 3,
-            per_try_timeout: None,
-            on: Conditions {
-                gateway_error: true,
-                connect_failure: true,
-                reset: true,
-                statuses: vec![409],
-                grpc: vec![14],
-                ..Default::default()
-            },
-            backoff_base: Duration::from_millis(25),
-            backoff_max: Duration::from_millis(250),
-            non_idempotent: false,
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(ProxyError::Timeout(timeout));
         }
-    }
-
-    #[test]
-    fn conditions_and_idempotency() {
-        let p = policy();
-        let r = |s: u16| Outcome::Response(StatusCode::from_u16(s).unwrap(), None);
-        assert!(p.retries(&Method::GET, r(503)));
-        assert!(p.retries(&Method::GET, r(409)));
-        assert!(
-            !p.retries(&Method::GET, r(500)),
-            "500 is not a gateway error"
-        );
-        assert!(!p.retries(&Method::GET, r(200)));
-        assert!(p.retries(&Method::GET, Outcome::Response(StatusCode::OK, Some(14))));
-        assert!(
-            p.retries(&Method::POST, Outcome::Response(StatusCode::OK, Some(14))),
-            "gRPC codes are retried for POST, the method of every gRPC call"
-        );
-        assert!(!p.retries(&Method::POST, Outcome::Response(StatusCode::OK, Some(2))));
-        assert!(p.retries(&Method::GET, Outcome::Timeout));
-        assert!(
-            p.retries(&Method::POST, Outcome::ConnectFailure),
-            "never reached the upstream"
-        );
-        assert!(
-            !p.retries(&Method::POST, r(503)),
-            "POST reached the upstream"
-        );
-        assert!(!p.retries(&Method::PATCH, Outcome::Reset));
-        let opt_in = Policy {
-            non_idempotent: true,
-            ..policy()
+        deadline::propagate(req.headers_mut(), remaining);
+        let try_timeout = policy
+            .per_try_timeout
+            .map_or(remaining, |t| t.min(remaining));
+        req.extensions_mut().insert(TryTimeout(try_timeout));
+        let mut result = inner.call(req).await;
+        let outcome = match &mut result {
+            Ok(resp) => {
+                let grpc = if policy.on.grpc.is_empty() {
+                    None
+                } else {
+                    peek_grpc_status(resp, try_timeout).await
+                };
+                Outcome::Response(resp.status(), grpc)
+            }
+            Err(ProxyError::Connect { .. }) => Outcome::ConnectFailure,
+            Err(ProxyError::Reset { .. }) => Outcome::Reset,
+            Err(ProxyError::Timeout(_)) => Outcome::Timeout,
+            Err(_) => return result,
         };
-        assert!(opt_in.retries(&Method::POST, r(503)));
-    }
 
-    #[test]
-    fn backoff_grows_caps_and_honours_retry_after() {
-        let p = policy();
-        for _ in 0..200 {
-            assert!(p.backoff(1, None) <= Duration::from_millis(25));
-            assert!(p.backoff(3, None) <= Duration::from_millis(100));
-            assert!(p.backoff(10, None) <= Duration::from_millis(250));
+        if attempt >= policy.attempts
+            || !policy.retries(&parts.method, outcome)
+            || !replay.can_retry()
+        {
+            return result;
         }
-        assert_eq!(
-            p.backoff(1, Some(Duration::from_millis(200))),
-            Duration::from_millis(200)
-        );
-        assert_eq!(
-            p.backoff(1, Some(Duration::from_secs(5))),
-            Duration::from_millis(250)
-        );
+        if cfg.budget.as_ref().is_some_and(|b| !b.try_retry()) {
+            return result;
+        }
+        let honoured = match &result {
+            Ok(r) if matches!(r.status().as_u16(), 429 | 503) => retry_after(r.headers()),
+            _ => None,
+        };
+        let backoff = policy.backoff(attempt, honoured);
+        // No try starts that could not finish inside the route's deadline.
+        let left = deadline.saturating_duration_since(Instant::now() + backoff);
+        if left.is_zero() || policy.per_try_timeout.is_some_and(|t| left < t) {
+            return result;
+        }
+        drop(result);
+        if let Some(retries) = &cfg.retries {
+            retries.inc();
+        }
+        tokio::time::sleep(backoff).await;
+        ctx.next_try();
+        attempt += 1;
     }
+}
 
-    #[tokio::test(start_paused = true)]
-    async fn budget_bounds_retries_by_ratio_and_floor() {
-        let b = Budget::new(0.2, 1);
-        // 100 requests in one second: 20% of them plus a floor of 1/s over 10s.
-        for _ in 0..100 {
-            b.request();
-        }
-        let granted = (0..100).filter(|_| b.try_retry()).count();
-        assert_eq!(granted, 30);
-        // The window slides: ten seconds later the old counts are gone.
-        tokio::time::advance(Duration::from_secs(11)).await;
-        for _ in 0..10 {
-            b.request();
-        }
-        let granted = (0..100).filter(|_| b.try_retry()).count();
-        assert_eq!(granted, 12, "0.2 x 10 + 10");
+/// `grpc-status` of a gRPC response: from the headers, or from trailers that come before any
+/// message (read ahead and put back in front of the body).
+async fn peek_grpc_status(resp: &mut Resp, wait: Duration) -> Option<u32> {
+    if let Some(s) = grpc_status(resp.headers()) {
+        return Some(s);
     }
+    let is_grpc = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if !is_grpc {
+        return None;
+    }
+    let mut body = std::mem::replace(resp.body_mut(), ProxyBody::empty());
+    let first = match tokio::time::timeout(wait, body.frame()).await {
+        Ok(Some(Ok(frame))) => Some(frame),
+        _ => None,
+    };
+    let status = first
+        .as_ref()
+        .and_then(|f| f.trailers_ref())
+        .and_then(grpc_status);
+    *resp.body_mut() = ProxyBody::Prefixed {
+        first,
+        rest: Box::new(body),
+    };
+    status
 }

@@ -40,7 +40,7 @@ pub struct RouteSpec {
     /// Retries.
     pub retry: Option<retry::Policy>,
     /// Mirroring.
-    pub mirror: Option<mirror::Mirror>,
+    pub mirror: Option<mirror::MirrorPolicy>,
 }
 
 /// What a route does.
@@ -180,8 +180,6 @@ pub struct Route {
 pub struct MirrorTarget {
     /// The shadow service.
     pub service: Arc<Service>,
-    /// Copies in flight.
-    pub limiter: mirror::Limiter,
     /// Copies answered, failed, and dropped (limit reached or body too large).
     pub sent: IntCounter,
     /// See `sent`.
@@ -206,13 +204,18 @@ pub struct Target {
 impl Route {
     /// Picks a backend by weight. `None` only for routes that do not forward.
     pub fn pick_target(&self) -> Option<&Target> {
-        match self.targets.len() {
-            0 => None,
-            1 => self.targets.first(),
-            _ => {
-                let r = fastrand::u32(0..self.total_weight);
-                self.targets.iter().find(|t| r < t.cumulative)
-            }
+        pick_weighted(&self.targets, self.total_weight, |t| t.cumulative)
+    }
+}
+
+/// Draws one of `items` by weight, where `cumulative(item)` is the upper bound (exclusive) of
+/// its slice of `0..total`; `None` for no items.
+pub fn pick_weighted<T>(items: &[T], total: u32, cumulative: impl Fn(&T) -> u32) -> Option<&T> {
+    match items.len() {
+        0 | 1 => items.first(),
+        _ => {
+            let r = fastrand::u32(0..total);
+            items.iter().find(|t| r < cumulative(t))
         }
     }
 }
@@ -229,9 +232,14 @@ pub struct RouteTable {
 impl RouteTable {
     /// The first route the request matches.
     pub fn find(&self, req: &RequestView<'_>) -> Option<&Route> {
+        self.position(req).map(|i| &self.routes[i])
+    }
+
+    /// The index of the first route the request matches.
+    pub fn position(&self, req: &RequestView<'_>) -> Option<usize> {
         self.routes
             .iter()
-            .find(|r| r.spec.matcher.check(req).is_ok())
+            .position(|r| r.spec.matcher.check(req).is_ok())
     }
 
     /// Every route tried for `req` with the reason each earlier one was passed over, ending at

@@ -139,6 +139,11 @@ impl Pool {
         &self.inner.target
     }
 
+    /// Whether `self` and `other` are handles of the same pool.
+    pub fn same_as(&self, other: &Pool) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Idle HTTP/1.1 connections (for tests and metrics).
     pub fn idle_http1(&self) -> usize {
         self.inner.http1.lock().map_or(0, |v| v.len())

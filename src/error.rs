@@ -1,11 +1,11 @@
-//! Errors on the request path, each recording what happened and where; `rescue` is the one
-//! place they become responses.
+//! Errors on the request path, each recording what happened and where, with the status and
+//! `x-remora-error` reason a caller sees. `proxy::rescue` is the one place they become
+//! responses. Policies (`resilience/`) and the client side (`upstream/`) return these, so
+//! the type lives at the crate root rather than in `proxy/`.
 
 use std::{error::Error as StdError, fmt, sync::Arc, time::Duration};
 
-use http::{header, HeaderValue, Response, StatusCode};
-
-use crate::{body::ProxyBody, resilience::rate_limit::retry_after_secs};
+use http::StatusCode;
 
 /// A boxed error cause.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -143,25 +143,4 @@ impl fmt::Display for Chain<'_> {
         }
         Ok(())
     }
-}
-
-/// The one place an error becomes a response: the status from DESIGN.md's table,
-/// `x-remora-error: <reason>`, `server: remora`, and the error text as the body.
-pub fn rescue(err: &ProxyError) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::full(format!("{err}\n")));
-    *resp.status_mut() = err.status();
-    let h = resp.headers_mut();
-    h.insert(header::SERVER, HeaderValue::from_static("remora"));
-    h.insert("x-remora-error", HeaderValue::from_static(err.reason()));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if let ProxyError::RateLimited(wait) = err {
-        h.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(retry_after_secs(*wait)),
-        );
-    }
-    resp
 }

@@ -1,0 +1,155 @@
+//! The per-request context, carried in the request's extensions from the listener to the
+//! pooled client: what the connection says about the caller (`ConnMeta`), and the tags the
+//! stack learns on the way down (route, backend, endpoint), which the outermost layer reads
+//! back for metrics and the access log. Also the vocabulary every layer of the stack shares:
+//! the request, response and future types.
+//!
+//! The tags sit behind a mutex that only the request's own task takes, each time for a field
+//! write, so it is never contended and never held across an await.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use http::{Request, Response};
+
+use crate::{
+    body::ProxyBody, error::ProxyError, metrics::Direction, metrics::RequestMetrics,
+    tls::accept::ClientId,
+};
+
+/// A request on its way through the stack.
+pub type Req = Request<ProxyBody>;
+/// A response on its way back.
+pub type Resp = Response<ProxyBody>;
+/// What a layer of the stack returns: a response or the error the rescue turns into one.
+pub type Result = std::result::Result<Resp, ProxyError>;
+/// A layer's future. Boxed so a stack's future stays one pointer wide however deep it is
+/// (futures are moved several times per request; see the pool's notes on `memmove`).
+pub type BoxFuture = Pin<Box<dyn Future<Output = Result> + Send + 'static>>;
+
+/// What the handlers know about the downstream connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct ConnMeta {
+    /// The caller's address.
+    pub peer: SocketAddr,
+    /// The local address the caller connected to.
+    pub local: SocketAddr,
+    /// Which listener.
+    pub direction: Direction,
+    /// Whether the connection is TLS (terminated here).
+    pub tls: bool,
+    /// The caller's SPIFFE ID, verified in the mTLS handshake.
+    pub client_id: Option<ClientId>,
+}
+
+impl ConnMeta {
+    /// A plaintext connection from `peer` to `local`.
+    pub fn plain(peer: SocketAddr, local: SocketAddr, direction: Direction) -> Self {
+        Self {
+            peer,
+            local,
+            direction,
+            tls: false,
+            client_id: None,
+        }
+    }
+}
+
+/// What one request turned into so far, for metrics and the access log.
+#[derive(Debug, Default)]
+pub struct Tags {
+    /// Route name; `None` until a route took the request.
+    pub route: Option<Arc<str>>,
+    /// Backend service name; `None` until one was chosen.
+    pub service: Option<Arc<str>>,
+    /// Metric handles to record the answer with (the most specific known so far).
+    pub metrics: Option<RequestMetrics>,
+    /// The endpoint of the latest try.
+    pub endpoint: Option<SocketAddr>,
+    /// Endpoints of earlier tries, which a retry avoids where it can.
+    pub tried: Vec<SocketAddr>,
+}
+
+/// The context of one request. Cheap to clone: retries and mirrors copy the request's
+/// extensions, and with them this handle.
+#[derive(Debug, Clone)]
+pub struct Ctx(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    conn: ConnMeta,
+    tags: Mutex<Tags>,
+}
+
+impl Ctx {
+    /// A fresh context for a request on `conn`.
+    pub fn new(conn: ConnMeta) -> Self {
+        Self(Arc::new(Inner {
+            conn,
+            tags: Mutex::default(),
+        }))
+    }
+
+    /// The context of `req`. Every request inside the stack has one (the listener's handler
+    /// inserts it); a request without one gets a context of an unknown peer.
+    pub fn of<B>(req: &Request<B>) -> Ctx {
+        match req.extensions().get::<Ctx>() {
+            Some(ctx) => ctx.clone(),
+            None => {
+                let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+                Ctx::new(ConnMeta::plain(nowhere, nowhere, Direction::Outbound))
+            }
+        }
+    }
+
+    /// The connection the request arrived on.
+    pub fn conn(&self) -> &ConnMeta {
+        &self.0.conn
+    }
+
+    /// The tags, for a short read or write (never hold the guard across an await).
+    pub fn tags(&self) -> MutexGuard<'_, Tags> {
+        self.0.tags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that `route` took the request.
+    pub fn set_route(&self, route: &Arc<str>, metrics: &RequestMetrics) {
+        let mut t = self.tags();
+        t.route = Some(route.clone());
+        t.metrics = Some(metrics.clone());
+    }
+
+    /// Records the backend service chosen for the request.
+    pub fn set_service(&self, service: &Arc<str>, metrics: &RequestMetrics) {
+        let mut t = self.tags();
+        t.service = Some(service.clone());
+        t.metrics = Some(metrics.clone());
+    }
+
+    /// Records the endpoint a try goes to.
+    pub fn set_endpoint(&self, endpoint: SocketAddr) {
+        self.tags().endpoint = Some(endpoint);
+    }
+
+    /// Starts a new try: the latest endpoint joins those to avoid.
+    pub fn next_try(&self) {
+        let mut t = self.tags();
+        if let Some(ep) = t.endpoint.take() {
+            t.tried.push(ep);
+        }
+    }
+}
+
+/// Inserts `ctx` into `req`'s extensions.
+pub fn attach<B>(req: &mut Request<B>, ctx: Ctx) {
+    req.extensions_mut().insert(ctx);
+}
+
+/// The time one try has for its response headers, set by the retry layer for the endpoint
+/// layer below it (which applies it, so a timeout is counted against the endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TryTimeout(pub std::time::Duration);

@@ -1,0 +1,197 @@
+//! The bottom of every stack: `Balance` picks an endpoint of a service (skipping ejected and
+//! unhealthy ones and, on a retry, the earlier tries' endpoints), sends the request on the
+//! endpoint's pool within the try's time, and reports the outcome to outlier detection.
+//! `send` is the one place a request meets a pool: it counts the attempt, classifies a
+//! failure into the error the caller sees, and tunnels an upgraded connection.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{header, uri::Authority, HeaderValue, Uri, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tower::Service;
+
+use super::{Pool, PoolError};
+use crate::{
+    body::ProxyBody,
+    context::{BoxFuture, Ctx, Req, Resp, Result, TryTimeout},
+    error::ProxyError,
+    metrics::{AttemptResult, UpstreamMetrics},
+    tls::connect::OriginateError,
+};
+
+/// Sends requests to the endpoints of one service.
+#[derive(Debug, Clone)]
+pub struct Balance {
+    service: Arc<super::Service>,
+}
+
+impl Balance {
+    /// Balances over `service`'s endpoints.
+    pub fn new(service: Arc<super::Service>) -> Self {
+        Self { service }
+    }
+}
+
+impl Service<Req> for Balance {
+    type Response = Resp;
+    type Error = ProxyError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::result::Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> BoxFuture {
+        let ctx = Ctx::of(&req);
+        let picked = {
+            let mut tags = ctx.tags();
+            let picked = self.service.pick_avoiding(req.headers(), &tags.tried);
+            tags.endpoint = picked.as_ref().map(|e| e.addr());
+            picked
+        };
+        let Some(endpoint) = picked else {
+            let err = ProxyError::NoEndpoints {
+                service: self.service.name().clone(),
+            };
+            return Box::pin(std::future::ready(Err(err)));
+        };
+        let service = self.service.clone();
+        let timeout = req.extensions().get::<TryTimeout>().map(|t| t.0);
+        Box::pin(async move {
+            let in_flight = endpoint.start();
+            let result = send(endpoint.pool(), req, timeout, service.metrics()).await;
+            let result = result.map(|r| r.map(|b| b.with_in_flight(in_flight)));
+            if let Some(ok) = endpoint_health(&result) {
+                service.observe(&endpoint, ok);
+            }
+            result
+        })
+    }
+}
+
+/// Sends `req` through `pool` and waits at most `timeout` (when given) for response headers.
+/// A request that names no authority gets the pool's target as one.
+pub async fn send(
+    pool: &Pool,
+    mut req: Req,
+    timeout: Option<Duration>,
+    metrics: &UpstreamMetrics,
+) -> Result {
+    let on_upgrade = req.extensions_mut().remove::<OnUpgrade>();
+    fill_authority(&mut req, pool)?;
+    let exchange = pool.send(req);
+    let result = match timeout {
+        Some(t) => match tokio::time::timeout(t, exchange).await {
+            Ok(r) => r,
+            Err(_) => {
+                metrics.attempt(AttemptResult::Timeout);
+                return Err(ProxyError::Timeout(t));
+            }
+        },
+        None => exchange.await,
+    };
+    let target = || pool.target().to_string();
+    let (mut resp, lease) = match result {
+        Err(PoolError::Connect(e)) => {
+            metrics.attempt(AttemptResult::ConnectFailure);
+            return Err(ProxyError::Connect {
+                target: target(),
+                source: Box::new(e),
+            });
+        }
+        Err(PoolError::Tls(OriginateError::Mismatch(m))) => {
+            metrics.attempt(AttemptResult::ConnectFailure);
+            return Err(ProxyError::PeerIdentityMismatch {
+                target: target(),
+                source: Box::new(m),
+            });
+        }
+        Err(PoolError::Tls(e)) => {
+            metrics.attempt(AttemptResult::ConnectFailure);
+            return Err(ProxyError::Connect {
+                target: target(),
+                source: Box::new(e),
+            });
+        }
+        Err(PoolError::Overloaded(limit)) => {
+            return Err(ProxyError::Overloaded(limit.as_str()));
+        }
+        Err(PoolError::Http(e)) => {
+            metrics.attempt(AttemptResult::Reset);
+            return Err(ProxyError::Reset {
+                target: target(),
+                source: Box::new(e),
+            });
+        }
+        Ok(pair) => pair,
+    };
+    metrics.attempt(AttemptResult::Success);
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(downstream) = on_upgrade {
+            tunnel(downstream, hyper::upgrade::on(&mut resp));
+        }
+    }
+    Ok(resp.map(|body| ProxyBody::upstream(body, lease)))
+}
+
+/// HTTP/1.1 needs `Host` and HTTP/2 an `:authority`; a caller that sent neither gets the
+/// pool's target (the endpoint's address, or the passthrough authority).
+fn fill_authority(req: &mut Req, pool: &Pool) -> std::result::Result<(), ProxyError> {
+    let has = if req.version() == Version::HTTP_2 {
+        req.uri().authority().is_some()
+    } else {
+        req.headers().contains_key(header::HOST)
+    };
+    if has {
+        return Ok(());
+    }
+    let authority = Authority::try_from(pool.target().to_string())
+        .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+    if req.version() == Version::HTTP_2 {
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(authority);
+        *req.uri_mut() =
+            Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    } else {
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+        req.headers_mut().insert(header::HOST, host);
+    }
+    Ok(())
+}
+
+/// What a forwarding result says about the endpoint, for outlier detection: `Some(false)`
+/// for a 5xx or a connect failure, reset or timeout; `Some(true)` for any other response;
+/// `None` when the request never reached it (a breaker, a malformed request).
+pub fn endpoint_health(result: &Result) -> Option<bool> {
+    match result {
+        Ok(resp) => Some(!resp.status().is_server_error()),
+        Err(ProxyError::Connect { .. } | ProxyError::Reset { .. } | ProxyError::Timeout(_)) => {
+            Some(false)
+        }
+        Err(_) => None,
+    }
+}
+
+/// Copies bytes both ways between an upgraded caller and upstream until either side closes.
+fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
+    tokio::spawn(async move {
+        let (down, up) = match tokio::try_join!(downstream, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+}
