@@ -3,6 +3,7 @@
 #
 #   benches/load.sh            # installs wrk, h2load, nginx, haproxy when missing (needs root)
 #   DURATION=20 benches/load.sh
+#   BASELINE_BIN=/tmp/old/remora benches/load.sh   # also runs an older build, in turns, A/B
 #
 # Each proxy runs pinned to core 0 in front of the same upstream (nginx answering a small
 # fixed body on core 1); the load generator runs on core 1. HTTP/1.1 keep-alive load comes
@@ -28,7 +29,8 @@ fi
 cargo build --release --quiet
 
 source benches/common.sh
-read -r UP REMORA_PORT NGINX_H1 NGINX_H2 HAPROXY_PORT ADMIN < <(free_ports 6)
+read -r UP REMORA_PORT NGINX_H1 NGINX_H2 HAPROXY_PORT ADMIN BASE_PORT BASE_ADMIN < <(free_ports 8)
+BASELINE_BIN=${BASELINE_BIN:-}
 
 # --- the upstream: nginx on the load core, a small fixed body ---
 start_upstream "$UP" "$LOAD_CPU"
@@ -62,6 +64,14 @@ YAML
 TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" target/release/remora run --config "$work/remora.yaml" > "$work/remora.log" 2>&1 &
 remora_pid=$!
 pids+=($remora_pid)
+
+# --- the baseline build, when given: the same config on its own ports ---
+if [ -n "$BASELINE_BIN" ]; then
+  sed -e "s/127.0.0.1:$REMORA_PORT/127.0.0.1:$BASE_PORT/" -e "s/127.0.0.1:$ADMIN/127.0.0.1:$BASE_ADMIN/" \
+    "$work/remora.yaml" > "$work/baseline.yaml"
+  TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" "$BASELINE_BIN" run --config "$work/baseline.yaml" > "$work/baseline.log" 2>&1 &
+  pids+=($!)
+fi
 
 # --- nginx as the proxy (HTTP/1.1 and h2c need separate listeners in nginx) ---
 cat > "$work/nginx.conf" <<NGX
@@ -102,6 +112,7 @@ taskset -c "$PROXY_CPU" haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.log"
 pids+=($!)
 
 for p in $UP $REMORA_PORT $NGINX_H1 $NGINX_H2 $HAPROXY_PORT $ADMIN; do wait_port "$p"; done
+if [ -n "$BASELINE_BIN" ]; then wait_port "$BASE_PORT"; fi
 rss_kb() { awk '/VmRSS/ { print $2 }' "/proc/$1/status"; }
 idle_rss=$(rss_kb "$remora_pid")
 
@@ -136,6 +147,7 @@ printf '\nRemora %s; %ss per run; proxies pinned to CPU %s, load and upstream on
 declare -A R
 # Warm-up: open pools and connections.
 h1 "$REMORA_PORT" >/dev/null 2>&1 || true
+if [ -n "$BASELINE_BIN" ]; then h1 "$BASE_PORT" >/dev/null 2>&1 || true; fi
 
 # The machine's speed drifts (other tenants): interleave the contenders in every round so
 # each ratio compares runs made minutes apart at most, and report medians.
@@ -149,13 +161,18 @@ for round in $(seq "$ROUNDS"); do
   R[remora_h2]+="$(h2 "$REMORA_PORT");"
   R[haproxy_h2]+="$(h2 "$HAPROXY_PORT");"
   R[nginx_h2]+="$(h2 "$NGINX_H2");"
+  if [ -n "$BASELINE_BIN" ]; then
+    R[baseline_h1]+="$(h1 "$BASE_PORT");"
+    R[baseline_h2]+="$(h2 "$BASE_PORT");"
+  fi
 done
 loaded_rss=$(rss_kb "$remora_pid")
 
 python3 - "$idle_rss" "$loaded_rss" \
   "direct_h1=${R[direct_h1]}" "remora_h1=${R[remora_h1]}" "remora_h1_policies=${R[remora_h1_policies]}" \
   "nginx_h1=${R[nginx_h1]}" "haproxy_h1=${R[haproxy_h1]}" \
-  "remora_h2=${R[remora_h2]}" "nginx_h2=${R[nginx_h2]}" "haproxy_h2=${R[haproxy_h2]}" <<'PY'
+  "remora_h2=${R[remora_h2]}" "nginx_h2=${R[nginx_h2]}" "haproxy_h2=${R[haproxy_h2]}" \
+  ${BASELINE_BIN:+"baseline_h1=${R[baseline_h1]}" "baseline_h2=${R[baseline_h2]}"} <<'PY'
 import sys
 idle, loaded = int(sys.argv[1]), int(sys.argv[2])
 import statistics
@@ -173,6 +190,10 @@ for proto in ("h1", "h2"):
     for other in ("nginx", "haproxy"):
         ratio = r[f"remora_{proto}"][0] / r[f"{other}_{proto}"][0]
         print(f"remora/{other} {proto} req/s: {ratio:.2f}x")
+for proto in ("h1", "h2"):
+    if f"baseline_{proto}" in r:
+        ratio = r[f"remora_{proto}"][0] / r[f"baseline_{proto}"][0]
+        print(f"remora/baseline build {proto} req/s: {ratio:.2f}x")
 ratio = r["remora_h1_policies"][0] / r["remora_h1"][0]
 print(f"remora route with retry, budget, breaker and outlier detection / plain route h1 req/s: {ratio:.2f}x")
 print(f"\nremora RSS idle: {idle / 1024:.1f} MiB, after load: {loaded / 1024:.1f} MiB")

@@ -34,3 +34,6 @@ pub mod runtime;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+
+#[cfg(test)]
+mod testing;

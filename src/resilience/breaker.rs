@@ -312,4 +312,41 @@ mod tests {
         drop(waiting);
         assert!(b.reserve_connection().is_some());
     }
+
+    #[tokio::test]
+    async fn the_layer_holds_a_place_until_the_response_body_ends() {
+        use http_body_util::BodyExt;
+        use tower::{Layer, Service};
+
+        use crate::testing::{request, Mock};
+
+        let m = metrics();
+        let b = Breaker::new(
+            Limits {
+                max_requests: 1,
+                ..Limits::default()
+            },
+            m.clone(),
+        );
+        let mock = Mock::statuses(&[200]);
+        let mut svc = BreakerLayer::new(b.clone()).layer(mock.clone());
+        // The mock's body is one made here: it has ended, so the place is free at once.
+        let resp = svc.call(request("GET", "/", "")).await.unwrap();
+        assert_eq!(b.requests(), 0);
+        drop(resp);
+
+        // A request still in flight holds its place; the next one is refused unsent.
+        let _held = b.admit().unwrap();
+        let err = svc.call(request("GET", "/", "")).await.unwrap_err();
+        assert!(
+            matches!(err, ProxyError::Overloaded("max_requests")),
+            "{err}"
+        );
+        assert_eq!(mock.calls(), 1);
+        assert_eq!(m.overflow_requests.get(), 1);
+        drop(_held);
+        let body = svc.call(request("GET", "/", "")).await.unwrap().into_body();
+        body.collect().await.unwrap();
+        assert_eq!(b.requests(), 0);
+    }
 }

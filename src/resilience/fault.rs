@@ -174,4 +174,50 @@ mod tests {
         };
         assert!((0..1000).all(|_| never.decide() == Decision::default()));
     }
+
+    fn metrics() -> FaultMetrics {
+        FaultMetrics {
+            delay: prometheus::IntCounter::new("d", "d").unwrap(),
+            abort: prometheus::IntCounter::new("a", "a").unwrap(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_layer_aborts_without_calling_inward_and_delays_before_it() {
+        use tokio::time::Instant;
+        use tower::{Layer, Service};
+
+        use crate::testing::{request, Mock};
+
+        let m = metrics();
+        let mock = Mock::statuses(&[200]);
+        let abort = Fault {
+            delay: None,
+            abort: Some((100.0, StatusCode::IM_A_TEAPOT)),
+        };
+        let err = FaultLayer::new(Some(abort), m.clone())
+            .layer(mock.clone())
+            .call(request("GET", "/", ""))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ProxyError::FaultInjected(StatusCode::IM_A_TEAPOT)
+        ));
+        assert_eq!((mock.calls(), m.abort.get()), (0, 1));
+
+        let delay = Fault {
+            delay: Some((100.0, Duration::from_secs(3))),
+            abort: None,
+        };
+        let started = Instant::now();
+        let resp = FaultLayer::new(Some(delay), m.clone())
+            .layer(mock.clone())
+            .call(request("GET", "/", ""))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert_eq!((mock.calls(), m.delay.get()), (1, 1));
+    }
 }

@@ -315,3 +315,97 @@ fn shadow_host<B>(req: &mut Request<B>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tower::{Layer, Service};
+
+    use super::*;
+    use crate::testing::{request, Mock};
+
+    fn shadow(client: Mock, percent: f64) -> (MirrorLayer<Mock>, [IntCounter; 3]) {
+        let c = |n: &str| IntCounter::new(n, n).unwrap();
+        let counters = [c("sent"), c("failed"), c("dropped")];
+        let layer = MirrorLayer::new(Some(Shadow {
+            policy: MirrorPolicy {
+                service: "shadow".into(),
+                percent,
+            },
+            client,
+            timeout: Duration::from_secs(5),
+            limiter: Limiter::default(),
+            sent: counters[0].clone(),
+            failed: counters[1].clone(),
+            dropped: counters[2].clone(),
+        }));
+        (layer, counters)
+    }
+
+    async fn settle(counter: &IntCounter, want: u64) {
+        for _ in 0..1000 {
+            if counter.get() >= want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("counter stayed at {}", counter.get());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn copies_go_to_the_shadow_host_with_the_body() {
+        let primary = Mock::statuses(&[200]);
+        let copies = Mock::statuses(&[500]);
+        let (layer, [sent, _, _]) = shadow(copies.clone(), 100.0);
+        let mut req = request("POST", "http://orders:8080/x", "payload");
+        req.headers_mut()
+            .insert(header::HOST, "orders:8080".parse().unwrap());
+        let resp = layer.layer(primary.clone()).call(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "the caller gets the primary's answer");
+        assert_eq!(primary.seen()[0].body, "payload");
+        settle(&sent, 1).await;
+        let copy = &copies.seen()[0];
+        assert_eq!(copy.body, "payload");
+        assert_eq!(copy.parts.headers[header::HOST], "orders-shadow:8080");
+        assert_eq!(copy.parts.uri, "http://orders-shadow:8080/x");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_shadow_never_holds_the_caller_and_excess_copies_are_dropped() {
+        let primary = Mock::statuses(&[200]);
+        let stuck = Mock::statuses(&[200]).delayed(Duration::from_secs(3600));
+        let (layer, [sent, _, dropped]) = shadow(stuck.clone(), 100.0);
+        let mut svc = layer.layer(primary.clone());
+        for _ in 0..MAX_IN_FLIGHT + 10 {
+            let resp = svc.call(request("GET", "http://a/", "")).await.unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        assert_eq!(primary.calls(), MAX_IN_FLIGHT + 10);
+        assert_eq!(
+            dropped.get(),
+            10,
+            "at most MAX_IN_FLIGHT copies are outstanding"
+        );
+        assert_eq!(sent.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_copied_at_zero_percent_or_for_upgrades() {
+        let primary = Mock::statuses(&[200]);
+        let copies = Mock::statuses(&[200]);
+        let (layer, _) = shadow(copies.clone(), 0.0);
+        layer
+            .layer(primary.clone())
+            .call(request("GET", "http://a/", ""))
+            .await
+            .unwrap();
+        let (layer, _) = shadow(copies.clone(), 100.0);
+        let mut req = request("GET", "http://a/", "");
+        req.extensions_mut().insert(crate::testing::on_upgrade());
+        layer.layer(primary.clone()).call(req).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(copies.calls(), 0);
+        assert_eq!(primary.calls(), 2);
+    }
+}

@@ -188,4 +188,27 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
         assert_eq!(retry_after_secs(Duration::ZERO), 1);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_layer_refuses_over_the_limit_without_calling_inward() {
+        use tower::{Layer, Service};
+
+        use crate::testing::{request, Mock};
+
+        let refused = IntCounter::new("r", "r").unwrap();
+        let mock = Mock::statuses(&[200]);
+        let limiter = Arc::new(RateLimiter::new(1, 1));
+        let mut svc = RateLimitLayer::new(Some(limiter), refused.clone()).layer(mock.clone());
+        assert!(svc.call(request("GET", "/", "")).await.is_ok());
+        let err = svc.call(request("GET", "/", "")).await.unwrap_err();
+        assert!(matches!(err, ProxyError::RateLimited(w) if w == Duration::from_secs(1)));
+        assert_eq!((mock.calls(), refused.get()), (1, 1));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(svc.call(request("GET", "/", "")).await.is_ok());
+
+        let mut open = RateLimitLayer::new(None, refused.clone()).layer(mock.clone());
+        for _ in 0..10 {
+            assert!(open.call(request("GET", "/", "")).await.is_ok());
+        }
+    }
 }

@@ -244,3 +244,189 @@ async fn peek_grpc_status(resp: &mut Resp, wait: Duration) -> Option<u32> {
     };
     status
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prometheus::IntCounter;
+    use tower::{Layer, Service};
+
+    use super::*;
+    use crate::testing::{self, connect_failure, request, Mock};
+
+    fn policy(attempts: u32) -> Policy {
+        Policy {
+            attempts,
+            per_try_timeout: None,
+            on: Conditions {
+                gateway_error: true,
+                connect_failure: true,
+                reset: true,
+                ..Default::default()
+            },
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(100),
+            non_idempotent: false,
+        }
+    }
+
+    fn layer(p: Option<Policy>, timeout: Duration) -> (RetryLayer, Arc<Budget>, IntCounter) {
+        let budget = Arc::new(Budget::new(0.2, 10));
+        let retries = IntCounter::new("r", "r").unwrap();
+        (
+            RetryLayer::new(p, timeout, budget.clone(), retries.clone()),
+            budget,
+            retries,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_policy_is_one_try_with_the_route_timeout() {
+        let mock = Mock::statuses(&[503]);
+        let (l, _, retries) = layer(None, Duration::from_secs(2));
+        let mut req = request("GET", "/", "");
+        req.headers_mut()
+            .insert("grpc-timeout", "500m".parse().unwrap());
+        let resp = l.layer(mock.clone()).call(req).await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(mock.calls(), 1);
+        assert_eq!(retries.get(), 0);
+        let seen = &mock.seen()[0];
+        assert_eq!(
+            seen.try_timeout,
+            Some(Duration::from_millis(500)),
+            "the caller's deadline wins"
+        );
+        assert_eq!(seen.parts.headers["grpc-timeout"], "500m");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_gateway_errors_with_the_body_replayed_and_earlier_endpoints_avoided() {
+        let mock = Mock::statuses(&[503, 502, 200]);
+        let (l, _, retries) = layer(Some(policy(3)), Duration::from_secs(10));
+        let resp = l
+            .layer(mock.clone())
+            .call(request("PUT", "/x", "payload"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(retries.get(), 2);
+        let seen = mock.seen();
+        assert_eq!(seen.len(), 3);
+        assert!(
+            seen.iter().all(|s| s.body == "payload"),
+            "every try sends the whole body"
+        );
+        assert_eq!(
+            seen[2].tried.len(),
+            2,
+            "the third try avoids both earlier endpoints"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_bound_the_tries() {
+        let mock = Mock::statuses(&[503]);
+        let (l, _, _) = layer(Some(policy(2)), Duration::from_secs(10));
+        let resp = l
+            .layer(mock.clone())
+            .call(request("GET", "/", ""))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503, "the last answer is the caller's");
+        assert_eq!(mock.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn post_is_retried_only_when_it_never_reached_the_upstream() {
+        let mock = Mock::statuses(&[503, 200]);
+        let (l, _, _) = layer(Some(policy(3)), Duration::from_secs(10));
+        let resp = l
+            .layer(mock.clone())
+            .call(request("POST", "/", "b"))
+            .await
+            .unwrap();
+        assert_eq!((resp.status().as_u16(), mock.calls()), (503, 1));
+
+        let mock = Mock::new(|n| {
+            if n == 0 {
+                Err(connect_failure())
+            } else {
+                Ok(testing::status(200))
+            }
+        });
+        let resp = l
+            .layer(mock.clone())
+            .call(request("POST", "/", "b"))
+            .await
+            .unwrap();
+        assert_eq!((resp.status().as_u16(), mock.calls()), (200, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_that_are_not_retriable_end_at_once() {
+        let mock = Mock::new(|_| Err(ProxyError::Overloaded("max_pending_requests")));
+        let (l, _, _) = layer(Some(policy(3)), Duration::from_secs(10));
+        let err = l
+            .layer(mock.clone())
+            .call(request("GET", "/", ""))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::Overloaded(_)));
+        assert_eq!(mock.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_budget_stops_retries_and_is_counted() {
+        let exhausted = IntCounter::new("e", "e").unwrap();
+        let budget = Arc::new(Budget::new(0.0, 0).counting(exhausted.clone()));
+        let retries = IntCounter::new("r", "r").unwrap();
+        let l = RetryLayer::new(Some(policy(3)), Duration::from_secs(10), budget, retries);
+        let mock = Mock::statuses(&[503, 200]);
+        let resp = l
+            .layer(mock.clone())
+            .call(request("GET", "/", ""))
+            .await
+            .unwrap();
+        assert_eq!((resp.status().as_u16(), mock.calls()), (503, 1));
+        assert_eq!(exhausted.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tries_share_the_deadline_and_none_starts_that_cannot_finish() {
+        let p = Policy {
+            per_try_timeout: Some(Duration::from_millis(400)),
+            ..policy(5)
+        };
+        let (l, _, _) = layer(Some(p), Duration::from_secs(1));
+        let mock = Mock::statuses(&[504]).delayed(Duration::from_millis(300));
+        let started = Instant::now();
+        let resp = l
+            .layer(mock.clone())
+            .call(request("GET", "/", ""))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 504);
+        let seen = mock.seen();
+        assert_eq!(seen[0].try_timeout, Some(Duration::from_millis(400)));
+        // Two tries of 300 ms plus backoffs fit in 1 s; a third would leave under 400 ms.
+        assert_eq!(
+            seen.len(),
+            2,
+            "{:?}",
+            seen.iter().map(|s| s.try_timeout).collect::<Vec<_>>()
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn upgrades_are_tried_once() {
+        let mock = Mock::statuses(&[503]);
+        let (l, _, _) = layer(Some(policy(3)), Duration::from_secs(10));
+        let mut req = request("GET", "/", "");
+        req.extensions_mut().insert(testing::on_upgrade());
+        l.layer(mock.clone()).call(req).await.unwrap();
+        assert_eq!(mock.calls(), 1);
+    }
+}

@@ -95,40 +95,9 @@ pub async fn send(
         },
         None => exchange.await,
     };
-    let target = || pool.target().to_string();
     let (mut resp, lease) = match result {
-        Err(PoolError::Connect(e)) => {
-            metrics.attempt(AttemptResult::ConnectFailure);
-            return Err(ProxyError::Connect {
-                target: target(),
-                source: Box::new(e),
-            });
-        }
-        Err(PoolError::Tls(OriginateError::Mismatch(m))) => {
-            metrics.attempt(AttemptResult::ConnectFailure);
-            return Err(ProxyError::PeerIdentityMismatch {
-                target: target(),
-                source: Box::new(m),
-            });
-        }
-        Err(PoolError::Tls(e)) => {
-            metrics.attempt(AttemptResult::ConnectFailure);
-            return Err(ProxyError::Connect {
-                target: target(),
-                source: Box::new(e),
-            });
-        }
-        Err(PoolError::Overloaded(limit)) => {
-            return Err(ProxyError::Overloaded(limit.as_str()));
-        }
-        Err(PoolError::Http(e)) => {
-            metrics.attempt(AttemptResult::Reset);
-            return Err(ProxyError::Reset {
-                target: target(),
-                source: Box::new(e),
-            });
-        }
         Ok(pair) => pair,
+        Err(e) => return Err(classify(e, pool, metrics)),
     };
     metrics.attempt(AttemptResult::Success);
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -137,6 +106,42 @@ pub async fn send(
         }
     }
     Ok(resp.map(|body| ProxyBody::upstream(body, lease)))
+}
+
+/// The caller's error for a failed exchange, with the attempt counted by its kind.
+fn classify(e: PoolError, pool: &Pool, metrics: &UpstreamMetrics) -> ProxyError {
+    let target = pool.target().to_string();
+    // A shared HTTP/2 connection's failure is every waiter's: judged by what it was.
+    let kind = match &e {
+        PoolError::Shared(inner) => inner.as_ref(),
+        other => other,
+    };
+    let (result, err) = match kind {
+        PoolError::Overloaded(limit) => return ProxyError::Overloaded(limit.as_str()),
+        PoolError::Tls(OriginateError::Mismatch(_)) => (
+            AttemptResult::ConnectFailure,
+            ProxyError::PeerIdentityMismatch {
+                target,
+                source: Box::new(e),
+            },
+        ),
+        PoolError::Connect(_) | PoolError::Tls(_) => (
+            AttemptResult::ConnectFailure,
+            ProxyError::Connect {
+                target,
+                source: Box::new(e),
+            },
+        ),
+        PoolError::Http(_) | PoolError::Shared(_) => (
+            AttemptResult::Reset,
+            ProxyError::Reset {
+                target,
+                source: Box::new(e),
+            },
+        ),
+    };
+    metrics.attempt(result);
+    err
 }
 
 /// HTTP/1.1 needs `Host` and HTTP/2 an `:authority`; a caller that sent neither gets the

@@ -2,7 +2,10 @@
 //!
 //! HTTP/1.1: a stack of idle connections, most recently used first; a connection returns to
 //! it only when its response body has ended (a `Lease` carried by the body), so a request
-//! never waits behind another. HTTP/2: one multiplexed connection, shared.
+//! never waits behind another. HTTP/2: one multiplexed connection, shared. When it must be
+//! (re)opened, the first request to see that opens it and the others wait on a `watch` for
+//! its outcome; no lock is held while connecting. If that request gives up midway, the next
+//! waiter takes over.
 //!
 //! A request that fails on a reused connection before any of it was written (the peer had
 //! closed the idle connection) is sent again on another one. Idle connections are closed
@@ -24,7 +27,10 @@ use hyper::{
     client::conn::{http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{sync::Notify, time::Instant};
+use tokio::{
+    sync::{watch, Notify},
+    time::Instant,
+};
 
 use super::connector::{self, ConnectError, Stream, Target};
 use crate::{
@@ -48,6 +54,10 @@ pub enum PoolError {
     /// The TLS handshake failed (the server's identity included).
     #[error(transparent)]
     Tls(#[from] OriginateError),
+    /// Opening the shared HTTP/2 connection failed for the request that opened it, and so for
+    /// every request that waited on it too.
+    #[error(transparent)]
+    Shared(Arc<PoolError>),
 }
 
 /// Pooled connections to one target. Cheap to clone.
@@ -62,7 +72,7 @@ struct Inner {
     connect_timeout: Duration,
     idle_timeout: Duration,
     http1: Mutex<Vec<Idle>>,
-    http2: tokio::sync::Mutex<Option<Shared>>,
+    http2: Mutex<H2>,
     sweeping: std::sync::Once,
     /// The service's breaker, which counts this pool's connections.
     breaker: Option<Arc<Breaker>>,
@@ -78,9 +88,25 @@ struct Idle {
     since: Instant,
 }
 
+/// The state of the shared HTTP/2 connection.
 #[derive(Debug)]
+enum H2 {
+    /// None yet, or the last one was swept.
+    Empty,
+    /// Open (or closed since, which the next request notices).
+    Ready(Shared),
+    /// A request is opening one; the others wait for its outcome.
+    Connecting(watch::Receiver<Option<Opened>>),
+}
+
+/// The outcome of opening the HTTP/2 connection, for those who waited.
+type Opened = Result<Shared, Arc<PoolError>>;
+
+#[derive(Debug, Clone)]
 struct Shared {
     sender: http2::SendRequest<ProxyBody>,
+    /// Which connection this is; a retry asks for a newer one.
+    generation: u64,
     last_used: Instant,
 }
 
@@ -125,7 +151,7 @@ impl Pool {
                 connect_timeout,
                 idle_timeout,
                 http1: Mutex::new(Vec::new()),
-                http2: tokio::sync::Mutex::new(None),
+                http2: Mutex::new(H2::Empty),
                 sweeping: std::sync::Once::new(),
                 breaker,
                 returned: Notify::new(),
@@ -213,34 +239,105 @@ impl Pool {
 
     async fn send_http2(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, PoolError> {
         let mut req = req;
-        for attempt in 0..2 {
-            let mut sender = {
-                let mut slot = self.inner.http2.lock().await;
-                match slot.as_mut() {
-                    Some(s) if !s.sender.is_closed() && attempt == 0 => {
-                        s.last_used = Instant::now();
-                        s.sender.clone()
-                    }
-                    _ => {
-                        let room = self.http2_slot().await?;
-                        let sender = self.connect_http2(room).await?;
-                        *slot = Some(Shared {
-                            sender: sender.clone(),
-                            last_used: Instant::now(),
-                        });
-                        sender
-                    }
-                }
-            };
+        let mut failed = None;
+        loop {
+            let shared = self.http2_sender(failed).await?;
+            let mut sender = shared.sender;
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) if attempt == 0 => req = unsent,
+                    // The connection went away before the request was written: once more,
+                    // on a newer connection.
+                    Some(unsent) if failed.is_none() => {
+                        req = unsent;
+                        failed = Some(shared.generation);
+                    }
                     _ => return Err(e.into_error().into()),
                 },
             }
         }
-        unreachable!("the second attempt returns")
+    }
+
+    /// The shared HTTP/2 connection, opened when there is none, it closed, or it is the
+    /// generation `stale` (a request failed on it).
+    async fn http2_sender(&self, stale: Option<u64>) -> Result<Shared, PoolError> {
+        loop {
+            let lead = {
+                let mut state = self.inner.http2.lock().unwrap_or_else(|p| p.into_inner());
+                match &mut *state {
+                    H2::Ready(s) if !s.sender.is_closed() && Some(s.generation) != stale => {
+                        s.last_used = Instant::now();
+                        return Ok(s.clone());
+                    }
+                    H2::Connecting(rx) => Err(rx.clone()),
+                    other => {
+                        let generation = match other {
+                            H2::Ready(s) => s.generation + 1,
+                            _ => 0,
+                        };
+                        let (tx, rx) = watch::channel(None);
+                        *other = H2::Connecting(rx);
+                        Ok((tx, generation))
+                    }
+                }
+            };
+            let mut waiting = match lead {
+                Ok((tx, generation)) => return self.open_http2(tx, generation).await,
+                Err(rx) => rx,
+            };
+            // Another request is connecting: wait for its outcome. If it gave up (its sender
+            // dropped), go round and take over.
+            let outcome = waiting
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|v| v.clone());
+            match outcome {
+                Some(Ok(shared)) => return Ok(shared),
+                Some(Err(e)) => return Err(PoolError::Shared(e)),
+                None => {
+                    let mut state = self.inner.http2.lock().unwrap_or_else(|p| p.into_inner());
+                    if matches!(&*state, H2::Connecting(rx) if rx.same_channel(&waiting)) {
+                        *state = H2::Empty;
+                    }
+                    drop(state);
+                }
+            }
+        }
+    }
+
+    /// Opens the shared HTTP/2 connection and tells the waiters how it went.
+    async fn open_http2(
+        &self,
+        tx: watch::Sender<Option<Opened>>,
+        generation: u64,
+    ) -> Result<Shared, PoolError> {
+        // Dropped without an outcome (this request gave up): the state is reset by a waiter,
+        // or by the next request to find the channel closed.
+        let opened = async {
+            let room = self.http2_slot().await?;
+            self.connect_http2(room).await
+        }
+        .await;
+        let mut state = self.inner.http2.lock().unwrap_or_else(|p| p.into_inner());
+        match opened {
+            Ok(sender) => {
+                let shared = Shared {
+                    sender,
+                    generation,
+                    last_used: Instant::now(),
+                };
+                *state = H2::Ready(shared.clone());
+                let _ = tx.send(Some(Ok(shared.clone())));
+                Ok(shared)
+            }
+            Err(e) => {
+                *state = H2::Empty;
+                let e = Arc::new(e);
+                let _ = tx.send(Some(Err(e.clone())));
+                Err(PoolError::Shared(e))
+            }
+        }
     }
 
     /// Room for the HTTP/2 connection under the breaker's `max_connections`.
@@ -324,7 +421,7 @@ impl Pool {
                 loop {
                     tokio::time::sleep(period).await;
                     let Some(inner) = weak.upgrade() else { return };
-                    inner.sweep().await;
+                    inner.sweep();
                 }
             });
         });
@@ -342,18 +439,17 @@ impl Inner {
         None
     }
 
-    async fn sweep(&self) {
+    fn sweep(&self) {
         let timeout = self.idle_timeout;
         self.http1
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|c| !c.sender.is_closed() && c.since.elapsed() < timeout);
-        let mut slot = self.http2.lock().await;
-        if slot
-            .as_ref()
-            .is_some_and(|s| s.sender.is_closed() || s.last_used.elapsed() >= timeout)
-        {
-            *slot = None;
+        let mut state = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+        if let H2::Ready(s) = &*state {
+            if s.sender.is_closed() || s.last_used.elapsed() >= timeout {
+                *state = H2::Empty;
+            }
         }
     }
 }
