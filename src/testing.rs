@@ -151,5 +151,5 @@ pub fn connect_failure() -> ProxyError {
 
 /// An `OnUpgrade`, as hyper puts on a request that asks to upgrade.
 pub fn on_upgrade() -> hyper::upgrade::OnUpgrade {
-    hyper::upgrade::on(&mut Request::new(()))
+    hyper::upgrade::on(Request::new(()))
 }
