@@ -1,17 +1,21 @@
-//! The per-request context, carried in the request's extensions from the listener to the
-//! pooled client: what the connection says about the caller (`ConnMeta`), and the tags the
+//! The vocabulary every layer of the stack shares: the request as it travels (`Req`: the
+//! HTTP request with its context beside it), the response, and the future type. The context
+//! (`Ctx`) holds what the connection says about the caller (`ConnMeta`) and the tags the
 //! stack learns on the way down (route, backend, endpoint), which the outermost layer reads
-//! back for metrics and the access log. Also the vocabulary every layer of the stack shares:
-//! the request, response and future types.
+//! back for metrics and the access log.
 //!
-//! The tags sit behind a mutex that only the request's own task takes, each time for a field
+//! The context travels beside the request rather than in its extensions: an extension costs
+//! three allocations and a hash lookup for every layer that reads it, on every request. The
+//! tags sit behind a mutex that only the request's own task takes, each time for a field
 //! write, so it is never contended and never held across an await.
 
 use std::{
     future::Future,
     net::SocketAddr,
+    ops::{Deref, DerefMut},
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
 };
 
 use http::{Request, Response};
@@ -21,8 +25,43 @@ use crate::{
     tls::accept::ClientId,
 };
 
-/// A request on its way through the stack.
-pub type Req = Request<ProxyBody>;
+/// A request on its way through the stack: the HTTP request (which it derefs to) and its
+/// context.
+#[derive(Debug)]
+pub struct Req {
+    /// The HTTP request, as it will be sent upstream once the layers have shaped it.
+    pub http: Request<ProxyBody>,
+    /// The request's context.
+    pub ctx: Ctx,
+    /// The time this try has for response headers, set by the retry layer for the endpoint
+    /// layer below it (which applies it, so a timeout counts against the endpoint).
+    pub try_timeout: Option<Duration>,
+}
+
+impl Req {
+    /// `http` with the context `ctx`.
+    pub fn new(http: Request<ProxyBody>, ctx: Ctx) -> Self {
+        Self {
+            http,
+            ctx,
+            try_timeout: None,
+        }
+    }
+}
+
+impl Deref for Req {
+    type Target = Request<ProxyBody>;
+
+    fn deref(&self) -> &Request<ProxyBody> {
+        &self.http
+    }
+}
+
+impl DerefMut for Req {
+    fn deref_mut(&mut self) -> &mut Request<ProxyBody> {
+        &mut self.http
+    }
+}
 /// A response on its way back.
 pub type Resp = Response<ProxyBody>;
 /// What a layer of the stack returns: a response or the error the rescue turns into one.
@@ -74,8 +113,7 @@ pub struct Tags {
     pub tried: Vec<SocketAddr>,
 }
 
-/// The context of one request. Cheap to clone: retries and mirrors copy the request's
-/// extensions, and with them this handle.
+/// The context of one request. Cheap to clone: each try of a retried request carries it.
 #[derive(Debug, Clone)]
 pub struct Ctx(Arc<Inner>);
 
@@ -92,18 +130,6 @@ impl Ctx {
             conn,
             tags: Mutex::default(),
         }))
-    }
-
-    /// The context of `req`. Every request inside the stack has one (the listener's handler
-    /// inserts it); a request without one gets a context of an unknown peer.
-    pub fn of<B>(req: &Request<B>) -> Ctx {
-        match req.extensions().get::<Ctx>() {
-            Some(ctx) => ctx.clone(),
-            None => {
-                let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
-                Ctx::new(ConnMeta::plain(nowhere, nowhere, Direction::Outbound))
-            }
-        }
     }
 
     /// The connection the request arrived on.
@@ -143,13 +169,3 @@ impl Ctx {
         }
     }
 }
-
-/// Inserts `ctx` into `req`'s extensions.
-pub fn attach<B>(req: &mut Request<B>, ctx: Ctx) {
-    req.extensions_mut().insert(ctx);
-}
-
-/// The time one try has for its response headers, set by the retry layer for the endpoint
-/// layer below it (which applies it, so a timeout is counted against the endpoint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TryTimeout(pub std::time::Duration);

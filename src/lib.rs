@@ -24,6 +24,7 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod explain;
+pub mod headers;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

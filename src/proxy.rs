@@ -1,12 +1,11 @@
 //! The data path's listeners: the accept loop and connection handling (`server`), each
 //! direction's stack (`outbound`, `inbound`), the layers only they use (`observe`: metrics,
 //! rescue and the access log; `forward`: request preparation and the forwarding path every
-//! backend shares; `authorize`), header hygiene (`headers`), and `rescue`, the one place an
+//! backend shares; `authorize`), and `rescue`, the one place an
 //! error becomes a response.
 
 pub mod authorize;
 pub mod forward;
-pub mod headers;
 pub mod inbound;
 pub mod observe;
 pub mod outbound;
@@ -25,7 +24,7 @@ use tower::{Layer, Service};
 
 use crate::{
     body::ProxyBody,
-    context::{self, BoxFuture, Ctx, Req, Resp},
+    context::{BoxFuture, Ctx, Req, Resp},
     metrics::Direction,
     runtime::Runtime,
 };
@@ -39,8 +38,7 @@ pub use rescue::rescue;
 pub async fn handle(rt: Arc<Runtime>, conn: ConnMeta, req: Request<Incoming>) -> Resp {
     let snap = rt.snapshot();
     let direction = conn.direction;
-    let mut req = req.map(ProxyBody::stream);
-    context::attach(&mut req, Ctx::new(conn));
+    let req = Req::new(req.map(ProxyBody::stream), Ctx::new(conn));
     let answer = match direction {
         Direction::Outbound => match &snap.outbound {
             Some(ob) => ob.stack.clone().call(req).await,

@@ -15,7 +15,7 @@ use tower::Service;
 
 use crate::{
     body::ProxyBody,
-    context::{self, BoxFuture, ConnMeta, Ctx, Req, Resp, TryTimeout},
+    context::{BoxFuture, ConnMeta, Ctx, Req, Resp},
     error::ProxyError,
     metrics::Direction,
 };
@@ -93,13 +93,13 @@ impl Service<Req> for Mock {
     fn call(&mut self, req: Req) -> BoxFuture {
         let this = self.clone();
         Box::pin(async move {
-            let ctx = Ctx::of(&req);
+            let ctx = req.ctx.clone();
             let tried = ctx.tags().tried.clone();
             // Each call is "sent to" endpoint 10.0.0.n:80, so retries can be seen avoiding it.
             let n = this.seen.lock().unwrap().len();
             ctx.set_endpoint(SocketAddr::from(([10, 0, 0, n as u8], 80)));
-            let try_timeout = req.extensions().get::<TryTimeout>().map(|t| t.0);
-            let (parts, body) = req.into_parts();
+            let try_timeout = req.try_timeout;
+            let (parts, body) = req.http.into_parts();
             let body = body
                 .collect()
                 .await
@@ -128,17 +128,16 @@ pub fn status(code: u16) -> Resp {
 
 /// A request to `uri` with `body`, from 127.0.0.1 on the outbound listener.
 pub fn request(method: &str, uri: &str, body: &'static str) -> Req {
-    let mut req = Request::builder()
+    let http = Request::builder()
         .method(method)
         .uri(uri)
         .body(ProxyBody::full(body))
         .unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], 40000));
-    context::attach(
-        &mut req,
+    Req::new(
+        http,
         Ctx::new(ConnMeta::plain(addr, addr, Direction::Outbound)),
-    );
-    req
+    )
 }
 
 /// A connect failure, as the client reports one.

@@ -2,7 +2,7 @@
 //! caller's request into the upstream request once, before the tries: hop-by-hop hygiene,
 //! `x-forwarded-*`, the route's path rewrite and request header edits, and the protocol
 //! version the service speaks (HTTP/1.1 in origin form with `Host`, HTTP/2 with the absolute
-//! URI). On the way back it strips the response's hop-by-hop headers. `ResponseEdits`
+//! URI); the client strips the response's hop-by-hop headers on the way back. `ResponseEdits`
 //! applies a route's response header edits to every answer the route gives.
 
 use std::{
@@ -13,16 +13,17 @@ use std::{
 use http::{
     header,
     uri::{Authority, PathAndQuery, Scheme},
-    HeaderValue, Uri, Version,
+    HeaderValue, Request, Uri, Version,
 };
 use hyper::upgrade::OnUpgrade;
 use tower::{Layer, Service, ServiceBuilder};
 
-use super::headers;
 use crate::{
+    body::ProxyBody,
     config::file::Protocol,
-    context::{BoxFuture, Ctx, Req, Resp},
+    context::{BoxFuture, ConnMeta, Req, Resp},
     error::ProxyError,
+    headers,
     resilience::retry::{Retry, RetryLayer},
     routing::{HeaderEdits, Rewrite},
     upstream::{self, Balance},
@@ -117,26 +118,31 @@ where
     }
 
     fn call(&mut self, req: Req) -> BoxFuture {
-        let mut req = match prepare(req, &self.shape) {
+        let Req {
+            http,
+            ctx,
+            try_timeout,
+        } = req;
+        let mut http = match prepare(http, ctx.conn(), &self.shape) {
             Ok(r) => r,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        self.shape.edits.apply(req.headers_mut());
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut resp = fut.await?;
-            let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-            headers::strip_hop_by_hop(resp.headers_mut(), switching);
-            Ok(resp)
+        self.shape.edits.apply(http.headers_mut());
+        self.inner.call(Req {
+            http,
+            ctx,
+            try_timeout,
         })
     }
 }
 
 /// The upstream request for `req`. An upgrade keeps the caller's `OnUpgrade` for the client
 /// to tunnel with; any other request loses it, which tells the layers below it is not one.
-fn prepare(req: Req, shape: &Shape) -> Result<Req, ProxyError> {
-    let ctx = Ctx::of(&req);
-    let conn = ctx.conn();
+fn prepare(
+    req: Request<ProxyBody>,
+    conn: &ConnMeta,
+    shape: &Shape,
+) -> Result<Request<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let upgrade = headers::is_upgrade(parts.version, &parts.method, &parts.headers);
     if !upgrade {
@@ -194,7 +200,7 @@ fn prepare(req: Req, shape: &Shape) -> Result<Req, ProxyError> {
         }
         parts.uri = Uri::from(pq);
     }
-    Ok(Req::from_parts(parts, body))
+    Ok(Request::from_parts(parts, body))
 }
 
 // === impl ResponseEditsLayer ===

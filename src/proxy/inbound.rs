@@ -16,12 +16,12 @@ use tower::{Service, ServiceBuilder};
 use super::{
     authorize::Authorizer,
     forward::{self, Forward},
-    headers,
     observe::{Observe, ObserveLayer},
 };
 use crate::{
-    context::{BoxFuture, Ctx, Req, Resp},
+    context::{BoxFuture, Req, Resp},
     error::ProxyError,
+    headers,
     metrics::{Direction, Metrics},
     resilience::{
         breaker::{BreakerLayer, CircuitBreaker},
@@ -136,8 +136,7 @@ where
 impl Rules {
     fn admit(&self, req: &mut Req) -> Result<(), ProxyError> {
         headers::check_framing(req.headers())?;
-        let ctx = Ctx::of(req);
-        let conn = ctx.conn();
+        let conn = req.ctx.conn().clone();
         // Also catches connections accepted in plaintext before a reload made the mode strict.
         if self.tls == tls::Mode::Strict && !conn.tls {
             return Err(ProxyError::MtlsRequired);

@@ -80,7 +80,7 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let started = Instant::now();
-        let ctx = Ctx::of(&req);
+        let ctx = req.ctx.clone();
         let access = self.settings.access_log.then(|| AccessLine::capture(&req));
         let fut = self.inner.call(req);
         let settings = self.settings.clone();

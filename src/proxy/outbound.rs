@@ -18,7 +18,6 @@ use tower::{Service, ServiceBuilder};
 
 use super::{
     forward::{self, Forward, ResponseEdits, ResponseEditsLayer},
-    headers,
     observe::{Observe, ObserveLayer},
 };
 use crate::{
@@ -26,6 +25,7 @@ use crate::{
     config::file::{Protocol, Unmatched},
     context::{BoxFuture, ConnMeta, Ctx, Req, Resp},
     error::ProxyError,
+    headers,
     metrics::{AttemptResult, Direction, Metrics, RequestMetrics, UpstreamMetrics},
     resilience::{
         breaker::{BreakerLayer, CircuitBreaker},
@@ -199,11 +199,11 @@ impl Router {
     fn route(&self, req: Req) -> Result<BoxFuture, ProxyError> {
         let r = &*self.0;
         headers::check_framing(req.headers())?;
-        let ctx = Ctx::of(&req);
+        let ctx = &req.ctx;
         if req.method() == Method::CONNECT {
             // A tunnel's contents are opaque to routes: only passthrough applies.
-            self.passing_through(&ctx)?;
-            return Ok(Box::pin(connect_tunnel(self.0.clone(), ctx, req)));
+            self.passing_through(ctx)?;
+            return Ok(Box::pin(connect_tunnel(self.0.clone(), req)));
         }
         let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
             req.headers()
@@ -222,7 +222,7 @@ impl Router {
             ctx.set_route(&route.spec.name, &route.local_metrics);
             return Ok(r.routes[i].clone().call(req));
         }
-        self.passing_through(&ctx)?;
+        self.passing_through(ctx)?;
         let authority = authority.ok_or(ProxyError::NoRoute)?;
         if authority.parse::<http::uri::Authority>().is_err() {
             return Err(ProxyError::BadRequest("invalid host"));
@@ -252,13 +252,13 @@ impl Router {
 /// Answers `CONNECT host:port` (HTTPS through Remora as an HTTP proxy): opens a TCP
 /// connection to the authority, answers 200, and copies bytes both ways once the caller's
 /// connection is handed over.
-async fn connect_tunnel(r: Arc<RouterInner>, ctx: Ctx, mut req: Req) -> crate::context::Result {
+async fn connect_tunnel(r: Arc<RouterInner>, mut req: Req) -> crate::context::Result {
     let authority = req
         .uri()
         .authority()
         .map(|a| a.as_str().to_owned())
         .ok_or(ProxyError::BadRequest("CONNECT needs host:port"))?;
-    if loops_back(&authority, ctx.conn()) {
+    if loops_back(&authority, req.ctx.conn()) {
         return Err(ProxyError::Loop);
     }
     let target = passthrough::target(&authority)
@@ -275,7 +275,7 @@ async fn connect_tunnel(r: Arc<RouterInner>, ctx: Ctx, mut req: Req) -> crate::c
         }
     };
     r.passthrough_upstream.attempt(AttemptResult::Success);
-    let on_upgrade = hyper::upgrade::on(&mut req);
+    let on_upgrade = hyper::upgrade::on(&mut req.http);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -443,7 +443,7 @@ impl Service<Req> for Split {
             // Compiling refuses a forwarding route without a weighted backend.
             return Box::pin(std::future::ready(Err(ProxyError::NoRoute)));
         };
-        Ctx::of(&req).set_service(&b.name, &b.metrics);
+        req.ctx.set_service(&b.name, &b.metrics);
         b.stack.clone().call(req)
     }
 }

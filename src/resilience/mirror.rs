@@ -263,10 +263,9 @@ where
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
-    // The copy is a request of its own: its tags must not become the caller's.
-    copy.extensions_mut()
-        .insert(Ctx::new(Ctx::of(req).conn().clone()));
     shadow_host(&mut copy);
+    // The copy is a request of its own: its tags must not become the caller's.
+    let ctx = Ctx::new(req.ctx.conn().clone());
     let shadow = shadow.clone();
     tokio::spawn(async move {
         let _slot = slot;
@@ -281,7 +280,7 @@ where
                 }
             },
         };
-        let req = copy.map(|()| ProxyBody::full(bytes));
+        let req = Req::new(copy.map(|()| ProxyBody::full(bytes)), ctx);
         match shadow.client.clone().call(req).await {
             Ok(resp) => {
                 let _ = tokio::time::timeout(timeout, resp.into_body().collect()).await;

@@ -4,7 +4,7 @@
 //! Every forwarded request passes through it: "no retry" is one try through the same code.
 //! The route's timeout (shortened by a caller's deadline, see `deadline`) bounds all tries
 //! together, and each try gets the time left, or `per_try_timeout` when that is shorter; the
-//! time is handed down as a `TryTimeout` so the endpoint layer can count a timeout against
+//! time is handed down in `Req::try_timeout` so the endpoint layer can count a timeout against
 //! the endpoint that caused it. A failed try is retried as the policy, the request's method,
 //! the replay buffer (`replay`) and the service's retry budget allow, after an exponential,
 //! jittered backoff. No try starts that could not finish inside the deadline. Upgrades are
@@ -32,7 +32,7 @@ pub use policy::{grpc_status, retry_after, Conditions, Outcome, Policy};
 use super::{deadline, replay::Replay};
 use crate::{
     body::ProxyBody,
-    context::{BoxFuture, Ctx, Req, Resp, TryTimeout},
+    context::{BoxFuture, Req, Resp},
     error::ProxyError,
 };
 
@@ -130,7 +130,7 @@ where
                 deadline::propagate(req.headers_mut(), timeout);
                 let per_try = policy.as_ref().and_then(|p| p.per_try_timeout);
                 let once = per_try.map_or(timeout, |t| t.min(timeout));
-                req.extensions_mut().insert(TryTimeout(once));
+                req.try_timeout = Some(once);
                 self.inner.call(req)
             }
         }
@@ -149,12 +149,15 @@ where
 {
     let policy = cfg.policy.as_ref().expect("retrying needs a policy");
     let deadline = Instant::now() + timeout;
-    let ctx = Ctx::of(&req);
-    let (parts, body) = req.into_parts();
+    let ctx = req.ctx;
+    let (parts, body) = req.http.into_parts();
     let replay = Replay::new(body, REPLAY_CAP);
     let mut attempt = 1;
     loop {
-        let mut req = Request::new(ProxyBody::Replay(replay.attempt()));
+        let mut req = Req::new(
+            Request::new(ProxyBody::Replay(replay.attempt())),
+            ctx.clone(),
+        );
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = parts.uri.clone();
         *req.version_mut() = parts.version;
@@ -169,7 +172,7 @@ where
         let try_timeout = policy
             .per_try_timeout
             .map_or(remaining, |t| t.min(remaining));
-        req.extensions_mut().insert(TryTimeout(try_timeout));
+        req.try_timeout = Some(try_timeout);
         let mut result = inner.call(req).await;
         let outcome = match &mut result {
             Ok(resp) => {

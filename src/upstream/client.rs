@@ -7,7 +7,6 @@
 use std::{
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
 };
 
 use http::{header, uri::Authority, HeaderValue, Uri, Version};
@@ -18,8 +17,9 @@ use tower::Service;
 use super::{Pool, PoolError};
 use crate::{
     body::ProxyBody,
-    context::{BoxFuture, Ctx, Req, Resp, Result, TryTimeout},
+    context::{BoxFuture, Req, Resp, Result},
     error::ProxyError,
+    headers,
     metrics::{AttemptResult, UpstreamMetrics},
     tls::connect::OriginateError,
 };
@@ -47,9 +47,8 @@ impl Service<Req> for Balance {
     }
 
     fn call(&mut self, req: Req) -> BoxFuture {
-        let ctx = Ctx::of(&req);
         let picked = {
-            let mut tags = ctx.tags();
+            let mut tags = req.ctx.tags();
             let picked = self.service.pick_avoiding(req.headers(), &tags.tried);
             tags.endpoint = picked.as_ref().map(|e| e.addr());
             picked
@@ -61,10 +60,9 @@ impl Service<Req> for Balance {
             return Box::pin(std::future::ready(Err(err)));
         };
         let service = self.service.clone();
-        let timeout = req.extensions().get::<TryTimeout>().map(|t| t.0);
         Box::pin(async move {
             let in_flight = endpoint.start();
-            let result = send(endpoint.pool(), req, timeout, service.metrics()).await;
+            let result = send(endpoint.pool(), req, service.metrics()).await;
             let result = result.map(|r| r.map(|b| b.with_in_flight(in_flight)));
             if let Some(ok) = endpoint_health(&result) {
                 service.observe(&endpoint, ok);
@@ -74,37 +72,38 @@ impl Service<Req> for Balance {
     }
 }
 
-/// Sends `req` through `pool` and waits at most `timeout` (when given) for response headers.
-/// A request that names no authority gets the pool's target as one.
-pub async fn send(
-    pool: &Pool,
-    mut req: Req,
-    timeout: Option<Duration>,
-    metrics: &UpstreamMetrics,
-) -> Result {
+/// Sends `req` through `pool` and waits at most its try's timeout (when it has one) for
+/// response headers. A request that names no authority gets the pool's target as one. The
+/// response's hop-by-hop headers are removed.
+pub async fn send(pool: &Pool, req: Req, metrics: &UpstreamMetrics) -> Result {
+    let timeout = req.try_timeout;
+    let mut req = req.http;
     let on_upgrade = req.extensions_mut().remove::<OnUpgrade>();
     fill_authority(&mut req, pool)?;
-    let exchange = pool.send(req);
+    // Each branch awaits the pool's future where it is made: it is large, and moving it
+    // into a timeout after making it would copy it.
     let result = match timeout {
-        Some(t) => match tokio::time::timeout(t, exchange).await {
+        Some(t) => match tokio::time::timeout(t, pool.send(req)).await {
             Ok(r) => r,
             Err(_) => {
                 metrics.attempt(AttemptResult::Timeout);
                 return Err(ProxyError::Timeout(t));
             }
         },
-        None => exchange.await,
+        None => pool.send(req).await,
     };
     let (mut resp, lease) = match result {
         Ok(pair) => pair,
         Err(e) => return Err(classify(e, pool, metrics)),
     };
     metrics.attempt(AttemptResult::Success);
-    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
         if let Some(downstream) = on_upgrade {
             tunnel(downstream, hyper::upgrade::on(&mut resp));
         }
     }
+    headers::strip_hop_by_hop(resp.headers_mut(), switching);
     Ok(resp.map(|body| ProxyBody::upstream(body, lease)))
 }
 
@@ -146,7 +145,10 @@ fn classify(e: PoolError, pool: &Pool, metrics: &UpstreamMetrics) -> ProxyError 
 
 /// HTTP/1.1 needs `Host` and HTTP/2 an `:authority`; a caller that sent neither gets the
 /// pool's target (the endpoint's address, or the passthrough authority).
-fn fill_authority(req: &mut Req, pool: &Pool) -> std::result::Result<(), ProxyError> {
+fn fill_authority(
+    req: &mut http::Request<ProxyBody>,
+    pool: &Pool,
+) -> std::result::Result<(), ProxyError> {
     let has = if req.version() == Version::HTTP_2 {
         req.uri().authority().is_some()
     } else {

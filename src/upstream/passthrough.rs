@@ -23,7 +23,7 @@ use tower::Service;
 
 use super::{client, Pool, Target};
 use crate::{
-    context::{BoxFuture, Req, Resp, TryTimeout},
+    context::{BoxFuture, Req, Resp},
     error::ProxyError,
     metrics::UpstreamMetrics,
 };
@@ -184,9 +184,8 @@ impl Service<Req> for PassthroughClient {
             let err = ProxyError::BadRequest("invalid port in authority");
             return Box::pin(std::future::ready(Err(err)));
         };
-        let timeout = req.extensions().get::<TryTimeout>().map(|t| t.0);
         let metrics = self.metrics.clone();
-        Box::pin(async move { client::send(&pool, req, timeout, &metrics).await })
+        Box::pin(async move { client::send(&pool, req, &metrics).await })
     }
 }
 

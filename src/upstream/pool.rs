@@ -217,7 +217,9 @@ impl Pool {
             }
         };
         drop(waiting);
-        let mut sender = self.connect_http1(slot).await?;
+        // Boxed: opening a connection is rare, and its state (TCP, TLS, the handshake) would
+        // otherwise make every request's future several KiB larger, and futures are moved.
+        let mut sender = Box::pin(self.connect_http1(slot)).await?;
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(self.lease(resp, sender)),
             Err(e) => Err(e.into_error().into()),
@@ -282,7 +284,8 @@ impl Pool {
                 }
             };
             let mut waiting = match lead {
-                Ok((tx, generation)) => return self.open_http2(tx, generation).await,
+                // Boxed, like the HTTP/1.1 connect path.
+                Ok((tx, generation)) => return Box::pin(self.open_http2(tx, generation)).await,
                 Err(rx) => rx,
             };
             // Another request is connecting: wait for its outcome. If it gave up (its sender

@@ -1,5 +1,6 @@
-//! Header hygiene between hops: request-smuggling checks, hop-by-hop removal (RFC 9110
-//! §7.6.1), `x-forwarded-*`, and upgrade detection.
+//! HTTP header hygiene between hops, for the listeners and the client alike:
+//! request-smuggling checks, hop-by-hop removal (RFC 9110 §7.6.1), `x-forwarded-*`, and
+//! upgrade detection.
 
 use http::{
     header::{self, HeaderName},
