@@ -12,7 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::{
-    resilience::{breaker::RequestPermit, mirror::Tee, replay::ReplayBody},
+    resilience::{mirror::Tee, replay::ReplayBody},
     upstream::{InFlight, Lease},
 };
 
@@ -27,7 +27,7 @@ pub enum ProxyBody {
         /// or is dropped.
         in_flight: Option<InFlight>,
         /// Keeps the request counted by its service's circuit breaker until then too.
-        permit: Option<RequestPermit>,
+        permit: Option<Place>,
         /// The upstream connection, returned to its pool when the body ends.
         lease: Option<Lease>,
     },
@@ -77,7 +77,7 @@ impl ProxyBody {
 
     /// Keeps `permit` (the service's count of this request) until the body ends; a body
     /// that has ended, or that Remora made itself, lets it go at once.
-    pub fn with_permit(mut self, permit: RequestPermit) -> Self {
+    pub fn with_permit(mut self, permit: Place) -> Self {
         if let Some((_, slot)) = self.guards() {
             *slot = Some(permit);
         }
@@ -94,7 +94,7 @@ impl ProxyBody {
     }
 
     /// The guard slots of a streamed body that has not ended.
-    fn guards(&mut self) -> Option<(&mut Option<InFlight>, &mut Option<RequestPermit>)> {
+    fn guards(&mut self) -> Option<(&mut Option<InFlight>, &mut Option<Place>)> {
         match self {
             ProxyBody::Stream {
                 body,
@@ -186,5 +186,30 @@ impl Body for ProxyBody {
             ProxyBody::Tee(t) => t.size_hint(),
             ProxyBody::Prefixed { .. } => SizeHint::default(),
         }
+    }
+}
+
+/// What a request's place is counted by (a circuit breaker's `max_requests`).
+pub trait Release: Send + Sync + std::fmt::Debug {
+    /// The request's place ends.
+    fn release(&self);
+}
+
+/// A request's place under a limit, given back when dropped: when its response body ends,
+/// or with the request when it fails. A pointer to what counts it, so holding one costs no
+/// allocation.
+#[derive(Debug)]
+pub struct Place(std::sync::Arc<dyn Release>);
+
+impl Place {
+    /// A place counted by `counter`, which has counted it already.
+    pub fn new(counter: std::sync::Arc<dyn Release>) -> Self {
+        Self(counter)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }

@@ -18,10 +18,14 @@ use std::{
     time::Duration,
 };
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 
 use crate::{
-    body::ProxyBody, error::ProxyError, metrics::Direction, metrics::RequestMetrics,
+    body::{Place, ProxyBody},
+    error::ProxyError,
+    headers,
+    metrics::Direction,
+    metrics::RequestMetrics,
     tls::accept::ClientId,
 };
 
@@ -83,6 +87,8 @@ pub struct ConnMeta {
     pub tls: bool,
     /// The caller's SPIFFE ID, verified in the mTLS handshake.
     pub client_id: Option<ClientId>,
+    /// The caller's address as an `x-forwarded-for` entry (made once per connection).
+    pub forwarded_for: HeaderValue,
 }
 
 impl ConnMeta {
@@ -94,6 +100,7 @@ impl ConnMeta {
             direction,
             tls: false,
             client_id: None,
+            forwarded_for: headers::forwarded_for(peer.ip()),
         }
     }
 }
@@ -111,6 +118,8 @@ pub struct Tags {
     pub endpoint: Option<SocketAddr>,
     /// Endpoints of earlier tries, which a retry avoids where it can.
     pub tried: Vec<SocketAddr>,
+    /// The request's place in its service's circuit breaker, until the response body holds it.
+    pub place: Option<Place>,
 }
 
 /// The context of one request. Cheap to clone: each try of a retried request carries it.
@@ -159,6 +168,19 @@ impl Ctx {
     /// Records the endpoint a try goes to.
     pub fn set_endpoint(&self, endpoint: SocketAddr) {
         self.tags().endpoint = Some(endpoint);
+    }
+
+    /// Keeps `place` for the request; [`Ctx::answer`] hands it to the response body.
+    pub fn hold(&self, place: Place) {
+        self.tags().place = Some(place);
+    }
+
+    /// The response the caller gets: it holds the request's place until its body ends.
+    pub fn answer(&self, resp: Resp) -> Resp {
+        match self.tags().place.take() {
+            Some(place) => resp.map(|b| b.with_permit(place)),
+            None => resp,
+        }
     }
 
     /// Starts a new try: the latest endpoint joins those to avoid.

@@ -100,27 +100,37 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name == header::TE || name == header::UPGRADE
 }
 
-/// Appends the caller's address to `x-forwarded-for` and sets `x-forwarded-proto` when absent.
-pub fn add_forwarded(headers: &mut HeaderMap, client_ip: std::net::IpAddr, proto: &'static str) {
+/// The caller's address as an `x-forwarded-for` entry; made once per connection, so a request
+/// that arrives without the header gets it without an allocation.
+pub fn forwarded_for(client_ip: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client_ip.to_string()).expect("an IP address is a valid header value")
+}
+
+/// Appends the caller's address (`client`, from [`forwarded_for`]) to `x-forwarded-for` and
+/// sets `x-forwarded-proto` when absent.
+pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'static str) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    use std::fmt::Write;
-    let mut value = String::with_capacity(48);
     let mut prev = headers
         .get_all(&XFF)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .peekable();
-    if prev.peek().is_some() {
+    let value = if prev.peek().is_none() {
+        client.clone()
+    } else {
+        let mut value = String::with_capacity(64);
         for p in prev {
             value.push_str(p);
             value.push_str(", ");
         }
-    }
-    let _ = write!(value, "{client_ip}");
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
-        headers.insert(XFF, v);
-    }
+        value.push_str(client.to_str().unwrap_or_default());
+        match HeaderValue::from_str(&value) {
+            Ok(v) => v,
+            Err(_) => client.clone(),
+        }
+    };
+    headers.insert(XFF, value);
     if !headers.contains_key(&XFP) {
         headers.insert(XFP, HeaderValue::from_static(proto));
     }
@@ -181,8 +191,16 @@ mod tests {
     #[test]
     fn forwarded_for_is_appended() {
         let mut h = map(&[("x-forwarded-for", "1.1.1.1")]);
-        add_forwarded(&mut h, "10.0.0.1".parse().unwrap(), "http");
+        let me = forwarded_for("10.0.0.1".parse().unwrap());
+        add_forwarded(&mut h, &me, "http");
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
+        let mut h = map(&[("x-forwarded-proto", "https")]);
+        add_forwarded(&mut h, &forwarded_for("::1".parse().unwrap()), "http");
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert_eq!(
+            h["x-forwarded-proto"], "https",
+            "the first hop's scheme is kept"
+        );
     }
 }

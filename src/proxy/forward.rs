@@ -151,7 +151,7 @@ fn prepare(
     let downstream_version = parts.version;
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     let proto = if conn.tls { "https" } else { "http" };
-    headers::add_forwarded(&mut parts.headers, conn.peer.ip(), proto);
+    headers::add_forwarded(&mut parts.headers, &conn.forwarded_for, proto);
 
     let pq = match &shape.rewrite {
         Some(rw) => PathAndQuery::try_from(rw.apply(parts.uri.path(), parts.uri.query()))

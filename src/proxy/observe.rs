@@ -72,7 +72,7 @@ where
 {
     type Response = Resp;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
+    type Future = Observed;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -82,12 +82,39 @@ where
         let started = Instant::now();
         let ctx = req.ctx.clone();
         let access = self.settings.access_log.then(|| AccessLine::capture(&req));
-        let fut = self.inner.call(req);
-        let settings = self.settings.clone();
-        Box::pin(async move {
-            let result = fut.await;
-            Ok(finish(&settings, &ctx, started, result, access))
-        })
+        Observed {
+            inner: self.inner.call(req),
+            done: Some(Done {
+                settings: self.settings.clone(),
+                ctx,
+                started,
+                access,
+            }),
+        }
+    }
+}
+
+/// The caller's answer on its way: the stack's future, then the recording. A named future
+/// rather than a boxed one, as it is the stack's outermost (one allocation less per request).
+pub struct Observed {
+    inner: BoxFuture,
+    done: Option<Done>,
+}
+
+struct Done {
+    settings: Arc<Settings>,
+    ctx: Ctx,
+    started: Instant,
+    access: Option<AccessLine>,
+}
+
+impl Future for Observed {
+    type Output = Result<Resp, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = std::task::ready!(self.inner.as_mut().poll(cx));
+        let d = self.done.take().expect("polled after completion");
+        Poll::Ready(Ok(finish(&d.settings, &d.ctx, d.started, result, d.access)))
     }
 }
 
@@ -136,6 +163,8 @@ fn finish(
     access: Option<AccessLine>,
 ) -> Resp {
     let conn = ctx.conn();
+    // The breaker's place, if the request took one, goes with the body (or ends here).
+    let result = result.map(|r| ctx.answer(r));
     let tags = ctx.tags();
     let route = tags.route.as_deref().unwrap_or("");
     let service = tags

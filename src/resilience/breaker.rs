@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tower::{Layer, Service};
 
 use crate::{
+    body::{Place, Release},
     context::{BoxFuture, Req, Resp},
     error::ProxyError,
 };
@@ -108,7 +109,7 @@ impl Breaker {
     }
 
     /// Admits a request, or refuses it over `max_requests`.
-    pub fn admit(self: &Arc<Self>) -> Result<RequestPermit, Overflow> {
+    pub fn admit(self: &Arc<Self>) -> Result<Place, Overflow> {
         let before = self.requests.fetch_add(1, Ordering::AcqRel);
         if before >= self.limits.max_requests {
             self.requests.fetch_sub(1, Ordering::AcqRel);
@@ -116,7 +117,7 @@ impl Breaker {
             self.metrics.open.set(1);
             return Err(Overflow::Requests);
         }
-        Ok(RequestPermit(self.clone()))
+        Ok(Place::new(self.clone()))
     }
 
     /// Reserves room for a new connection; `None` at `max_connections`.
@@ -171,14 +172,11 @@ impl Breaker {
     }
 }
 
-/// A request counted in flight until dropped.
-#[derive(Debug)]
-pub struct RequestPermit(Arc<Breaker>);
-
-impl Drop for RequestPermit {
-    fn drop(&mut self) {
-        self.0.requests.fetch_sub(1, Ordering::AcqRel);
-        self.0.settle();
+/// A request's place under `max_requests` ends (its `Place` was dropped).
+impl Release for Breaker {
+    fn release(&self) {
+        self.requests.fetch_sub(1, Ordering::AcqRel);
+        self.settle();
     }
 }
 
@@ -229,7 +227,8 @@ impl<S> Layer<S> for BreakerLayer {
 }
 
 /// Refuses a request over `max_requests` with [`Overflow`], and keeps an admitted one
-/// counted until its response body ends (or the request fails).
+/// counted until its response body ends (or the request fails): the place goes into the
+/// request's context, and the outermost layer hands it to the response body.
 #[derive(Debug, Clone)]
 pub struct CircuitBreaker<S> {
     breaker: Arc<Breaker>,
@@ -249,12 +248,13 @@ where
     }
 
     fn call(&mut self, req: Req) -> BoxFuture {
-        let permit = match self.breaker.admit() {
-            Ok(p) => p,
-            Err(overflow) => return Box::pin(std::future::ready(Err(overflow.into()))),
-        };
-        let fut = self.inner.call(req);
-        Box::pin(async move { fut.await.map(|r| r.map(|b| b.with_permit(permit))) })
+        match self.breaker.admit() {
+            Ok(place) => {
+                req.ctx.hold(place);
+                self.inner.call(req)
+            }
+            Err(overflow) => Box::pin(std::future::ready(Err(overflow.into()))),
+        }
     }
 }
 
@@ -330,8 +330,13 @@ mod tests {
         );
         let mock = Mock::statuses(&[200]);
         let mut svc = BreakerLayer::new(b.clone()).layer(mock.clone());
+        // The place is the request's until its context lets go of it.
+        let req = request("GET", "/", "");
+        let ctx = req.ctx.clone();
+        let resp = svc.call(req).await.unwrap();
+        assert_eq!(b.requests(), 1);
+        let resp = ctx.answer(resp);
         // The mock's body is one made here: it has ended, so the place is free at once.
-        let resp = svc.call(request("GET", "/", "")).await.unwrap();
         assert_eq!(b.requests(), 0);
         drop(resp);
 
@@ -345,8 +350,11 @@ mod tests {
         assert_eq!(mock.calls(), 1);
         assert_eq!(m.overflow_requests.get(), 1);
         drop(_held);
-        let body = svc.call(request("GET", "/", "")).await.unwrap().into_body();
+        let req = request("GET", "/", "");
+        let ctx = req.ctx.clone();
+        let body = ctx.answer(svc.call(req).await.unwrap()).into_body();
         body.collect().await.unwrap();
+        drop(ctx);
         assert_eq!(b.requests(), 0);
     }
 }
