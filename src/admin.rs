@@ -87,20 +87,14 @@ pub async fn handle(
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" if rt.is_ready() => text(StatusCode::OK, "ready\n"),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        "/config" => match serde_yaml::to_string(&rt.snapshot().file) {
-            Ok(yaml) => {
-                let mut resp = text(StatusCode::OK, yaml);
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/yaml"),
-                );
-                resp
-            }
-            Err(e) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot render config: {e}\n"),
-            ),
-        },
+        "/config" => {
+            let mut resp = text(StatusCode::OK, rt.snapshot().effective.clone());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/yaml"),
+            );
+            resp
+        }
         "/debug/route" => debug_route(rt, req.uri().query().unwrap_or("")),
         "/reload" => match reloader {
             Some(r) => reload_status(&r.status()),

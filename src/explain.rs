@@ -8,11 +8,11 @@ use http::{header::HeaderName, HeaderMap, HeaderValue, Method, Uri};
 use serde::Serialize;
 
 use crate::{
-    config::{duration::HumanDuration, file::Unmatched},
+    config::duration::HumanDuration,
     routing::{
         host_without_port,
         matcher::{HostMatch, PathMatch, ValueMatch},
-        ActionSpec, Mismatch, RequestView, RouteMatch, RouteSpec,
+        ActionSpec, Mismatch, RequestView, RouteMatch, RouteSpec, Unmatched,
     },
     upstream::{Discovery, Service, ServiceSpec},
 };

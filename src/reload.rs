@@ -28,8 +28,10 @@ use tokio::sync::{watch, Mutex};
 
 use crate::{
     app::DataListeners,
-    config::{self, file::File},
+    config,
+    routing::RouteSpec,
     runtime::{Runtime, Snapshot},
+    upstream::ServiceSpec,
 };
 
 /// How often the file is checked for changes.
@@ -243,16 +245,16 @@ impl Changes {
     fn between(old: &Snapshot, new: &Snapshot) -> Self {
         let mut c = Changes::default();
         diff(
-            &routes(&old.file),
-            &routes(&new.file),
+            &routes(old),
+            &routes(new),
             &mut c.routes_added,
             &mut c.routes_removed,
             &mut c.routes_changed,
         );
-        let services = |s: &Snapshot| -> BTreeMap<String, String> {
+        let services = |s: &Snapshot| -> BTreeMap<String, ServiceSpec> {
             s.services
                 .iter()
-                .map(|(k, v)| (k.clone(), format!("{:?}", v.spec())))
+                .map(|(k, v)| (k.clone(), v.spec().clone()))
                 .collect()
         };
         diff(
@@ -262,10 +264,10 @@ impl Changes {
             &mut c.services_removed,
             &mut c.services_changed,
         );
-        if yaml(&old.file.inbound) != yaml(&new.file.inbound) {
+        if old.inbound_spec != new.inbound_spec {
             c.other.push("inbound".to_owned());
         }
-        if yaml(&old.file.identity) != yaml(&new.file.identity) {
+        if old.identity != new.identity {
             c.other.push("identity".to_owned());
         }
         if old.shutdown != new.shutdown {
@@ -308,23 +310,18 @@ impl fmt::Display for Changes {
     }
 }
 
-/// Each route's YAML by name.
-fn routes(file: &File) -> BTreeMap<String, String> {
-    let Some(config::file::Lenient::Ok(ob)) = &file.outbound else {
-        return BTreeMap::new();
-    };
-    ob.routes
+/// Each route's compiled spec by name.
+fn routes(s: &Snapshot) -> BTreeMap<String, &RouteSpec> {
+    s.outbound
         .iter()
-        .filter_map(|r| match r {
-            config::file::Lenient::Ok(r) => Some((r.name.clone(), yaml(r))),
-            config::file::Lenient::Err { .. } => None,
-        })
+        .flat_map(|o| o.table.routes.iter())
+        .map(|r| (r.spec.name.to_string(), &r.spec))
         .collect()
 }
 
-fn diff(
-    old: &BTreeMap<String, String>,
-    new: &BTreeMap<String, String>,
+fn diff<T: PartialEq>(
+    old: &BTreeMap<String, T>,
+    new: &BTreeMap<String, T>,
     added: &mut Vec<String>,
     removed: &mut Vec<String>,
     changed: &mut Vec<String>,
@@ -337,9 +334,4 @@ fn diff(
         }
     }
     removed.extend(old.keys().filter(|k| !new.contains_key(*k)).cloned());
-}
-
-/// A config part as YAML, for comparison.
-fn yaml<T: serde::Serialize>(part: &T) -> String {
-    serde_yaml::to_string(part).unwrap_or_default()
 }

@@ -6,5 +6,6 @@ pub mod table;
 
 pub use matcher::{host_without_port, Mismatch, RequestView, RouteMatch};
 pub use table::{
-    ActionSpec, HeaderEdits, Rewrite, Route, RouteSpec, RouteTable, Target, WeightedService,
+    ActionSpec, HeaderEdits, Rewrite, Route, RouteSpec, RouteTable, Target, Unmatched,
+    WeightedService,
 };

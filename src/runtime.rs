@@ -14,7 +14,7 @@ use std::{
 use arc_swap::ArcSwap;
 
 use crate::{
-    config::{file::File, Compiled, ShutdownSettings, Startup},
+    config::{Compiled, InboundSpec, ShutdownSettings, Startup},
     metrics::{Direction, Metrics},
     proxy::{
         authorize::{Authorizer, AuthzMetrics},
@@ -26,15 +26,19 @@ use crate::{
         table::{MirrorTarget, Target},
         ActionSpec, Route, RouteTable,
     },
-    tls::TlsContext,
+    tls::{IdentityFiles, TlsContext},
     upstream::{Passthrough, Service},
 };
 
 /// One compiled config bound to live services.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// The effective config, for `/config`.
-    pub file: File,
+    /// The effective config as YAML, for `/config`.
+    pub effective: String,
+    /// The inbound section as compiled, to tell what a reload changed.
+    pub inbound_spec: Option<InboundSpec>,
+    /// The identity's files and fingerprint, to tell what a reload changed.
+    pub identity: Option<(IdentityFiles, u64)>,
     /// Settings only a restart applies (reloads that change them are refused).
     pub startup: Startup,
     /// Graceful stop timing, read when a stop begins.
@@ -56,7 +60,7 @@ impl Snapshot {
     pub fn build(compiled: Compiled, shared: &Shared, previous: Option<&Snapshot>) -> Self {
         let startup = compiled.startup();
         let Compiled {
-            file,
+            effective,
             shutdown,
             log,
             inbound,
@@ -66,6 +70,9 @@ impl Snapshot {
             ..
         } = compiled;
         let metrics = &shared.metrics;
+        let identity_files = identity
+            .as_ref()
+            .map(|id| (id.files().clone(), id.fingerprint()));
         shared.tls.install(identity);
         let services: BTreeMap<String, Arc<Service>> = specs
             .into_iter()
@@ -141,6 +148,7 @@ impl Snapshot {
             }
         });
 
+        let inbound_spec = inbound.clone();
         let inbound = inbound.map(|ib| {
             let kept = previous
                 .and_then(|p| p.inbound.as_ref())
@@ -172,7 +180,9 @@ impl Snapshot {
         });
 
         Snapshot {
-            file,
+            effective,
+            inbound_spec,
+            identity: identity_files,
             startup,
             shutdown,
             access_log: log.access_log,

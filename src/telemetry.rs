@@ -5,12 +5,63 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::file::{LogFile, LogFormat};
+/// How logs are written, compiled from `log:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// A `tracing` filter whose every level is known (checked when the config is compiled).
+    pub filter: String,
+    /// Line format.
+    pub format: LogFormat,
+    /// One line per request, target `remora::access`.
+    pub access_log: bool,
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, fields flattened.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// The levels a filter may name.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a `tracing` filter as `log.level` takes it: comma-separated directives, each a
+/// level (`info`) or `target=level` (`remora=debug`). A bare word that is no level (such
+/// as `warning`) would be read by `tracing` as a target to log at every level, with every
+/// other line off, so it is refused here.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    for directive in filter.split(',').map(str::trim) {
+        if directive.is_empty() {
+            continue;
+        }
+        let level = match directive.rsplit_once('=') {
+            Some((_, level)) => level,
+            None => directive,
+        };
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            let hint = match level.to_ascii_lowercase().as_str() {
+                "warning" => " (did you mean \"warn\"?)",
+                "err" => " (did you mean \"error\"?)",
+                "information" | "inf" => " (did you mean \"info\"?)",
+                _ => "",
+            };
+            return Err(format!(
+                "unknown log level {level:?} in {filter:?}{hint}: use trace, debug, info, warn, error or off, alone or as target=level"
+            ));
+        }
+    }
+    EnvFilter::try_new(filter)
+        .map(drop)
+        .map_err(|e| format!("invalid log filter {filter:?}: {e}"))
+}
 
 /// Installs the global subscriber (once; later calls do nothing).
-pub fn init(log: &LogFile) {
+pub fn init(log: &LogSettings) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
+        .or_else(|_| EnvFilter::try_new(&log.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -24,4 +75,26 @@ pub fn init(log: &LogFile) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_name_known_levels() {
+        for ok in [
+            "info",
+            "warn",
+            "info,remora=debug",
+            "remora::access=off, error",
+            "TRACE",
+        ] {
+            assert!(check_filter(ok).is_ok(), "{ok}");
+        }
+        let err = check_filter("warning").unwrap_err();
+        assert!(err.contains("did you mean \"warn\""), "{err}");
+        assert!(check_filter("info,remora=loud").is_err());
+        assert!(check_filter("remora").is_err(), "a bare target is no level");
+    }
 }

@@ -28,7 +28,6 @@ pub use pool::{Lease, Pool, PoolError};
 
 use crate::{
     balance::{Balancer, EndpointSet, Policy},
-    config::file::Protocol,
     metrics::{Metrics, UpstreamMetrics},
     resilience::{
         breaker, health,
@@ -38,6 +37,18 @@ use crate::{
     },
     tls::{connect::Originator, TlsContext},
 };
+
+/// The HTTP version a service is called with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge (or ALPN `h2` over mTLS).
+    Http2,
+    /// The version the caller used.
+    #[default]
+    Auto,
+}
 
 /// A service's definition, compiled from the control file. Two equal specs describe the same
 /// service, so its live state can be kept across reloads.

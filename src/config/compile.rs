@@ -14,17 +14,18 @@ use http::{header::HeaderName, HeaderValue, Method, StatusCode};
 
 use super::file::{
     self, AuthorizeRuleFile, File, HeaderEditsFile, InboundTls, Lenient, LoadBalancerFile,
-    MatchFile, PathMatchFile, RouteFile, ServiceFile, Unmatched, ValueMatchFile,
+    MatchFile, PathMatchFile, RouteFile, ServiceFile, ValueMatchFile,
 };
 use crate::{
     balance::Policy,
     proxy::authorize::{self, IdPattern, PathPattern},
     routing::{
         matcher::{anchored_regex, HostMatch, PathMatch, ValueMatch},
-        ActionSpec, HeaderEdits, Rewrite, RouteMatch, RouteSpec, WeightedService,
+        ActionSpec, HeaderEdits, Rewrite, RouteMatch, RouteSpec, Unmatched, WeightedService,
     },
+    telemetry::{self, LogFormat, LogSettings},
     tls::{self, Identity, IdentityFiles},
-    upstream::{Discovery, ServiceSpec},
+    upstream::{Discovery, Protocol, ServiceSpec},
 };
 
 /// One problem in a config, before it is given a line and column.
@@ -39,8 +40,8 @@ pub struct Problem {
 /// A validated config: everything the runtime needs, in runtime types.
 #[derive(Debug)]
 pub struct Compiled {
-    /// The file with defaults filled in (served on `/config`).
-    pub file: File,
+    /// The effective config as YAML, every default filled in (served on `/config`).
+    pub effective: String,
     /// Admin listener address.
     pub admin: SocketAddr,
     /// Protocol limits.
@@ -48,7 +49,7 @@ pub struct Compiled {
     /// Graceful shutdown timing.
     pub shutdown: ShutdownSettings,
     /// Logging.
-    pub log: file::LogFile,
+    pub log: LogSettings,
     /// Inbound listener, when configured.
     pub inbound: Option<InboundSpec>,
     /// Outbound listener, when configured.
@@ -75,7 +76,7 @@ pub struct Startup {
     /// Log filter.
     pub log_level: String,
     /// Log format.
-    pub log_format: file::LogFormat,
+    pub log_format: LogFormat,
 }
 
 impl Startup {
@@ -100,7 +101,7 @@ impl Compiled {
             inbound: self.inbound.as_ref().map(|i| i.listen),
             outbound: self.outbound.as_ref().map(|o| o.listen),
             limits: self.limits,
-            log_level: self.log.level.clone(),
+            log_level: self.log.filter.clone(),
             log_format: self.log.format,
         }
     }
@@ -146,7 +147,7 @@ pub struct InboundSpec {
 }
 
 /// Runtime form of `outbound:`.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct OutboundSpec {
     /// Listen address.
     pub listen: SocketAddr,
@@ -199,13 +200,18 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
         .part(&file.shutdown, "shutdown")
         .cloned()
         .unwrap_or_default();
-    let log = c.part(&file.log, "log").cloned().unwrap_or_default();
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
-        c.err(
-            "log.level",
-            format!("invalid log filter {:?}: {e}", log.level),
-        );
+    let log_file = c.part(&file.log, "log").cloned().unwrap_or_default();
+    if let Err(e) = telemetry::check_filter(&log_file.level) {
+        c.err("log.level", e);
     }
+    let log = LogSettings {
+        filter: log_file.level.clone(),
+        format: match log_file.format {
+            file::LogFormat::Json => LogFormat::Json,
+            file::LogFormat::Text => LogFormat::Text,
+        },
+        access_log: log_file.access_log,
+    };
 
     let mut services = BTreeMap::new();
     for (name, svc) in &file.services {
@@ -226,7 +232,7 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
             listen,
             app: ServiceSpec {
                 discovery: Discovery::Static(vec![app]),
-                protocol: ib.protocol,
+                protocol: protocol(ib.protocol),
                 policy: Policy::RoundRobin,
                 connect_timeout: ib.connect_timeout.0,
                 idle_timeout: ib.idle_timeout.0,
@@ -267,7 +273,10 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
         }
         OutboundSpec {
             listen,
-            unmatched: ob.unmatched,
+            unmatched: match ob.unmatched {
+                file::Unmatched::Passthrough => Unmatched::Passthrough,
+                file::Unmatched::Reject => Unmatched::Reject,
+            },
             routes,
         }
     });
@@ -293,6 +302,13 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
+    // What `/config` shows: the sections a file left out, with the values in force.
+    let mut file = file;
+    file.admin = Some(Lenient::Ok(admin_file));
+    file.limits = Some(Lenient::Ok(limits_file.clone()));
+    file.shutdown = Some(Lenient::Ok(shutdown_file.clone()));
+    file.log = Some(Lenient::Ok(log_file));
+    let effective = serde_yaml::to_string(&file).unwrap_or_default();
     Ok(Compiled {
         admin,
         limits: Limits {
@@ -310,8 +326,17 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
         outbound,
         services,
         identity,
-        file,
+        effective,
     })
+}
+
+/// The runtime protocol for the file's.
+fn protocol(p: file::Protocol) -> Protocol {
+    match p {
+        file::Protocol::Http1 => Protocol::Http1,
+        file::Protocol::Http2 => Protocol::Http2,
+        file::Protocol::Auto => Protocol::Auto,
+    }
 }
 
 #[derive(Default)]
@@ -638,7 +663,7 @@ impl Ctx {
             ),
             outlier,
             discovery,
-            protocol: svc.protocol,
+            protocol: protocol(svc.protocol),
             policy,
             connect_timeout: svc.connect_timeout.0,
             idle_timeout: svc.idle_timeout.0,

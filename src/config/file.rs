@@ -71,10 +71,10 @@ pub struct File {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Lenient<IdentityFile>>,
     /// The inbound listener (callers → local app). Absent: no inbound listener.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound: Option<Lenient<InboundFile>>,
     /// The outbound listener (local app → other services). Absent: no outbound listener.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound: Option<Lenient<OutboundFile>>,
     /// Upstream services by name, referenced by routes.
     #[serde(default)]

@@ -20,13 +20,12 @@ use tower::{Layer, Service, ServiceBuilder};
 
 use crate::{
     body::ProxyBody,
-    config::file::Protocol,
     context::{BoxFuture, ConnMeta, Req, Resp},
     error::ProxyError,
     headers,
     resilience::retry::{Retry, RetryLayer},
     routing::{HeaderEdits, Rewrite},
-    upstream::{self, Balance},
+    upstream::{self, Balance, Protocol},
 };
 
 /// The forwarding path to one service: preparation → tries → balancer → pooled client.

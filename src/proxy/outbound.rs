@@ -22,7 +22,6 @@ use super::{
 };
 use crate::{
     body::ProxyBody,
-    config::file::{Protocol, Unmatched},
     context::{BoxFuture, ConnMeta, Ctx, Req, Resp},
     error::ProxyError,
     headers,
@@ -36,8 +35,9 @@ use crate::{
     },
     routing::{
         host_without_port, table::pick_weighted, ActionSpec, RequestView, Route, RouteTable,
+        Unmatched,
     },
-    upstream::{self, passthrough, Passthrough, PassthroughClient},
+    upstream::{self, passthrough, Passthrough, PassthroughClient, Protocol},
 };
 
 /// Timeout for passed-through (unmatched) requests, like a route's default.

@@ -19,7 +19,7 @@ pub fn effective(configured: Duration, headers: &HeaderMap) -> Duration {
     let own = headers
         .get(&REMORA_TIMEOUT)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| crate::config::duration::parse(v).ok());
+        .and_then(parse_remora_timeout);
     [Some(configured), grpc, own]
         .into_iter()
         .flatten()
@@ -55,6 +55,27 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
+/// `x-remora-timeout`: whole milliseconds, seconds, minutes or hours (`250ms`, `2s`, `1m`,
+/// `1h`), at most 24 hours. A wire format of its own: the control file's durations may
+/// change without changing what callers send.
+pub fn parse_remora_timeout(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = v.split_at(split);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    };
+    (d <= Duration::from_secs(24 * 3600)).then_some(d)
+}
+
 /// `left` as `grpc-timeout`, in milliseconds (seconds when too large for 8 digits).
 pub fn format_grpc_timeout(left: Duration) -> HeaderValue {
     let ms = left.as_millis();
@@ -79,6 +100,20 @@ mod tests {
         assert_eq!(parse_grpc_timeout("123456789m"), None, "more than 8 digits");
         assert_eq!(parse_grpc_timeout("10x"), None);
         assert_eq!(format_grpc_timeout(Duration::from_millis(250)), "250m");
+    }
+
+    #[test]
+    fn parses_remora_timeouts() {
+        assert_eq!(
+            parse_remora_timeout("250ms"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_remora_timeout(" 2s "), Some(Duration::from_secs(2)));
+        assert_eq!(parse_remora_timeout("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_remora_timeout("25h"), None, "more than a day");
+        for bad in ["", "ms", "1.5s", "10", "10x", "-1s", "999999999ms"] {
+            assert_eq!(parse_remora_timeout(bad), None, "{bad}");
+        }
     }
 
     #[test]

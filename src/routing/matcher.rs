@@ -22,7 +22,7 @@ pub struct RequestView<'a> {
 }
 
 /// All conditions of one route; every condition present must hold.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct RouteMatch {
     /// Host condition.
     pub host: Option<HostMatch>,
@@ -56,6 +56,18 @@ pub enum PathMatch {
     Regex(Regex),
 }
 
+// Two conditions are the same when they say the same; a regex, when its pattern is the same.
+impl PartialEq for PathMatch {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (PathMatch::Exact(a), PathMatch::Exact(b))
+            | (PathMatch::Prefix(a), PathMatch::Prefix(b)) => a == b,
+            (PathMatch::Regex(a), PathMatch::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
 /// Header or query value condition.
 #[derive(Debug)]
 pub enum ValueMatch {
@@ -65,6 +77,17 @@ pub enum ValueMatch {
     Regex(Regex),
     /// `true`: present; `false`: absent.
     Present(bool),
+}
+
+impl PartialEq for ValueMatch {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ValueMatch::Exact(a), ValueMatch::Exact(b)) => a == b,
+            (ValueMatch::Regex(a), ValueMatch::Regex(b)) => a.as_str() == b.as_str(),
+            (ValueMatch::Present(a), ValueMatch::Present(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// The first condition of a route that a request failed (for `explain` and debugging).

@@ -10,14 +10,14 @@ use super::matcher::{Mismatch, PathMatch, RequestView, RouteMatch};
 use prometheus::IntCounter;
 
 use crate::{
-    config::file::Unmatched,
     metrics::{FaultMetrics, RequestMetrics},
     resilience::{mirror, retry, Fault, RateLimiter},
     upstream::Service,
 };
 
-/// A route as compiled from the control file, before it is bound to live services.
-#[derive(Debug)]
+/// A route as compiled from the control file, before it is bound to live services. Two
+/// equal specs route alike (a reload compares them to tell what changed).
+#[derive(Debug, PartialEq)]
 pub struct RouteSpec {
     /// Unique route name (metrics `route` label).
     pub name: Arc<str>,
@@ -44,7 +44,7 @@ pub struct RouteSpec {
 }
 
 /// What a route does.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum ActionSpec {
     /// Forward to one of these services, chosen by weight.
     Forward(Vec<WeightedService>),
@@ -76,7 +76,7 @@ pub struct WeightedService {
 }
 
 /// Header edits, applied in the order remove, set, add.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct HeaderEdits {
     /// Replace these headers.
     pub set: Vec<(HeaderName, HeaderValue)>,
@@ -218,6 +218,16 @@ pub fn pick_weighted<T>(items: &[T], total: u32, cumulative: impl Fn(&T) -> u32)
             items.iter().find(|t| r < cumulative(t))
         }
     }
+}
+
+/// What the outbound listener does with a request no route takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unmatched {
+    /// Forward it to its own authority (`Host` or absolute URI), resolved by DNS.
+    #[default]
+    Passthrough,
+    /// Answer 404 `no-route`.
+    Reject,
 }
 
 /// The outbound routes, in order, and what to do when none matches.

@@ -42,6 +42,17 @@ services:
         "{}",
         cfg.body
     );
+    // Sections the file left out appear with the values in force, not as null.
+    for shown in [
+        "max_header_bytes: 65536",
+        "header_read_timeout: 10s",
+        "drain_timeout: 30s",
+        "level: info",
+        "format: json",
+    ] {
+        assert!(cfg.body.contains(shown), "{shown} in {}", cfg.body);
+    }
+    assert!(!cfg.body.contains("null"), "{}", cfg.body);
 }
 
 #[tokio::test]

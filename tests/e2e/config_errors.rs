@@ -135,3 +135,22 @@ fn deploy_manifest_embeds_a_valid_config() {
     }
     assert_eq!(found, 1);
 }
+
+#[test]
+fn a_log_level_that_is_no_level_is_an_error() {
+    // tracing would take `warning` for a target and turn every other line off.
+    let errs = errors("version: 1\nlog: { level: warning }\noutbound: { listen: 127.0.0.1:0 }\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("f.yaml:2:15: log.level: unknown log level \"warning\""),
+        "{errs:?}"
+    );
+    assert!(errs[0].contains("did you mean \"warn\""), "{errs:?}");
+    assert!(config_error_free(
+        "version: 1\nlog: { level: \"warn,remora=debug\" }\noutbound: { listen: 127.0.0.1:0 }\n"
+    ));
+}
+
+fn config_error_free(text: &str) -> bool {
+    remora::config::parse("f.yaml", text).is_ok()
+}
