@@ -74,6 +74,25 @@ pub type Result = std::result::Result<Resp, ProxyError>;
 /// (futures are moved several times per request; see the pool's notes on `memmove`).
 pub type BoxFuture = Pin<Box<dyn Future<Output = Result> + Send + 'static>>;
 
+/// The associated types and `poll_ready` every layer of the stack shares: each answers with a
+/// `Resp` or a `ProxyError` through a `BoxFuture`, and is always ready (the stack pushes back
+/// by failing fast in its policies, never by readiness, so callers need not poll it).
+macro_rules! stack_service {
+    () => {
+        type Response = $crate::context::Resp;
+        type Error = $crate::error::ProxyError;
+        type Future = $crate::context::BoxFuture;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::result::Result<(), $crate::error::ProxyError>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    };
+}
+pub(crate) use stack_service;
+
 /// What the handlers know about the downstream connection a request arrived on.
 #[derive(Debug, Clone)]
 pub struct ConnMeta {

@@ -12,11 +12,7 @@ pub mod outbound;
 mod rescue;
 pub mod server;
 
-use std::{
-    convert::Infallible,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{convert::Infallible, sync::Arc};
 
 use http::Request;
 use hyper::body::Incoming;
@@ -24,7 +20,7 @@ use tower::{Layer, Service};
 
 use crate::{
     body::ProxyBody,
-    context::{BoxFuture, Ctx, Req, Resp},
+    context::{stack_service, BoxFuture, Ctx, Req, Resp},
     metrics::Direction,
     runtime::Runtime,
 };
@@ -72,13 +68,7 @@ async fn unconfigured(
 struct Reject;
 
 impl Service<Req> for Reject {
-    type Response = Resp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    stack_service!();
 
     fn call(&mut self, _: Req) -> BoxFuture {
         Box::pin(std::future::ready(Err(ProxyError::NoRoute)))

@@ -4,7 +4,6 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
     time::Duration,
 };
 
@@ -15,7 +14,7 @@ use tower::Service;
 
 use crate::{
     body::ProxyBody,
-    context::{BoxFuture, ConnMeta, Ctx, Req, Resp},
+    context::{stack_service, BoxFuture, ConnMeta, Ctx, Req, Resp},
     error::ProxyError,
     metrics::Direction,
 };
@@ -82,13 +81,7 @@ impl Mock {
 }
 
 impl Service<Req> for Mock {
-    type Response = Resp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    stack_service!();
 
     fn call(&mut self, req: Req) -> BoxFuture {
         let this = self.clone();

@@ -5,10 +5,7 @@
 //! URI); the client strips the response's hop-by-hop headers on the way back. `ResponseEdits`
 //! applies a route's response header edits to every answer the route gives.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
 use http::{
     header,
@@ -20,7 +17,7 @@ use tower::{Layer, Service, ServiceBuilder};
 
 use crate::{
     body::ProxyBody,
-    context::{BoxFuture, ConnMeta, Req, Resp},
+    context::{stack_service, BoxFuture, ConnMeta, Req, Resp},
     error::ProxyError,
     headers,
     resilience::retry::{Retry, RetryLayer},
@@ -108,13 +105,7 @@ impl<S> Service<Req> for Prepare<S>
 where
     S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
 {
-    type Response = Resp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    stack_service!();
 
     fn call(&mut self, req: Req) -> BoxFuture {
         let Req {
@@ -237,13 +228,7 @@ impl<S> Service<Req> for ResponseEdits<S>
 where
     S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
 {
-    type Response = Resp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    stack_service!();
 
     fn call(&mut self, req: Req) -> BoxFuture {
         let fut = self.inner.call(req);

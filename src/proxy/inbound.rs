@@ -4,11 +4,7 @@
 //! circuit breaker → the forwarding path to the app (`forward::path`: preparation → one try
 //! within the inbound timeout → balancer → pooled client), the same layers routes use.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use http::header::HeaderName;
 use tower::{Service, ServiceBuilder};
@@ -19,7 +15,7 @@ use super::{
     observe::{Observe, ObserveLayer},
 };
 use crate::{
-    context::{BoxFuture, Req, Resp},
+    context::{stack_service, BoxFuture, Req, Resp},
     error::ProxyError,
     headers,
     metrics::{Direction, Metrics},
@@ -117,13 +113,7 @@ impl<S> Service<Req> for Guard<S>
 where
     S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
 {
-    type Response = Resp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    stack_service!();
 
     fn call(&mut self, mut req: Req) -> BoxFuture {
         match self.rules.admit(&mut req) {

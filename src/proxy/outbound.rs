@@ -5,11 +5,7 @@
 //! preparation → tries → balancer → pooled client). Unmatched requests are rejected or passed
 //! through to their own authority through the same forwarding layers.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
@@ -22,7 +18,7 @@ use super::{
 };
 use crate::{
     body::ProxyBody,
-    context::{BoxFuture, ConnMeta, Ctx, Req, Resp},
+    context::{stack_service, BoxFuture, ConnMeta, Ctx, Req},
     error::ProxyError,
     headers,
     metrics::{AttemptResult, Direction, Metrics, RequestMetrics, UpstreamMetrics},
@@ -179,13 +175,7 @@ struct RouterInner {
 }
 
 impl Service<Req> for Router {
-    type Response = Resp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    stack_service!();
 
     fn call(&mut self, req: Req) -> BoxFuture {
         match self.route(req) {
@@ -371,13 +361,7 @@ impl Action {
 }
 
 impl Service<Req> for Action {
-    type Response = Resp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    stack_service!();
 
     fn call(&mut self, req: Req) -> BoxFuture {
         let resp = match self {
@@ -430,13 +414,7 @@ impl Split {
 }
 
 impl Service<Req> for Split {
-    type Response = Resp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    stack_service!();
 
     fn call(&mut self, req: Req) -> BoxFuture {
         let Some(b) = self.pick() else {

@@ -7,12 +7,9 @@
 //! tries: one admitted request holds one `max_requests` place however many tries it takes.
 //! Connections and pending requests are bounded in the pools, which hold the same `Breaker`.
 
-use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    task::{Context, Poll},
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
 };
 
 use prometheus::{IntCounter, IntGauge};
@@ -21,7 +18,7 @@ use tower::{Layer, Service};
 
 use crate::{
     body::{Place, Release},
-    context::{BoxFuture, Req, Resp},
+    context::{stack_service, BoxFuture, Req, Resp},
     error::ProxyError,
 };
 
@@ -239,13 +236,7 @@ impl<S> Service<Req> for CircuitBreaker<S>
 where
     S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
 {
-    type Response = Resp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    stack_service!();
 
     fn call(&mut self, req: Req) -> BoxFuture {
         match self.breaker.admit() {

@@ -3,17 +3,13 @@
 //! thread-local random number; no state is shared. In the stack it sits under the route's
 //! rate limit, so refused requests are not delayed.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use http::StatusCode;
 use tower::{Layer, Service};
 
 use crate::{
-    context::{BoxFuture, Req, Resp},
+    context::{stack_service, BoxFuture, Req, Resp},
     error::ProxyError,
     metrics::FaultMetrics,
 };
@@ -103,13 +99,7 @@ where
         + Send
         + 'static,
 {
-    type Response = Resp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    stack_service!();
 
     fn call(&mut self, req: Req) -> BoxFuture {
         let Some(fault) = &self.fault else {

@@ -29,7 +29,7 @@ use tower::{Layer, Service};
 use super::deadline;
 use crate::{
     body::ProxyBody,
-    context::{BoxFuture, Ctx, Req, Resp},
+    context::{stack_service, BoxFuture, Ctx, Req, Resp},
     error::ProxyError,
     routing::host_without_port,
 };
@@ -217,13 +217,7 @@ where
         + Sync
         + 'static,
 {
-    type Response = Resp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    stack_service!();
 
     fn call(&mut self, mut req: Req) -> BoxFuture {
         if let Some(shadow) = &self.shadow {

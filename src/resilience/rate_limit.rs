@@ -13,7 +13,6 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
@@ -22,7 +21,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::{
-    context::{BoxFuture, Req, Resp},
+    context::{stack_service, BoxFuture, Req, Resp},
     error::ProxyError,
 };
 
@@ -125,13 +124,7 @@ impl<S> Service<Req> for RateLimit<S>
 where
     S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
 {
-    type Response = Resp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    stack_service!();
 
     fn call(&mut self, req: Req) -> BoxFuture {
         if let Some(limiter) = &self.limiter {

@@ -13,11 +13,7 @@
 mod budget;
 mod policy;
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use http::{header, Request};
 use http_body_util::BodyExt;
@@ -32,7 +28,7 @@ pub use policy::{grpc_status, retry_after, Conditions, Outcome, Policy};
 use super::{deadline, replay::Replay};
 use crate::{
     body::ProxyBody,
-    context::{BoxFuture, Req, Resp},
+    context::{stack_service, BoxFuture, Req, Resp},
     error::ProxyError,
 };
 
@@ -108,13 +104,7 @@ where
         + Send
         + 'static,
 {
-    type Response = Resp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    stack_service!();
 
     fn call(&mut self, mut req: Req) -> BoxFuture {
         let timeout = deadline::effective(self.cfg.timeout, req.headers());

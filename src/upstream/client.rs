@@ -4,10 +4,7 @@
 //! `send` is the one place a request meets a pool: it counts the attempt, classifies a
 //! failure into the error the caller sees, and tunnels an upgraded connection.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
 use http::{header, uri::Authority, HeaderValue, Uri, Version};
 use hyper::upgrade::OnUpgrade;
@@ -17,7 +14,7 @@ use tower::Service;
 use super::{Pool, PoolError};
 use crate::{
     body::ProxyBody,
-    context::{BoxFuture, Req, Resp, Result},
+    context::{stack_service, BoxFuture, Req, Result},
     error::ProxyError,
     headers,
     metrics::{AttemptResult, UpstreamMetrics},
@@ -38,13 +35,7 @@ impl Balance {
 }
 
 impl Service<Req> for Balance {
-    type Response = Resp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::result::Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    stack_service!();
 
     fn call(&mut self, req: Req) -> BoxFuture {
         let picked = {

@@ -12,7 +12,6 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, Once, Weak,
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
@@ -23,7 +22,7 @@ use tower::Service;
 
 use super::{client, Pool, Target};
 use crate::{
-    context::{BoxFuture, Req, Resp},
+    context::{stack_service, BoxFuture, Req},
     error::ProxyError,
     metrics::UpstreamMetrics,
 };
@@ -166,13 +165,7 @@ impl PassthroughClient {
 }
 
 impl Service<Req> for PassthroughClient {
-    type Response = Resp;
-    type Error = ProxyError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    stack_service!();
 
     fn call(&mut self, req: Req) -> BoxFuture {
         let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
