@@ -135,3 +135,109 @@ impl Balancer {
         eps.get(i)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn set(n: u8, policy: &Policy) -> EndpointSet {
+        let eps = (1..=n)
+            .map(|i| {
+                let addr = SocketAddr::from(([10, 0, 0, i], 80));
+                Endpoint::new(
+                    addr,
+                    Duration::from_secs(1),
+                    Duration::from_secs(1),
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+            })
+            .collect();
+        EndpointSet::new(eps, policy)
+    }
+
+    fn tally(b: &Balancer, s: &EndpointSet, h: &HeaderMap, n: usize) -> HashMap<SocketAddr, usize> {
+        let mut t = HashMap::new();
+        for _ in 0..n {
+            *t.entry(b.pick(s, h).unwrap().addr()).or_default() += 1;
+        }
+        t
+    }
+
+    #[test]
+    fn round_robin_takes_each_in_turn() {
+        let b = Balancer::new(Policy::RoundRobin);
+        let s = set(3, b.policy());
+        let picks: Vec<_> = (0..6)
+            .map(|_| b.pick(&s, &HeaderMap::new()).unwrap().addr())
+            .collect();
+        assert_eq!(picks[..3], picks[3..]);
+        assert_eq!(
+            tally(&b, &s, &HeaderMap::new(), 300)
+                .values()
+                .copied()
+                .collect::<Vec<_>>(),
+            [100; 3]
+        );
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_endpoint() {
+        let b = Balancer::new(Policy::LeastRequest);
+        let s = set(2, b.policy());
+        let busy = s.endpoints[0].clone();
+        let _held: Vec<_> = (0..5).map(|_| busy.start()).collect();
+        // With two endpoints both are always compared: the idle one wins every time.
+        let t = tally(&b, &s, &HeaderMap::new(), 200);
+        assert_eq!(t.get(&busy.addr()), None, "{t:?}");
+    }
+
+    #[test]
+    fn ring_hash_keeps_a_key_on_one_endpoint_and_spreads_keys() {
+        let policy = Policy::RingHash(HeaderName::from_static("x-user"));
+        let b = Balancer::new(policy);
+        let s = set(5, b.policy());
+        let mut owners = HashMap::new();
+        for user in 0..200 {
+            let mut h = HeaderMap::new();
+            h.insert("x-user", HeaderValue::from(user));
+            let t = tally(&b, &s, &h, 10);
+            assert_eq!(t.len(), 1, "user {user} always lands on one endpoint");
+            *owners.entry(*t.keys().next().unwrap()).or_insert(0) += 1;
+        }
+        assert_eq!(
+            owners.len(),
+            5,
+            "keys spread over every endpoint: {owners:?}"
+        );
+    }
+
+    #[test]
+    fn pick_where_honours_eligibility_under_every_policy() {
+        for policy in [
+            Policy::RoundRobin,
+            Policy::Random,
+            Policy::LeastRequest,
+            Policy::RingHash(HeaderName::from_static("x-user")),
+        ] {
+            let b = Balancer::new(policy);
+            let s = set(4, b.policy());
+            let only = s.endpoints[2].addr();
+            let mut h = HeaderMap::new();
+            h.insert("x-user", HeaderValue::from_static("u1"));
+            for _ in 0..50 {
+                let got = b.pick_where(&s, &h, |e| e.addr() == only).unwrap().addr();
+                assert_eq!(got, only, "{:?}", b.policy());
+            }
+            assert!(b.pick_where(&s, &h, |_| false).is_none());
+        }
+        let b = Balancer::new(Policy::Random);
+        assert!(b.pick(&EndpointSet::default(), &HeaderMap::new()).is_none());
+    }
+}

@@ -140,3 +140,50 @@ impl ReplayBody {
         self.shared.lock().unwrap_or_else(|p| p.into_inner()).size
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// A body of these frames, one at a time, as a peer would stream them.
+    fn chunks(parts: &[&'static str]) -> ProxyBody {
+        parts
+            .iter()
+            .rev()
+            .fold(ProxyBody::empty(), |rest, p| ProxyBody::Prefixed {
+                first: Some(http_body::Frame::data(Bytes::from_static(p.as_bytes()))),
+                rest: Box::new(rest),
+            })
+    }
+
+    async fn read(body: ReplayBody) -> Bytes {
+        ProxyBody::Replay(body).collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_retry_replays_what_the_first_try_read_then_reads_on() {
+        let replay = Replay::new(chunks(&["ab", "cd", "ef"]), 64);
+        let mut first = ProxyBody::Replay(replay.attempt());
+        let f = first.frame().await.unwrap().unwrap();
+        assert_eq!(f.data_ref().unwrap(), "ab");
+        // The first try gave up after one frame; the second gets everything.
+        let second = replay.attempt();
+        assert!(
+            first.frame().await.is_none(),
+            "an older try's body ends at once"
+        );
+        assert_eq!(read(second).await, "abcdef");
+        assert!(replay.can_retry());
+        assert_eq!(read(replay.attempt()).await, "abcdef", "a third try too");
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_the_body_streams_on_but_cannot_be_retried() {
+        let replay = Replay::new(chunks(&["0123", "4567", "89"]), 6);
+        assert_eq!(read(replay.attempt()).await, "0123456789");
+        assert!(!replay.can_retry());
+    }
+}

@@ -456,3 +456,223 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against real servers on 127.0.0.1: a raw HTTP/1.1 one that numbers its connections and
+    //! can close them, and hyper's HTTP/2 server.
+
+    use std::{
+        net::SocketAddr,
+        sync::atomic::{AtomicUsize, Ordering},
+    };
+
+    use http_body_util::BodyExt;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    /// How the HTTP/1.1 test server treats a connection after each response.
+    #[derive(Clone, Copy, PartialEq)]
+    enum After {
+        KeepAlive,
+        /// Close the socket once the response is written, without saying so.
+        Close,
+    }
+
+    /// Serves `x-conn: N` (N counts connections from 1) on every request.
+    async fn h1_server(after: After) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let id = count.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        buf.drain(..end);
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-conn: {id}\r\n\r\nok"
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if after == After::Close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn pool(addr: SocketAddr, idle: Duration) -> Pool {
+        Pool::new(Target::Addr(addr), Duration::from_secs(1), idle, None, None)
+    }
+
+    fn get(version: Version) -> Request<ProxyBody> {
+        Request::builder()
+            .uri(if version == Version::HTTP_2 {
+                "http://t/"
+            } else {
+                "/"
+            })
+            .header(http::header::HOST, "t")
+            .version(version)
+            .body(ProxyBody::empty())
+            .unwrap()
+    }
+
+    /// Sends a request and reads the whole response; returns `x-conn`.
+    async fn exchange(p: &Pool) -> String {
+        let (resp, lease) = p.send(get(Version::HTTP_11)).await.unwrap();
+        let conn = resp.headers()["x-conn"].to_str().unwrap().to_owned();
+        ProxyBody::upstream(resp.into_body(), lease)
+            .collect()
+            .await
+            .unwrap();
+        conn
+    }
+
+    /// Polls `cond` every millisecond for up to 5 s.
+    async fn eventually(mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(Instant::now() < deadline, "condition not met within 5 s");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_body_ends() {
+        let (addr, accepted) = h1_server(After::KeepAlive).await;
+        let p = pool(addr, Duration::from_secs(60));
+        assert_eq!(exchange(&p).await, "1");
+        assert_eq!(p.idle_http1(), 1);
+        assert_eq!(exchange(&p).await, "1");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+        // A response whose body is still being read keeps its connection from others.
+        let (held, lease) = p.send(get(Version::HTTP_11)).await.unwrap();
+        assert_eq!(held.headers()["x-conn"], "1");
+        assert_eq!(exchange(&p).await, "2", "the busy connection is not shared");
+        drop(lease);
+    }
+
+    #[tokio::test]
+    async fn the_most_recently_returned_connection_goes_first() {
+        let (addr, _) = h1_server(After::KeepAlive).await;
+        let p = pool(addr, Duration::from_secs(60));
+        let (a, lease_a) = p.send(get(Version::HTTP_11)).await.unwrap();
+        let (b, lease_b) = p.send(get(Version::HTTP_11)).await.unwrap();
+        assert_eq!(
+            (&a.headers()["x-conn"], &b.headers()["x-conn"]),
+            (&"1".parse().unwrap(), &"2".parse().unwrap())
+        );
+        ProxyBody::upstream(a.into_body(), lease_a)
+            .collect()
+            .await
+            .unwrap();
+        ProxyBody::upstream(b.into_body(), lease_b)
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(p.idle_http1(), 2);
+        assert_eq!(exchange(&p).await, "2", "LIFO: the warmest connection");
+    }
+
+    #[tokio::test]
+    async fn idle_connections_expire() {
+        let (addr, accepted) = h1_server(After::KeepAlive).await;
+        let p = pool(addr, Duration::from_millis(200));
+        exchange(&p).await;
+        assert_eq!(p.idle_http1(), 1);
+        eventually(|| p.idle_http1() == 0).await;
+        assert_eq!(exchange(&p).await, "2", "an expired connection is not used");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_peer_closed_is_replaced_without_failing_the_request() {
+        let (addr, accepted) = h1_server(After::Close).await;
+        let p = pool(addr, Duration::from_secs(60));
+        assert_eq!(exchange(&p).await, "1");
+        for n in 2..=4 {
+            assert_eq!(exchange(&p).await, n.to_string());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn http2_is_one_shared_connection_reopened_when_it_closes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (close_tx, close_rx) = watch::channel(0usize);
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                let id = count.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut close = close_rx.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| async move {
+                        let mut r =
+                            Response::new(http_body_util::Full::new(bytes::Bytes::from("ok")));
+                        r.headers_mut().insert("x-conn", id.into());
+                        Ok::<_, std::convert::Infallible>(r)
+                    });
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = close.wait_for(|n| *n >= id) => {}
+                    }
+                });
+            }
+        });
+        let p = pool(addr, Duration::from_secs(60));
+        let sends: Vec<_> = (0..5)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move { p.send(get(Version::HTTP_2)).await })
+            })
+            .collect();
+        for s in sends {
+            assert_eq!(s.await.unwrap().unwrap().0.headers()["x-conn"], "1");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "five requests, one connection"
+        );
+
+        close_tx.send(1).unwrap();
+        // The closed connection is noticed and a new one opened, without a failed request
+        // once the close is known.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match p.send(get(Version::HTTP_2)).await {
+                Ok((resp, _)) if resp.headers()["x-conn"] == "2" => break,
+                _ => assert!(Instant::now() < deadline, "no second connection"),
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+}
