@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use crate::{
     resilience::{mirror::Tee, replay::ReplayBody},
-    upstream::{InFlight, Lease},
+    upstream::Lease,
 };
 
 /// A request or response body.
@@ -25,7 +25,7 @@ pub enum ProxyBody {
         body: Incoming,
         /// Keeps the endpoint's in-flight count (least-request balancer) until the body ends
         /// or is dropped.
-        in_flight: Option<InFlight>,
+        in_flight: Option<Place>,
         /// Keeps the request counted by its service's circuit breaker until then too.
         permit: Option<Place>,
         /// The upstream connection, returned to its pool when the body ends.
@@ -86,7 +86,7 @@ impl ProxyBody {
 
     /// Keeps `in_flight` (the endpoint's count of this request, which the least-request
     /// balancer reads) until the body ends, like [`ProxyBody::with_permit`].
-    pub fn with_in_flight(mut self, in_flight: InFlight) -> Self {
+    pub fn with_in_flight(mut self, in_flight: Place) -> Self {
         if let Some((slot, _)) = self.guards() {
             *slot = Some(in_flight);
         }
@@ -94,7 +94,7 @@ impl ProxyBody {
     }
 
     /// The guard slots of a streamed body that has not ended.
-    fn guards(&mut self) -> Option<(&mut Option<InFlight>, &mut Option<Place>)> {
+    fn guards(&mut self) -> Option<(&mut Option<Place>, &mut Option<Place>)> {
         match self {
             ProxyBody::Stream {
                 body,
@@ -189,15 +189,16 @@ impl Body for ProxyBody {
     }
 }
 
-/// What a request's place is counted by (a circuit breaker's `max_requests`).
+/// What counts a request while it is in flight: its service's circuit breaker
+/// (`max_requests`), its endpoint (for the least-request balancer).
 pub trait Release: Send + Sync + std::fmt::Debug {
-    /// The request's place ends.
+    /// The request is no longer counted.
     fn release(&self);
 }
 
-/// A request's place under a limit, given back when dropped: when its response body ends,
-/// or with the request when it fails. A pointer to what counts it, so holding one costs no
-/// allocation.
+/// A request's place in a count, given back when dropped: when its response body ends, or
+/// with the request when it fails. A pointer to what counts it, so holding one costs no
+/// allocation, and the body needs to know nothing of breakers or endpoints.
 #[derive(Debug)]
 pub struct Place(std::sync::Arc<dyn Release>);
 

@@ -357,8 +357,8 @@ impl Metrics {
     }
 
     /// Circuit breaker handles for a service.
-    pub fn breaker(&self, service: &str) -> crate::resilience::breaker::BreakerMetrics {
-        crate::resilience::breaker::BreakerMetrics {
+    pub fn breaker(&self, service: &str) -> BreakerMetrics {
+        BreakerMetrics {
             open: self.breaker_open.with_label_values(&[service]),
             overflow_requests: self
                 .breaker_overflows
@@ -506,6 +506,17 @@ fn code_str(code: u16) -> CodeStr {
         b'0' + (c / 10 % 10) as u8,
         b'0' + (c % 10) as u8,
     ])
+}
+
+/// Metric handles of one service's breaker.
+#[derive(Debug, Clone)]
+pub struct BreakerMetrics {
+    /// 1 while a limit is saturated.
+    pub open: IntGauge,
+    /// Requests refused over `max_requests`.
+    pub overflow_requests: IntCounter,
+    /// Requests refused over `max_pending_requests`.
+    pub overflow_pending: IntCounter,
 }
 
 /// Pre-resolved fault counters for one route.

@@ -22,7 +22,7 @@ use http::HeaderMap;
 
 pub use client::Balance;
 pub use connector::{connect, ConnectError, Target};
-pub use endpoint::{Endpoint, InFlight};
+pub use endpoint::Endpoint;
 pub use passthrough::{Passthrough, PassthroughClient};
 pub use pool::{Lease, Pool, PoolError};
 

@@ -12,10 +12,10 @@ use std::sync::{
     Arc,
 };
 
-use prometheus::{IntCounter, IntGauge};
 use tokio::sync::Notify;
 use tower::{Layer, Service};
 
+pub use crate::metrics::BreakerMetrics;
 use crate::{
     body::{Place, Release},
     context::{stack_service, BoxFuture, Req, Resp},
@@ -67,17 +67,6 @@ impl From<Overflow> for ProxyError {
     fn from(o: Overflow) -> Self {
         ProxyError::Overloaded(o.as_str())
     }
-}
-
-/// Metric handles of one service's breaker.
-#[derive(Debug, Clone)]
-pub struct BreakerMetrics {
-    /// 1 while a limit is saturated.
-    pub open: IntGauge,
-    /// Requests refused over `max_requests`.
-    pub overflow_requests: IntCounter,
-    /// Requests refused over `max_pending_requests`.
-    pub overflow_pending: IntCounter,
 }
 
 /// The live counters of one service.
@@ -251,6 +240,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use prometheus::{IntCounter, IntGauge};
+
     use super::*;
 
     fn metrics() -> BreakerMetrics {

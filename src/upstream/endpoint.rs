@@ -12,6 +12,7 @@ use std::{
 
 use super::{connector::Target, pool::Pool};
 use crate::{
+    body::{Place, Release},
     resilience::{health::Health, outlier::EndpointState, Breaker},
     tls::connect::Originator,
 };
@@ -62,10 +63,10 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Counts a request as in flight until the returned guard is dropped.
-    pub fn start(self: &Arc<Self>) -> InFlight {
+    /// Counts a request as in flight until the returned place is dropped.
+    pub fn start(self: &Arc<Self>) -> Place {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        Place::new(self.clone())
     }
 
     /// Whether active health checks (if any) let the endpoint take traffic.
@@ -89,12 +90,9 @@ impl Endpoint {
     }
 }
 
-/// Keeps one request counted as in flight on an endpoint.
-#[derive(Debug)]
-pub struct InFlight(Arc<Endpoint>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+/// A request in flight on this endpoint ends.
+impl Release for Endpoint {
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
