@@ -170,6 +170,24 @@ fn inbound_terminator(rt: &Arc<Runtime>) -> Terminator {
     })
 }
 
+/// The stack a request on the `d` listener goes through: the snapshot in force's.
+fn stack(rt: &Runtime, d: Direction) -> proxy::Stack {
+    let snap = rt.snapshot();
+    let stack = match d {
+        Direction::Outbound => snap
+            .outbound
+            .as_ref()
+            .map(|o| proxy::Stack::Outbound(o.stack.clone())),
+        Direction::Inbound => snap
+            .inbound
+            .as_ref()
+            .map(|i| proxy::Stack::Inbound(i.stack.clone())),
+    };
+    stack.unwrap_or_else(|| {
+        proxy::Stack::unconfigured(rt.shared.metrics.request(d, "", ""), snap.access_log)
+    })
+}
+
 /// The inbound and outbound accept loops, which a reload may move to a new address, add,
 /// remove, or restart with new limits. A new address is bound before the old listener stops
 /// accepting; connections already open stay on the loop that accepted them until they end.
@@ -250,11 +268,11 @@ impl DataListeners {
             match d {
                 Direction::Inbound => {
                     let tls = Some(Arc::new(inbound_terminator(&rt)));
-                    let h = move |conn, req| proxy::handle(rt.clone(), conn, req);
+                    let h = move |conn, req| proxy::handle(stack(&rt, d), conn, req);
                     server::serve(listener, limits, meta, &metrics, life, accept_rx, tls, h).await
                 }
                 Direction::Outbound => {
-                    let h = move |conn, req| proxy::handle(rt.clone(), conn, req);
+                    let h = move |conn, req| proxy::handle(stack(&rt, d), conn, req);
                     server::serve(listener, limits, meta, &metrics, life, accept_rx, None, h).await
                 }
             }

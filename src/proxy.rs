@@ -12,7 +12,7 @@ pub mod outbound;
 mod rescue;
 pub mod server;
 
-use std::{convert::Infallible, sync::Arc};
+use std::convert::Infallible;
 
 use http::Request;
 use hyper::body::Incoming;
@@ -21,51 +21,47 @@ use tower::{Layer, Service};
 use crate::{
     body::ProxyBody,
     context::{stack_service, BoxFuture, Ctx, Req, Resp},
-    metrics::Direction,
-    runtime::Runtime,
+    metrics::RequestMetrics,
 };
 
 pub use crate::context::ConnMeta;
 pub use crate::error::ProxyError;
 pub use rescue::rescue;
 
-/// Answers one request on a data listener with its direction's stack from the snapshot in
-/// force (read once, so the request sees one config).
-pub async fn handle(rt: Arc<Runtime>, conn: ConnMeta, req: Request<Incoming>) -> Resp {
-    let snap = rt.snapshot();
-    let direction = conn.direction;
+/// A direction's stack from the snapshot in force, or what answers when the snapshot has no
+/// section for the listener a request came in on.
+#[derive(Debug)]
+pub enum Stack {
+    /// The outbound listener's stack.
+    Outbound(outbound::OutboundStack),
+    /// The inbound listener's stack.
+    Inbound(inbound::InboundStack),
+    /// No section for this listener: every request gets 404 `no-route`, recorded here.
+    Unconfigured(observe::Observe<Reject>),
+}
+
+impl Stack {
+    /// The stack for a listener whose section is gone, recording in `metrics`.
+    pub fn unconfigured(metrics: RequestMetrics, access_log: bool) -> Self {
+        Stack::Unconfigured(observe::ObserveLayer::new(metrics, None, access_log).layer(Reject))
+    }
+}
+
+/// Answers one request on a data listener with `stack` (the listener's wiring takes it from
+/// the snapshot in force, once per request, so the request sees one config).
+pub async fn handle(stack: Stack, conn: ConnMeta, req: Request<Incoming>) -> Resp {
     let req = Req::new(req.map(ProxyBody::stream), Ctx::new(conn));
-    let answer = match direction {
-        Direction::Outbound => match &snap.outbound {
-            Some(ob) => ob.stack.clone().call(req).await,
-            None => unconfigured(&rt, direction, snap.access_log, req).await,
-        },
-        Direction::Inbound => match &snap.inbound {
-            Some(ib) => ib.stack.clone().call(req).await,
-            None => unconfigured(&rt, direction, snap.access_log, req).await,
-        },
+    let answer = match stack {
+        Stack::Outbound(mut s) => s.call(req).await,
+        Stack::Inbound(mut s) => s.call(req).await,
+        Stack::Unconfigured(mut s) => s.call(req).await,
     };
     answer.unwrap_or_else(|never: Infallible| match never {})
 }
 
-/// Answers a request on a listener whose section the current config no longer has (404, as
-/// no route can take it).
-async fn unconfigured(
-    rt: &Runtime,
-    direction: Direction,
-    access_log: bool,
-    req: Req,
-) -> Result<Resp, Infallible> {
-    let fallback = rt.shared.metrics.request(direction, "", "");
-    observe::ObserveLayer::new(fallback, None, access_log)
-        .layer(Reject)
-        .call(req)
-        .await
-}
-
 /// Refuses every request with `no-route`.
 #[derive(Debug, Clone, Copy)]
-struct Reject;
+pub struct Reject;
 
 impl Service<Req> for Reject {
     stack_service!();
