@@ -224,6 +224,27 @@ enum Change {
     Remove,
 }
 
+impl crate::reload::Listeners for DataListeners {
+    fn prepare<'a>(
+        &'a self,
+        next: &'a Startup,
+    ) -> crate::reload::BoxFuture<'a, Result<crate::reload::Plan, String>> {
+        Box::pin(async move {
+            let plan = DataListeners::prepare(self, next).await?;
+            Ok(crate::reload::Plan(Box::new(plan)))
+        })
+    }
+
+    fn commit(&self, plan: crate::reload::Plan) -> crate::reload::BoxFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            match plan.0.downcast::<Plan>() {
+                Ok(plan) => DataListeners::commit(self, *plan).await,
+                Err(_) => vec![],
+            }
+        })
+    }
+}
+
 impl DataListeners {
     fn new(rt: Arc<Runtime>, life: server::Lifecycle) -> Arc<Self> {
         Arc::new(Self {
@@ -287,7 +308,7 @@ impl DataListeners {
 
     /// Binds every new address `next` needs. Nothing changes until `commit`; on an error the
     /// listeners bound so far are closed again.
-    pub async fn prepare(&self, next: &Startup) -> Result<Plan, String> {
+    async fn prepare(&self, next: &Startup) -> Result<Plan, String> {
         let slots = self.slots.lock().await;
         let mut plan = Plan::default();
         for (d, want) in [
@@ -314,7 +335,7 @@ impl DataListeners {
     }
 
     /// Applies a prepared plan; returns what changed, for the reload's summary.
-    pub async fn commit(&self, plan: Plan) -> Vec<String> {
+    async fn commit(&self, plan: Plan) -> Vec<String> {
         let mut slots = self.slots.lock().await;
         let mut done = Vec::new();
         for (d, change) in plan.changes {

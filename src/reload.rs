@@ -27,7 +27,6 @@ use arc_swap::ArcSwap;
 use tokio::sync::{watch, Mutex};
 
 use crate::{
-    app::DataListeners,
     config,
     routing::RouteSpec,
     runtime::{Runtime, Snapshot},
@@ -69,12 +68,33 @@ pub struct Status {
     pub result: Result<Changes, String>,
 }
 
+/// What a reload needs of the process's listeners, which the wiring (`app`) provides: bind
+/// what a new config needs while nothing changes yet (`prepare`), then switch (`commit`).
+pub trait Listeners: Send + Sync + std::fmt::Debug {
+    /// Binds every new address `next` needs; on an error nothing has changed.
+    fn prepare<'a>(&'a self, next: &'a config::Startup) -> BoxFuture<'a, Result<Plan, String>>;
+    /// Applies a prepared plan; says what changed, for the reload's summary.
+    fn commit(&self, plan: Plan) -> BoxFuture<'_, Vec<String>>;
+}
+
+/// A future a `Listeners` returns.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Listeners bound for a reload that has not been applied yet, as the wiring made them.
+pub struct Plan(pub Box<dyn std::any::Any + Send>);
+
+impl fmt::Debug for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Plan")
+    }
+}
+
 /// Reloads one control file into one runtime.
 #[derive(Debug)]
 pub struct Reloader {
     path: PathBuf,
     rt: Arc<Runtime>,
-    listeners: Arc<DataListeners>,
+    listeners: Arc<dyn Listeners>,
     /// One reload at a time.
     serial: Mutex<()>,
     /// Hash of the content last read by a reload (or at start).
@@ -88,7 +108,7 @@ impl Reloader {
         path: PathBuf,
         loaded_text: &[u8],
         rt: Arc<Runtime>,
-        listeners: Arc<DataListeners>,
+        listeners: Arc<dyn Listeners>,
     ) -> Arc<Self> {
         Arc::new(Self {
             path,
