@@ -4,16 +4,25 @@
 
 mod ring_hash;
 
-use std::sync::{
-    atomic::{AtomicUsize, Ordering},
-    Arc,
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
 };
 
 use http::{header::HeaderName, HeaderMap};
 
 pub use ring_hash::Ring;
 
-use crate::upstream::Endpoint;
+/// What a balancer needs to know of an endpoint (the client side's `Endpoint`).
+pub trait Member {
+    /// Its address, which places it on the hash ring.
+    fn addr(&self) -> SocketAddr;
+    /// Requests in flight to it, which the least-request policy compares.
+    fn in_flight(&self) -> usize;
+}
 
 /// How a service picks an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,17 +45,26 @@ pub struct Balancer {
 }
 
 /// The endpoints a balancer chooses from, with the hash ring when the policy needs one.
-#[derive(Debug, Default)]
-pub struct EndpointSet {
+#[derive(Debug)]
+pub struct EndpointSet<E> {
     /// Endpoints in a stable order.
-    pub endpoints: Vec<Arc<Endpoint>>,
+    pub endpoints: Vec<Arc<E>>,
     /// Hash ring over `endpoints` (ring-hash policy only).
     pub ring: Option<Ring>,
 }
 
-impl EndpointSet {
+impl<E> Default for EndpointSet<E> {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            ring: None,
+        }
+    }
+}
+
+impl<E: Member> EndpointSet<E> {
     /// Builds the set, with a ring when `policy` hashes.
-    pub fn new(endpoints: Vec<Arc<Endpoint>>, policy: &Policy) -> Self {
+    pub fn new(endpoints: Vec<Arc<E>>, policy: &Policy) -> Self {
         let ring = matches!(policy, Policy::RingHash(_)).then(|| Ring::new(&endpoints));
         Self { endpoints, ring }
     }
@@ -67,7 +85,11 @@ impl Balancer {
     }
 
     /// Picks an endpoint from `set`; `None` when the set is empty.
-    pub fn pick<'a>(&self, set: &'a EndpointSet, headers: &HeaderMap) -> Option<&'a Arc<Endpoint>> {
+    pub fn pick<'a, E: Member>(
+        &self,
+        set: &'a EndpointSet<E>,
+        headers: &HeaderMap,
+    ) -> Option<&'a Arc<E>> {
         let eps = &set.endpoints;
         let n = eps.len();
         if n <= 1 {
@@ -97,12 +119,12 @@ impl Balancer {
     /// Picks an endpoint among those `eligible` accepts (healthy, not ejected, not tried yet),
     /// with the same policy; `None` when none is. Only used while some endpoint is out or a
     /// retry avoids one, so its allocation stays off the common path.
-    pub fn pick_where<'a>(
+    pub fn pick_where<'a, E: Member>(
         &self,
-        set: &'a EndpointSet,
+        set: &'a EndpointSet<E>,
         headers: &HeaderMap,
-        eligible: impl Fn(&Endpoint) -> bool,
-    ) -> Option<&'a Arc<Endpoint>> {
+        eligible: impl Fn(&E) -> bool,
+    ) -> Option<&'a Arc<E>> {
         let ok: Vec<usize> = (0..set.endpoints.len())
             .filter(|i| eligible(&set.endpoints[*i]))
             .collect();
@@ -138,31 +160,46 @@ impl Balancer {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashMap, net::SocketAddr, time::Duration};
+    use std::collections::HashMap;
 
     use http::HeaderValue;
 
     use super::*;
 
-    fn set(n: u8, policy: &Policy) -> EndpointSet {
+    /// An endpoint as the balancer sees it.
+    #[derive(Debug)]
+    struct Ep {
+        addr: SocketAddr,
+        in_flight: AtomicUsize,
+    }
+
+    impl Member for Ep {
+        fn addr(&self) -> SocketAddr {
+            self.addr
+        }
+        fn in_flight(&self) -> usize {
+            self.in_flight.load(Ordering::Relaxed)
+        }
+    }
+
+    fn set(n: u8, policy: &Policy) -> EndpointSet<Ep> {
         let eps = (1..=n)
             .map(|i| {
-                let addr = SocketAddr::from(([10, 0, 0, i], 80));
-                Endpoint::new(
-                    addr,
-                    Duration::from_secs(1),
-                    Duration::from_secs(1),
-                    None,
-                    None,
-                    None,
-                    None,
-                )
+                Arc::new(Ep {
+                    addr: SocketAddr::from(([10, 0, 0, i], 80)),
+                    in_flight: AtomicUsize::new(0),
+                })
             })
             .collect();
         EndpointSet::new(eps, policy)
     }
 
-    fn tally(b: &Balancer, s: &EndpointSet, h: &HeaderMap, n: usize) -> HashMap<SocketAddr, usize> {
+    fn tally(
+        b: &Balancer,
+        s: &EndpointSet<Ep>,
+        h: &HeaderMap,
+        n: usize,
+    ) -> HashMap<SocketAddr, usize> {
         let mut t = HashMap::new();
         for _ in 0..n {
             *t.entry(b.pick(s, h).unwrap().addr()).or_default() += 1;
@@ -192,7 +229,7 @@ mod tests {
         let b = Balancer::new(Policy::LeastRequest);
         let s = set(2, b.policy());
         let busy = s.endpoints[0].clone();
-        let _held: Vec<_> = (0..5).map(|_| busy.start()).collect();
+        busy.in_flight.store(5, Ordering::Relaxed);
         // With two endpoints both are always compared: the idle one wins every time.
         let t = tally(&b, &s, &HeaderMap::new(), 200);
         assert_eq!(t.get(&busy.addr()), None, "{t:?}");
@@ -238,6 +275,8 @@ mod tests {
             assert!(b.pick_where(&s, &h, |_| false).is_none());
         }
         let b = Balancer::new(Policy::Random);
-        assert!(b.pick(&EndpointSet::default(), &HeaderMap::new()).is_none());
+        assert!(b
+            .pick(&EndpointSet::<Ep>::default(), &HeaderMap::new())
+            .is_none());
     }
 }

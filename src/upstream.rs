@@ -97,7 +97,7 @@ pub enum Discovery {
 pub struct Service {
     name: Arc<str>,
     spec: ServiceSpec,
-    endpoints: ArcSwap<EndpointSet>,
+    endpoints: ArcSwap<EndpointSet<Endpoint>>,
     balancer: Balancer,
     metrics: UpstreamMetrics,
     breaker: Arc<Breaker>,

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::upstream::Endpoint;
+use super::Member;
 
 /// Points per endpoint: enough for an even spread over a few endpoints, small enough to
 /// rebuild quickly when endpoints change.
@@ -19,7 +19,7 @@ pub struct Ring {
 impl Ring {
     /// Builds the ring; points depend only on endpoint addresses, so every sidecar with the
     /// same endpoints sends the same key to the same endpoint.
-    pub fn new(endpoints: &[Arc<Endpoint>]) -> Self {
+    pub fn new<E: Member>(endpoints: &[Arc<E>]) -> Self {
         let mut points = Vec::with_capacity(endpoints.len() * POINTS_PER_ENDPOINT);
         for (i, ep) in endpoints.iter().enumerate() {
             let addr = ep.addr().to_string();

@@ -90,6 +90,16 @@ impl Endpoint {
     }
 }
 
+impl crate::balance::Member for Endpoint {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn in_flight(&self) -> usize {
+        Endpoint::in_flight(self)
+    }
+}
+
 /// A request in flight on this endpoint ends.
 impl Release for Endpoint {
     fn release(&self) {
