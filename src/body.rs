@@ -11,10 +11,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::{
-    resilience::{mirror::Tee, replay::ReplayBody},
-    upstream::Lease,
-};
+pub mod replay;
+mod tee;
+
+pub use replay::ReplayBody;
+pub use tee::{Tee, MAX_BODY as TEE_MAX_BODY};
 
 /// A request or response body.
 #[derive(Debug)]
@@ -212,5 +213,38 @@ impl Place {
 impl Drop for Place {
     fn drop(&mut self) {
         self.0.release();
+    }
+}
+
+/// Where a leased HTTP/1.1 connection goes back to (its pool).
+pub trait Home: Send + Sync + std::fmt::Debug {
+    /// The response on `sender`'s connection was read to its end: it can take another
+    /// request.
+    fn give_back(&self, sender: hyper::client::conn::http1::SendRequest<ProxyBody>);
+}
+
+/// A borrowed HTTP/1.1 connection, given back to its pool when the response body ends, and
+/// not when the body is dropped before its end (the connection's state is unknown then).
+#[derive(Debug)]
+pub struct Lease {
+    home: std::sync::Weak<dyn Home>,
+    sender: hyper::client::conn::http1::SendRequest<ProxyBody>,
+}
+
+impl Lease {
+    /// `sender`'s connection, lent out by `home`.
+    pub fn new(
+        home: std::sync::Weak<dyn Home>,
+        sender: hyper::client::conn::http1::SendRequest<ProxyBody>,
+    ) -> Self {
+        Self { home, sender }
+    }
+
+    /// The response was read to its end: the connection goes home, if the pool is still
+    /// there.
+    pub fn release(self) {
+        if let Some(home) = self.home.upgrade() {
+            home.give_back(self.sender);
+        }
     }
 }

@@ -10,7 +10,6 @@ pub mod health;
 pub mod mirror;
 pub mod outlier;
 pub mod rate_limit;
-pub mod replay;
 pub mod retry;
 
 pub use breaker::Breaker;

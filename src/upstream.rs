@@ -24,7 +24,7 @@ pub use client::Balance;
 pub use connector::{connect, ConnectError, Target};
 pub use endpoint::Endpoint;
 pub use passthrough::{Passthrough, PassthroughClient};
-pub use pool::{Lease, Pool, PoolError};
+pub use pool::{Pool, PoolError};
 
 use crate::{
     balance::{Balancer, EndpointSet, Policy},

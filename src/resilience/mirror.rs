@@ -10,25 +10,20 @@
 //! own forwarding path (preparation, one try, its balancer and pools), the same code the
 //! primary uses. It runs on its own task; its answer is read and dropped.
 
-use std::{
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{header, HeaderValue, Request};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::upgrade::OnUpgrade;
 use prometheus::IntCounter;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
 use super::deadline;
 use crate::{
-    body::ProxyBody,
+    body::{ProxyBody, Tee},
     context::{stack_service, BoxFuture, Ctx, Req, Resp},
     error::ProxyError,
     routing::host_without_port,
@@ -37,8 +32,8 @@ use crate::{
 /// Mirror copies of one route outstanding at once.
 pub const MAX_IN_FLIGHT: usize = 64;
 
-/// Body bytes kept for the copy.
-pub const MAX_BODY: usize = 64 * 1024;
+/// Body bytes kept for the copy; larger bodies are not mirrored.
+pub use crate::body::TEE_MAX_BODY as MAX_BODY;
 
 /// A route's mirroring.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,76 +65,6 @@ impl Limiter {
     /// A slot for one copy, or `None` when `MAX_IN_FLIGHT` are outstanding.
     pub fn try_acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         self.0.clone().try_acquire_owned().ok()
-    }
-}
-
-/// The caller's body on its way to the primary, copied for the mirror as it passes.
-#[derive(Debug)]
-pub struct Tee {
-    inner: Box<ProxyBody>,
-    copy: Option<BytesMut>,
-    done: Option<oneshot::Sender<Bytes>>,
-}
-
-impl Tee {
-    /// Tees `inner`; the receiver gets the whole body once it has passed (nothing when it was
-    /// larger than `MAX_BODY` or broke off).
-    pub fn new(inner: ProxyBody) -> (Self, oneshot::Receiver<Bytes>) {
-        let (tx, rx) = oneshot::channel();
-        (
-            Self {
-                inner: Box::new(inner),
-                copy: Some(BytesMut::new()),
-                done: Some(tx),
-            },
-            rx,
-        )
-    }
-
-    fn finish(&mut self) {
-        if let (Some(copy), Some(done)) = (self.copy.take(), self.done.take()) {
-            let _ = done.send(copy.freeze());
-        }
-    }
-
-    /// `Body::poll_frame`, for `ProxyBody`.
-    pub fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(self.inner.as_mut()).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(copy), Some(data)) = (self.copy.as_mut(), frame.data_ref()) {
-                    if copy.len() + data.len() > MAX_BODY {
-                        self.copy = None;
-                        self.done = None;
-                    } else {
-                        copy.extend_from_slice(data);
-                    }
-                }
-                if self.inner.is_end_stream() {
-                    self.finish();
-                }
-            }
-            Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                self.copy = None;
-                self.done = None;
-            }
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    /// `Body::is_end_stream`.
-    pub fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    /// `Body::size_hint`.
-    pub fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

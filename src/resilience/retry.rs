@@ -25,9 +25,9 @@ use tower::{Layer, Service};
 pub use budget::Budget;
 pub use policy::{grpc_status, retry_after, Conditions, Outcome, Policy};
 
-use super::{deadline, replay::Replay};
+use super::deadline;
 use crate::{
-    body::ProxyBody,
+    body::{replay::Replay, ProxyBody},
     context::{stack_service, BoxFuture, Req, Resp},
     error::ProxyError,
 };

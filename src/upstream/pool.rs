@@ -34,7 +34,7 @@ use tokio::{
 
 use super::connector::{self, ConnectError, Stream, Target};
 use crate::{
-    body::ProxyBody,
+    body::{Home, Lease, ProxyBody},
     resilience::breaker::{Breaker, ConnectionSlot, Overflow},
     tls::connect::{OriginateError, Originator},
 };
@@ -110,29 +110,21 @@ struct Shared {
     last_used: Instant,
 }
 
-/// A borrowed HTTP/1.1 connection, given back to its pool when the response body ends.
-#[derive(Debug)]
-pub struct Lease {
-    pool: Weak<Inner>,
-    sender: http1::SendRequest<ProxyBody>,
-}
-
-impl Lease {
-    /// The response was read to its end: the connection can take another request.
-    pub fn release(self) {
-        if let Some(pool) = self.pool.upgrade() {
-            if !self.sender.is_closed() {
-                let idle = Idle {
-                    sender: self.sender,
-                    since: Instant::now(),
-                };
-                pool.http1
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(idle);
-                pool.returned.notify_one();
-            }
+/// Where a leased connection goes back to when its response body ends.
+impl Home for Inner {
+    fn give_back(&self, sender: http1::SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
         }
+        let idle = Idle {
+            sender,
+            since: Instant::now(),
+        };
+        self.http1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(idle);
+        self.returned.notify_one();
     }
 }
 
@@ -232,9 +224,9 @@ impl Pool {
         sender: http1::SendRequest<ProxyBody>,
     ) -> (Response<Incoming>, Option<Lease>) {
         // After a 101 the connection belongs to the upgrade.
-        let lease = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS).then(|| Lease {
-            pool: Arc::downgrade(&self.inner),
-            sender,
+        let lease = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS).then(|| {
+            let home: Weak<dyn Home> = Arc::downgrade(&self.inner) as Weak<Inner>;
+            Lease::new(home, sender)
         });
         (resp, lease)
     }

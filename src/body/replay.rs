@@ -12,7 +12,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use crate::body::ProxyBody;
+use super::ProxyBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
