@@ -405,9 +405,7 @@ fn matched(spec: &RouteSpec, view: &RequestView<'_>, services: &dyn ServiceInfo)
             .map(|rw| rw.apply(view.path, view.query)),
         request_headers: edits(&spec.request_headers),
         response_headers: edits(&spec.response_headers),
-        rate_limit: spec
-            .rate_limit
-            .map(|(rate, burst)| format!("{rate}/s, burst {burst}")),
+        rate_limit: spec.rate_limit.map(|l| l.to_string()),
         retry: spec.retry.as_ref().map(describe_retry),
         mirror: spec
             .mirror

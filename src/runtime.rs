@@ -110,13 +110,13 @@ impl Snapshot {
                         _ => Vec::new(),
                     };
                     // A bucket keeps its state while its route's limit is unchanged.
-                    let limiter = spec.rate_limit.map(|(rate, burst)| {
+                    let limiter = spec.rate_limit.map(|limit| {
                         previous
                             .and_then(|p| p.outbound.as_ref())
                             .and_then(|o| o.table.routes.iter().find(|r| r.spec.name == spec.name))
                             .filter(|r| r.spec.rate_limit == spec.rate_limit)
                             .and_then(|r| r.limiter.clone())
-                            .unwrap_or_else(|| Arc::new(RateLimiter::new(rate, burst)))
+                            .unwrap_or_else(|| Arc::new(RateLimiter::for_limit(limit)))
                     });
                     let mirror = spec.mirror.as_ref().map(|m| {
                         let [sent, failed, dropped] = metrics.mirror(&spec.name);
@@ -154,12 +154,12 @@ impl Snapshot {
                 .and_then(|p| p.inbound.as_ref())
                 .filter(|i| *i.app.spec() == ib.app)
                 .map(|i| i.app.clone());
-            let limiter = ib.rate_limit.map(|(rate, burst)| {
+            let limiter = ib.rate_limit.map(|limit| {
                 previous
                     .and_then(|p| p.inbound.as_ref())
                     .filter(|i| i.rate_limit == ib.rate_limit)
                     .and_then(|i| i.limiter.clone())
-                    .unwrap_or_else(|| Arc::new(RateLimiter::new(rate, burst)))
+                    .unwrap_or_else(|| Arc::new(RateLimiter::for_limit(limit)))
             });
             let app = kept.unwrap_or_else(|| Service::new("app", ib.app, metrics, &shared.tls));
             let settings = inbound::Settings {

@@ -32,7 +32,7 @@ use crate::{
     resilience::{
         breaker, health,
         outlier::{self, Detector},
-        retry::Budget,
+        retry::{Budget, BudgetSpec},
         Breaker,
     },
     tls::{connect::Originator, TlsContext},
@@ -68,8 +68,8 @@ pub struct ServiceSpec {
     pub breaker: breaker::Limits,
     /// Outlier detection, when on.
     pub outlier: Option<outlier::Policy>,
-    /// Retry budget: share of requests in per-mille, and the floor per second.
-    pub retry_budget: (u32, u32),
+    /// Retry budget.
+    pub retry_budget: BudgetSpec,
     /// Active health checks, when on.
     pub health: Option<health::Check>,
     /// The SPIFFE ID to require of endpoints, called over mTLS; `None`: plaintext.
@@ -132,8 +132,7 @@ impl Service {
                 .map(|p| Detector::new(p, metrics.outlier_ejections(name))),
             ejected_gauges: spec.outlier.map(|_| metrics.endpoint_ejected()),
             budget: Arc::new(
-                Budget::new(f64::from(spec.retry_budget.0) / 1000.0, spec.retry_budget.1)
-                    .counting(metrics.budget_exhausted(name)),
+                Budget::for_spec(spec.retry_budget).counting(metrics.budget_exhausted(name)),
             ),
             unhealthy: Arc::new(AtomicUsize::new(0)),
             healthy_gauges: spec.health.as_ref().map(|_| metrics.endpoint_healthy()),

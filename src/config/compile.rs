@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     net::SocketAddr,
+    num::NonZeroU32,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -19,6 +20,7 @@ use super::file::{
 use crate::{
     balance::Policy,
     proxy::authorize::{self, IdPattern, PathPattern},
+    resilience::{rate_limit::Limit, retry::BudgetSpec},
     routing::{
         matcher::{anchored_regex, HostMatch, PathMatch, ValueMatch},
         ActionSpec, HeaderEdits, Rewrite, RouteMatch, RouteSpec, Unmatched, WeightedService,
@@ -139,7 +141,7 @@ pub struct InboundSpec {
     /// Time the app has to answer with response headers.
     pub timeout: Duration,
     /// Local rate limit for all callers (requests per second, burst).
-    pub rate_limit: Option<(u32, u32)>,
+    pub rate_limit: Option<Limit>,
     /// What the listener accepts: mTLS, plaintext or both.
     pub tls: tls::Mode,
     /// Authorization rules, when any are configured.
@@ -238,7 +240,7 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
                 idle_timeout: ib.idle_timeout.0,
                 breaker: Default::default(),
                 outlier: None,
-                retry_budget: (200, 10),
+                retry_budget: BudgetSpec::default(),
                 health: None,
                 tls: None,
             },
@@ -657,10 +659,10 @@ impl Ctx {
         Some(ServiceSpec {
             tls: self.service_tls(path, svc),
             health,
-            retry_budget: (
-                (rb.ratio.clamp(0.0, 1.0) * 1000.0).round() as u32,
-                rb.min_per_second,
-            ),
+            retry_budget: BudgetSpec {
+                per_mille: (rb.ratio.clamp(0.0, 1.0) * 1000.0).round() as u32,
+                min_per_second: rb.min_per_second,
+            },
             outlier,
             discovery,
             protocol: protocol(svc.protocol),
@@ -850,20 +852,19 @@ impl Ctx {
         })
     }
 
-    fn rate_limit(&mut self, path: &str, r: &file::RateLimitFile) -> Option<(u32, u32)> {
-        if r.requests_per_second == 0 {
+    fn rate_limit(&mut self, path: &str, r: &file::RateLimitFile) -> Option<Limit> {
+        let Some(per_second) = NonZeroU32::new(r.requests_per_second) else {
             self.err(
                 &format!("{path}.requests_per_second"),
                 "must be at least 1".into(),
             );
             return None;
-        }
-        let burst = r.burst.unwrap_or(r.requests_per_second);
-        if burst == 0 {
+        };
+        let Some(burst) = NonZeroU32::new(r.burst.unwrap_or(r.requests_per_second)) else {
             self.err(&format!("{path}.burst"), "must be at least 1".into());
             return None;
-        }
-        Some((r.requests_per_second, burst))
+        };
+        Some(Limit { per_second, burst })
     }
 
     fn fault(&mut self, path: &str, f: &file::FaultFile) -> Option<crate::resilience::Fault> {

@@ -21,7 +21,7 @@ use crate::{
     metrics::{Direction, Metrics},
     resilience::{
         breaker::{BreakerLayer, CircuitBreaker},
-        rate_limit::{RateLimit, RateLimitLayer},
+        rate_limit::{Limit, RateLimit, RateLimitLayer},
         retry::RetryLayer,
         RateLimiter,
     },
@@ -38,8 +38,8 @@ pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-remora-client-id");
 pub struct Inbound {
     /// The local app as a one-endpoint service.
     pub app: Arc<Upstream>,
-    /// Local rate limit (requests per second, burst), as configured.
-    pub rate_limit: Option<(u32, u32)>,
+    /// Local rate limit, as configured.
+    pub rate_limit: Option<Limit>,
     /// The listener's token bucket; kept across reloads while the limit is unchanged.
     pub limiter: Option<Arc<RateLimiter>>,
     /// What the listener accepts (read at every new connection).

@@ -9,6 +9,7 @@
 //! single compare-and-swap and no lock.
 
 use std::{
+    num::NonZeroU32,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -25,6 +26,21 @@ use crate::{
     error::ProxyError,
 };
 
+/// A rate limit as configured: at least one request per second, and a burst of at least one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Requests per second on average.
+    pub per_second: NonZeroU32,
+    /// Requests at once.
+    pub burst: NonZeroU32,
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/s, burst {}", self.per_second, self.burst)
+    }
+}
+
 /// A token bucket.
 #[derive(Debug)]
 pub struct RateLimiter {
@@ -38,6 +54,11 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// A bucket for `limit`.
+    pub fn for_limit(limit: Limit) -> Self {
+        Self::new(limit.per_second.get(), limit.burst.get())
+    }
+
     /// `rate` requests per second on average, up to `burst` at once. Both are at least 1.
     pub fn new(rate: u32, burst: u32) -> Self {
         let interval = 1_000_000_000 / u64::from(rate.max(1));

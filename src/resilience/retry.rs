@@ -22,7 +22,7 @@ use prometheus::IntCounter;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-pub use budget::Budget;
+pub use budget::{Budget, BudgetSpec};
 pub use policy::{grpc_status, retry_after, Conditions, Outcome, Policy};
 
 use super::deadline;

@@ -11,7 +11,7 @@ use prometheus::IntCounter;
 
 use crate::{
     metrics::{FaultMetrics, RequestMetrics},
-    resilience::{mirror, retry, Fault, RateLimiter},
+    resilience::{mirror, rate_limit::Limit, retry, Fault, RateLimiter},
     upstream::Service,
 };
 
@@ -33,8 +33,8 @@ pub struct RouteSpec {
     pub response_headers: HeaderEdits,
     /// Path rewrite when forwarding.
     pub rewrite: Option<Rewrite>,
-    /// Local rate limit (requests per second, burst).
-    pub rate_limit: Option<(u32, u32)>,
+    /// Local rate limit.
+    pub rate_limit: Option<Limit>,
     /// Faults to inject.
     pub fault: Option<Fault>,
     /// Retries.

@@ -11,6 +11,26 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use prometheus::IntCounter;
 use tokio::time::Instant;
 
+/// A retry budget as configured: retries may add `per_mille` / 1000 of the requests, plus
+/// `min_per_second` each second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetSpec {
+    /// Share of requests, in thousandths.
+    pub per_mille: u32,
+    /// The floor, in retries per second.
+    pub min_per_second: u32,
+}
+
+impl Default for BudgetSpec {
+    /// linkerd's defaults: 20% plus 10 per second.
+    fn default() -> Self {
+        Self {
+            per_mille: 200,
+            min_per_second: 10,
+        }
+    }
+}
+
 /// Window of the retry budget, in one-second buckets.
 const WINDOW_SECS: usize = 10;
 
@@ -43,6 +63,11 @@ impl Budget {
             buckets: Default::default(),
             exhausted: None,
         }
+    }
+
+    /// A budget for `spec`.
+    pub fn for_spec(spec: BudgetSpec) -> Self {
+        Self::new(f64::from(spec.per_mille) / 1000.0, spec.min_per_second)
     }
 
     /// Counts each refused retry in `exhausted`.
