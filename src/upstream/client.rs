@@ -71,20 +71,13 @@ pub async fn send(pool: &Pool, req: Req, metrics: &UpstreamMetrics) -> Result {
     let mut req = req.http;
     let on_upgrade = req.extensions_mut().remove::<OnUpgrade>();
     fill_authority(&mut req, pool)?;
-    // Each branch awaits the pool's future where it is made: it is large, and moving it
-    // into a timeout after making it would copy it.
-    let result = match timeout {
-        Some(t) => match tokio::time::timeout(t, pool.send(req)).await {
-            Ok(r) => r,
-            Err(_) => {
-                metrics.attempt(AttemptResult::Timeout);
-                return Err(ProxyError::Timeout(t));
-            }
-        },
-        None => pool.send(req).await,
-    };
-    let (mut resp, lease) = match result {
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let (mut resp, lease) = match pool.send(req, deadline).await {
         Ok(pair) => pair,
+        Err(PoolError::Timeout) => {
+            metrics.attempt(AttemptResult::Timeout);
+            return Err(ProxyError::Timeout(timeout.unwrap_or_default()));
+        }
         Err(e) => return Err(classify(e, pool, metrics)),
     };
     metrics.attempt(AttemptResult::Success);
@@ -122,7 +115,7 @@ fn classify(e: PoolError, pool: &Pool, metrics: &UpstreamMetrics) -> ProxyError 
                 source: Box::new(e),
             },
         ),
-        PoolError::Http(_) | PoolError::Shared(_) => (
+        PoolError::Http(_) | PoolError::Shared(_) | PoolError::Timeout => (
             AttemptResult::Reset,
             ProxyError::Reset {
                 target,

@@ -54,6 +54,9 @@ pub enum PoolError {
     /// The TLS handshake failed (the server's identity included).
     #[error(transparent)]
     Tls(#[from] OriginateError),
+    /// The deadline passed before response headers came.
+    #[error("no response headers before the deadline")]
+    Timeout,
     /// Opening the shared HTTP/2 connection failed for the request that opened it, and so for
     /// every request that waited on it too.
     #[error(transparent)]
@@ -168,13 +171,18 @@ impl Pool {
     }
 
     /// Sends `req` (HTTP/2 when its version says so) and returns the response, with the lease
-    /// to give back when an HTTP/1.1 response body ends (none for HTTP/2 and upgrades).
+    /// to give back when an HTTP/1.1 response body ends (none for HTTP/2 and upgrades); fails
+    /// with `Timeout` when `deadline` passes first.
+    ///
+    /// The deadline is applied here, to each wait, rather than around this whole future: that
+    /// future is large, and wrapping it would copy it on every request.
     pub async fn send(
         &self,
         req: Request<ProxyBody>,
+        deadline: Option<Instant>,
     ) -> Result<(Response<Incoming>, Option<Lease>), PoolError> {
         if req.version() == Version::HTTP_2 {
-            return self.send_http2(req).await.map(|r| (r, None));
+            return self.send_http2(req, deadline).await.map(|r| (r, None));
         }
         let mut req = req;
         let mut waiting = None;
@@ -184,7 +192,7 @@ impl Pool {
                 if sender.ready().await.is_err() {
                     continue;
                 }
-                match sender.try_send_request(req).await {
+                match within(deadline, sender.try_send_request(req)).await? {
                     Ok(resp) => return Ok(self.lease(resp, sender)),
                     Err(mut e) => match e.take_message() {
                         Some(unsent) => req = unsent,
@@ -203,16 +211,19 @@ impl Pool {
             if waiting.is_none() {
                 waiting = Some(breaker.wait_slot().map_err(PoolError::Overloaded)?);
             }
-            tokio::select! {
-                _ = self.inner.returned.notified() => {}
-                _ = breaker.connection_closed() => {}
-            }
+            within(deadline, async {
+                tokio::select! {
+                    _ = self.inner.returned.notified() => {}
+                    _ = breaker.connection_closed() => {}
+                }
+            })
+            .await?;
         };
         drop(waiting);
         // Boxed: opening a connection is rare, and its state (TCP, TLS, the handshake) would
         // otherwise make every request's future several KiB larger, and futures are moved.
-        let mut sender = Box::pin(self.connect_http1(slot)).await?;
-        match sender.try_send_request(req).await {
+        let mut sender = within(deadline, Box::pin(self.connect_http1(slot))).await??;
+        match within(deadline, sender.try_send_request(req)).await? {
             Ok(resp) => Ok(self.lease(resp, sender)),
             Err(e) => Err(e.into_error().into()),
         }
@@ -231,13 +242,17 @@ impl Pool {
         (resp, lease)
     }
 
-    async fn send_http2(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, PoolError> {
+    async fn send_http2(
+        &self,
+        req: Request<ProxyBody>,
+        deadline: Option<Instant>,
+    ) -> Result<Response<Incoming>, PoolError> {
         let mut req = req;
         let mut failed = None;
         loop {
-            let shared = self.http2_sender(failed).await?;
+            let shared = within(deadline, self.http2_sender(failed)).await??;
             let mut sender = shared.sender;
-            match sender.try_send_request(req).await {
+            match within(deadline, sender.try_send_request(req)).await? {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
                     // The connection went away before the request was written: once more,
@@ -423,6 +438,19 @@ impl Pool {
     }
 }
 
+/// `f`'s output, unless `deadline` passes first.
+async fn within<F: std::future::Future>(
+    deadline: Option<Instant>,
+    f: F,
+) -> Result<F::Output, PoolError> {
+    match deadline {
+        None => Ok(f.await),
+        Some(d) => tokio::time::timeout_at(d, f)
+            .await
+            .map_err(|_| PoolError::Timeout),
+    }
+}
+
 impl Inner {
     fn take_idle(&self) -> Option<http1::SendRequest<ProxyBody>> {
         let mut idle = self.http1.lock().unwrap_or_else(|p| p.into_inner());
@@ -532,7 +560,7 @@ mod tests {
 
     /// Sends a request and reads the whole response; returns `x-conn`.
     async fn exchange(p: &Pool) -> String {
-        let (resp, lease) = p.send(get(Version::HTTP_11)).await.unwrap();
+        let (resp, lease) = p.send(get(Version::HTTP_11), None).await.unwrap();
         let conn = resp.headers()["x-conn"].to_str().unwrap().to_owned();
         ProxyBody::upstream(resp.into_body(), lease)
             .collect()
@@ -560,7 +588,7 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
 
         // A response whose body is still being read keeps its connection from others.
-        let (held, lease) = p.send(get(Version::HTTP_11)).await.unwrap();
+        let (held, lease) = p.send(get(Version::HTTP_11), None).await.unwrap();
         assert_eq!(held.headers()["x-conn"], "1");
         assert_eq!(exchange(&p).await, "2", "the busy connection is not shared");
         drop(lease);
@@ -570,8 +598,8 @@ mod tests {
     async fn the_most_recently_returned_connection_goes_first() {
         let (addr, _) = h1_server(After::KeepAlive).await;
         let p = pool(addr, Duration::from_secs(60));
-        let (a, lease_a) = p.send(get(Version::HTTP_11)).await.unwrap();
-        let (b, lease_b) = p.send(get(Version::HTTP_11)).await.unwrap();
+        let (a, lease_a) = p.send(get(Version::HTTP_11), None).await.unwrap();
+        let (b, lease_b) = p.send(get(Version::HTTP_11), None).await.unwrap();
         assert_eq!(
             (&a.headers()["x-conn"], &b.headers()["x-conn"]),
             (&"1".parse().unwrap(), &"2".parse().unwrap())
@@ -642,7 +670,7 @@ mod tests {
         let sends: Vec<_> = (0..5)
             .map(|_| {
                 let p = p.clone();
-                tokio::spawn(async move { p.send(get(Version::HTTP_2)).await })
+                tokio::spawn(async move { p.send(get(Version::HTTP_2), None).await })
             })
             .collect();
         for s in sends {
@@ -659,7 +687,7 @@ mod tests {
         // once the close is known.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match p.send(get(Version::HTTP_2)).await {
+            match p.send(get(Version::HTTP_2), None).await {
                 Ok((resp, _)) if resp.headers()["x-conn"] == "2" => break,
                 _ => assert!(Instant::now() < deadline, "no second connection"),
             }
