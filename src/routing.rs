@@ -1,6 +1,7 @@
-//! Routing: which route a request takes (`matcher`) and the ordered table of routes bound to
-//! live services (`table`).
+//! Routing: which route a request takes (`matcher`), the ordered table of routes bound to
+//! live services (`table`), and the binding itself (`bind`).
 
+pub mod bind;
 pub mod matcher;
 pub mod table;
 

@@ -15,17 +15,14 @@ use arc_swap::ArcSwap;
 
 use crate::{
     config::{Compiled, InboundSpec, ShutdownSettings, Startup},
-    metrics::{Direction, Metrics},
+    metrics::Metrics,
     proxy::{
         authorize::{Authorizer, AuthzMetrics},
         inbound::{self, Inbound},
         outbound::{self, Outbound},
     },
     resilience::RateLimiter,
-    routing::{
-        table::{MirrorTarget, Target},
-        ActionSpec, Route, RouteTable,
-    },
+    routing::{bind, RouteTable},
     tls::{IdentityFiles, TlsContext},
     upstream::{Passthrough, Service},
 };
@@ -87,57 +84,10 @@ impl Snapshot {
             .collect();
 
         let outbound = outbound.map(|ob| {
-            let d = Direction::Outbound;
-            let routes = ob
-                .routes
-                .into_iter()
-                .map(|spec| {
-                    let mut total = 0;
-                    let targets = match &spec.action {
-                        ActionSpec::Forward(list) => list
-                            .iter()
-                            .filter(|b| b.weight > 0)
-                            .map(|b| {
-                                total += b.weight;
-                                Target {
-                                    service: services[&b.service].clone(),
-                                    cumulative: total,
-                                    metrics: metrics.request(d, &spec.name, &b.service),
-                                    retries: metrics.retries(&spec.name, &b.service),
-                                }
-                            })
-                            .collect(),
-                        _ => Vec::new(),
-                    };
-                    // A bucket keeps its state while its route's limit is unchanged.
-                    let limiter = spec.rate_limit.map(|limit| {
-                        previous
-                            .and_then(|p| p.outbound.as_ref())
-                            .and_then(|o| o.table.routes.iter().find(|r| r.spec.name == spec.name))
-                            .filter(|r| r.spec.rate_limit == spec.rate_limit)
-                            .and_then(|r| r.limiter.clone())
-                            .unwrap_or_else(|| Arc::new(RateLimiter::for_limit(limit)))
-                    });
-                    let mirror = spec.mirror.as_ref().map(|m| {
-                        let [sent, failed, dropped] = metrics.mirror(&spec.name);
-                        MirrorTarget {
-                            service: services[&m.service].clone(),
-                            sent,
-                            failed,
-                            dropped,
-                        }
-                    });
-                    Route {
-                        mirror,
-                        local_metrics: metrics.request(d, &spec.name, ""),
-                        limiter,
-                        faults: metrics.faults(&spec.name),
-                        targets,
-                        total_weight: total,
-                        spec,
-                    }
-                })
-                .collect();
+            let previous = previous
+                .and_then(|p| p.outbound.as_ref())
+                .map(|o| &*o.table);
+            let routes = bind::routes(ob.routes, &services, metrics, previous);
             let table = Arc::new(RouteTable {
                 routes,
                 unmatched: ob.unmatched,
