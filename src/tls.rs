@@ -8,6 +8,7 @@
 //! - [`connect`]: the outbound side: originates TLS and checks the peer's identity.
 //! - [`watch`]: live rotation of the identity files.
 //! - [`certs`]: a development CA and workload certificates (`remora certs`).
+//! - [`spiffe`]: SPIFFE ID patterns (exact, prefix, any), for authorization and config checks.
 //!
 //! **Crypto provider: ring.** It builds with a C compiler alone (no cmake, no Go, no NASM),
 //! which keeps a clean build and CI short, and its AES-GCM, ChaCha20-Poly1305, X25519 and
@@ -19,6 +20,7 @@ pub mod accept;
 pub mod certs;
 pub mod connect;
 pub mod identity;
+pub mod spiffe;
 pub mod verify;
 pub mod watch;
 

@@ -109,18 +109,7 @@ impl Compiled {
     }
 }
 
-/// Runtime form of `limits:`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest request header block in bytes.
-    pub max_header_bytes: usize,
-    /// Time to receive a complete request header block.
-    pub header_read_timeout: Duration,
-    /// Most concurrent downstream connections per listener.
-    pub max_connections: usize,
-    /// Idle downstream connections are closed after this long.
-    pub idle_timeout: Duration,
-}
+pub use crate::proxy::server::Limits;
 
 /// Runtime form of `shutdown:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use crate::{
     body::{ProxyBody, Tee},
     context::{stack_service, BoxFuture, Ctx, Req, Resp},
     error::ProxyError,
-    routing::host_without_port,
+    headers::host_without_port,
 };
 
 /// Mirror copies of one route outstanding at once.

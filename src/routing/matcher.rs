@@ -210,19 +210,7 @@ impl HostMatch {
     }
 }
 
-/// The host part of an authority: `a.b:80` → `a.b`, `[::1]:80` → `[::1]`.
-pub fn host_without_port(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return match authority.find(']') {
-            Some(end) => &authority[..=end],
-            None => authority,
-        };
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    }
-}
+pub use crate::headers::host_without_port;
 
 // === impl PathMatch ===
 

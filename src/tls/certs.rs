@@ -171,8 +171,8 @@ pub fn write_dev_certs(dir: &Path, ids: &[String], days: i64) -> Result<Written,
         return Err("give at least one SPIFFE ID, e.g. spiffe://demo.local/ns/shop/sa/web".into());
     }
     for id in ids {
-        match crate::proxy::authorize::IdPattern::parse(id) {
-            Ok(crate::proxy::authorize::IdPattern::Exact(_)) => {}
+        match super::spiffe::IdPattern::parse(id) {
+            Ok(super::spiffe::IdPattern::Exact(_)) => {}
             Ok(_) => return Err(format!("{id:?}: give exact SPIFFE IDs, not patterns")),
             Err(e) => return Err(e),
         }
