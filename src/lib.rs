@@ -14,7 +14,8 @@
 //! - [`tls`]: mutual TLS: identities, termination, origination, rotation, dev certificates.
 //! - [`metrics`], [`admin`], [`telemetry`]: Prometheus metrics, the admin listener, logs.
 //! - [`body`]: the body type moved in both directions; [`context`]: the per-request context
-//!   and the stack's vocabulary; [`error`]: errors on the request path.
+//!   and the stack's vocabulary; [`error`]: errors on the request path; [`headers`]: header
+//!   hygiene between hops.
 
 pub mod admin;
 pub mod app;
