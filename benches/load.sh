@@ -181,6 +181,10 @@ for a in sys.argv[3:]:
     k, v = a.split("=")
     runs = [tuple(map(float, x.split())) for x in v.split(";") if x.strip()]
     r[k] = tuple(statistics.median(run[i] for run in runs) for i in range(3))
+print("\nper round (req/s):")
+for a in sys.argv[3:]:
+    k, v = a.split("=")
+    print(f"  {k:<20}" + " ".join(f"{float(x.split()[0]):>9.0f}" for x in v.split(";") if x.strip()))
 print(f"\nmedians of {len(sys.argv[3].split(';')) - 1} interleaved runs each")
 print(f"{'run':<20}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
 for k, (rps, p50, p99) in r.items():
