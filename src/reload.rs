@@ -355,3 +355,80 @@ fn diff<T: PartialEq>(
     }
     removed.extend(old.keys().filter(|k| !new.contains_key(*k)).cloned());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Shared;
+
+    const BASE: &str = r#"version: 1
+inbound: { listen: 127.0.0.1:0, app: 127.0.0.1:1, timeout: 5s }
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - name: api
+      match: { host: api, path: { regex: "/v[0-9]+/.*" } }
+      backends: [{ service: one }]
+    - name: web
+      match: { host: web }
+      backends: [{ service: two }]
+      timeout: 2s
+services:
+  one: { endpoints: ["127.0.0.1:2"] }
+  two: { endpoints: ["127.0.0.1:3"] }
+"#;
+
+    fn snap(text: &str, shared: &Shared, previous: Option<&Snapshot>) -> Snapshot {
+        Snapshot::build(config::parse("t.yaml", text).unwrap(), shared, previous)
+    }
+
+    #[tokio::test]
+    async fn changes_are_told_from_the_compiled_config_not_its_text() {
+        let shared = Shared::new();
+        let old = snap(BASE, &shared, None);
+        // The same config written differently: comments, flow style, a default spelled out.
+        let same = r#"version: 1   # reformatted
+inbound:
+  listen: 127.0.0.1:0
+  app: 127.0.0.1:1
+  timeout: 5000ms
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - name: api
+      match:
+        host: api
+        path: { regex: "/v[0-9]+/.*" }
+      backends: [{ service: one, weight: 1 }]
+    - { name: web, match: { host: web }, backends: [{ service: two }], timeout: 2s }
+services:
+  one: { endpoints: ["127.0.0.1:2"], protocol: auto }
+  two: { endpoints: ["127.0.0.1:3"] }
+"#;
+        let c = Changes::between(&old, &snap(same, &shared, Some(&old)));
+        assert!(c.is_empty(), "{c}");
+
+        let changed = BASE
+            .replace("timeout: 2s", "timeout: 3s")
+            .replace("127.0.0.1:3\"", "127.0.0.1:4\"")
+            .replace("timeout: 5s", "timeout: 6s")
+            .replace(
+                "services:",
+                "    - name: extra\n      direct_response: { status: 200 }\nservices:",
+            );
+        let c = Changes::between(&old, &snap(&changed, &shared, Some(&old)));
+        assert_eq!(c.routes_changed, ["web"]);
+        assert_eq!(c.routes_added, ["extra"]);
+        assert_eq!(c.services_changed, ["two"]);
+        assert_eq!(c.other, ["inbound"]);
+        assert!(c.routes_removed.is_empty() && c.services_added.is_empty());
+
+        let regex = BASE.replace("[0-9]+", "[0-9]*");
+        let c = Changes::between(&old, &snap(&regex, &shared, Some(&old)));
+        assert_eq!(
+            c.routes_changed,
+            ["api"],
+            "a regex is compared by its pattern"
+        );
+    }
+}
