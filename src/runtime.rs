@@ -217,3 +217,58 @@ impl Runtime {
         self.ready.store(ready, Ordering::Release);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"version: 1
+inbound: { listen: 127.0.0.1:0, app: 127.0.0.1:1 }
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - { name: r, match: { host: a }, backends: [{ service: one }, { service: two }] }
+services:
+  one: { endpoints: ["127.0.0.1:2"] }
+  two: { endpoints: ["127.0.0.1:3"] }
+"#;
+
+    fn build(text: &str, shared: &Shared, previous: Option<&Snapshot>) -> Snapshot {
+        Snapshot::build(
+            crate::config::parse("t.yaml", text).unwrap(),
+            shared,
+            previous,
+        )
+    }
+
+    #[tokio::test]
+    async fn unchanged_services_keep_their_live_state_across_snapshots() {
+        let shared = Shared::new();
+        let first = build(BASE, &shared, None);
+        let next = build(
+            &BASE.replace("127.0.0.1:3\"", "127.0.0.1:4\""),
+            &shared,
+            Some(&first),
+        );
+        assert!(
+            Arc::ptr_eq(&first.services["one"], &next.services["one"]),
+            "kept"
+        );
+        assert!(
+            !Arc::ptr_eq(&first.services["two"], &next.services["two"]),
+            "changed: fresh"
+        );
+        let (a, b) = (
+            first.inbound.as_ref().unwrap(),
+            next.inbound.as_ref().unwrap(),
+        );
+        assert!(Arc::ptr_eq(&a.app, &b.app), "the app's pools survive too");
+        // The route is bound to the live services of its own snapshot.
+        let route = &next.outbound.as_ref().unwrap().table.routes[0];
+        assert!(Arc::ptr_eq(
+            &route.targets[1].service,
+            &next.services["two"]
+        ));
+        assert!(next.effective.contains("max_connections: 10000"));
+    }
+}
