@@ -363,7 +363,7 @@ fn unanchored(r: &str) -> &str {
 }
 
 fn matched(spec: &RouteSpec, view: &RequestView<'_>, services: &dyn ServiceInfo) -> Matched {
-    let action = match &spec.action {
+    let action = match &*spec.action {
         ActionSpec::Forward(list) => {
             let total: u32 = list.iter().map(|b| b.weight).sum();
             let backends = list

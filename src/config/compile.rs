@@ -767,7 +767,7 @@ impl Ctx {
         Some(RouteSpec {
             name: Arc::from(r.name.as_str()),
             matcher,
-            action: action?,
+            action: Arc::new(action?),
             timeout: r.timeout.0,
             request_headers,
             response_headers,

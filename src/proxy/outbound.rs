@@ -7,8 +7,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use bytes::Bytes;
-use http::{header, HeaderValue, Method, Response, StatusCode};
+use http::{header, Method, Response};
 use hyper_util::rt::TokioIo;
 use tower::{Service, ServiceBuilder};
 
@@ -302,22 +301,8 @@ fn loops_back(authority: &str, conn: &ConnMeta) -> bool {
 /// What a route does with a request that passed its policies.
 #[derive(Debug, Clone)]
 pub enum Action {
-    /// Answer with a redirect.
-    Redirect {
-        /// 301, 302, 303, 307 or 308.
-        status: StatusCode,
-        /// `location`.
-        location: HeaderValue,
-    },
-    /// Answer with a fixed response.
-    Direct {
-        /// Status.
-        status: StatusCode,
-        /// Body.
-        body: Bytes,
-        /// `content-type`, when there is one.
-        content_type: Option<HeaderValue>,
-    },
+    /// Answer with the route's redirect or direct response.
+    Answer(Arc<ActionSpec>),
     /// Forward to a backend chosen by weight.
     Forward(Split),
 }
@@ -325,20 +310,7 @@ pub enum Action {
 impl Action {
     /// The action of `route`, with a stack for each of its backends.
     fn of(route: &Route) -> Self {
-        match &route.spec.action {
-            ActionSpec::Redirect { status, location } => Action::Redirect {
-                status: *status,
-                location: location.clone(),
-            },
-            ActionSpec::Direct {
-                status,
-                body,
-                content_type,
-            } => Action::Direct {
-                status: *status,
-                body: body.clone(),
-                content_type: content_type.clone(),
-            },
+        match &*route.spec.action {
             ActionSpec::Forward(_) => {
                 let mirror = shadow(route);
                 let backends = route
@@ -356,6 +328,7 @@ impl Action {
                     total: route.total_weight,
                 })
             }
+            _ => Action::Answer(route.spec.action.clone()),
         }
     }
 }
@@ -366,25 +339,31 @@ impl Service<Req> for Action {
     fn call(&mut self, req: Req) -> BoxFuture {
         let resp = match self {
             Action::Forward(split) => return split.call(req),
-            Action::Redirect { status, location } => {
-                let mut resp = Response::new(ProxyBody::empty());
-                *resp.status_mut() = *status;
-                resp.headers_mut()
-                    .insert(header::LOCATION, location.clone());
-                resp
-            }
-            Action::Direct {
-                status,
-                body,
-                content_type,
-            } => {
-                let mut resp = Response::new(ProxyBody::full(body.clone()));
-                *resp.status_mut() = *status;
-                if let Some(ct) = content_type {
-                    resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+            Action::Answer(spec) => match &**spec {
+                ActionSpec::Redirect { status, location } => {
+                    let mut resp = Response::new(ProxyBody::empty());
+                    *resp.status_mut() = *status;
+                    resp.headers_mut()
+                        .insert(header::LOCATION, location.clone());
+                    resp
                 }
-                resp
-            }
+                ActionSpec::Direct {
+                    status,
+                    body,
+                    content_type,
+                } => {
+                    let mut resp = Response::new(ProxyBody::full(body.clone()));
+                    *resp.status_mut() = *status;
+                    if let Some(ct) = content_type {
+                        resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+                    }
+                    resp
+                }
+                // `Action::of` makes forwarding routes `Forward`.
+                ActionSpec::Forward(_) => {
+                    return Box::pin(std::future::ready(Err(ProxyError::NoRoute)))
+                }
+            },
         };
         Box::pin(std::future::ready(Ok(resp)))
     }

@@ -43,7 +43,7 @@ fn route(
         found
     };
     let mut total = 0;
-    let targets = match &spec.action {
+    let targets = match &*spec.action {
         ActionSpec::Forward(list) => list
             .iter()
             .filter(|b| b.weight > 0)

@@ -23,8 +23,9 @@ pub struct RouteSpec {
     pub name: Arc<str>,
     /// Conditions.
     pub matcher: RouteMatch,
-    /// What to do with a matching request.
-    pub action: ActionSpec,
+    /// What to do with a matching request (shared with the route's stack, which answers
+    /// redirects and direct responses from it).
+    pub action: Arc<ActionSpec>,
     /// Time the upstream has to answer with response headers.
     pub timeout: Duration,
     /// Edits to the forwarded request.
