@@ -74,6 +74,18 @@ pub type Result = std::result::Result<Resp, ProxyError>;
 /// (futures are moved several times per request; see the pool's notes on `memmove`).
 pub type BoxFuture = Pin<Box<dyn Future<Output = Result> + Send + 'static>>;
 
+/// A service of the stack: it takes a `Req` and answers a `Resp` or a `ProxyError` through a
+/// `BoxFuture`. Every layer is one, and wraps one.
+pub trait Stage:
+    tower::Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>
+{
+}
+
+impl<S> Stage for S where
+    S: tower::Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>
+{
+}
+
 /// The associated types and `poll_ready` every layer of the stack shares: each answers with a
 /// `Resp` or a `ProxyError` through a `BoxFuture`, and is always ready (the stack pushes back
 /// by failing fast in its policies, never by readiness, so callers need not poll it).

@@ -17,7 +17,7 @@ use tower::{Layer, Service, ServiceBuilder};
 
 use crate::{
     body::ProxyBody,
-    context::{stack_service, BoxFuture, ConnMeta, Req, Resp},
+    context::{stack_service, BoxFuture, ConnMeta, Req, Stage},
     error::ProxyError,
     headers,
     resilience::retry::{Retry, RetryLayer},
@@ -103,7 +103,7 @@ pub struct Prepare<S> {
 
 impl<S> Service<Req> for Prepare<S>
 where
-    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
+    S: Stage,
 {
     stack_service!();
 
@@ -226,7 +226,7 @@ pub struct ResponseEdits<S> {
 
 impl<S> Service<Req> for ResponseEdits<S>
 where
-    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
+    S: Stage,
 {
     stack_service!();
 

@@ -15,7 +15,7 @@ use super::{
     observe::{Observe, ObserveLayer},
 };
 use crate::{
-    context::{stack_service, BoxFuture, Req, Resp},
+    context::{stack_service, BoxFuture, Req, Stage},
     error::ProxyError,
     headers,
     metrics::{Direction, Metrics},
@@ -111,7 +111,7 @@ struct Rules {
 
 impl<S> Service<Req> for Guard<S>
 where
-    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
+    S: Stage,
 {
     stack_service!();
 

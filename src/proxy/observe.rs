@@ -17,8 +17,7 @@ use tower::{Layer, Service};
 
 use super::rescue;
 use crate::{
-    context::{BoxFuture, Ctx, Req, Resp},
-    error::ProxyError,
+    context::{BoxFuture, Ctx, Req, Resp, Stage},
     metrics::RequestMetrics,
     tls::accept::ClientId,
 };
@@ -68,7 +67,7 @@ pub struct Observe<S> {
 
 impl<S> Service<Req> for Observe<S>
 where
-    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
+    S: Stage,
 {
     type Response = Resp;
     type Error = Infallible;

@@ -18,7 +18,7 @@ use tower::{Layer, Service};
 pub use crate::metrics::BreakerMetrics;
 use crate::{
     body::{Place, Release},
-    context::{stack_service, BoxFuture, Req, Resp},
+    context::{stack_service, BoxFuture, Req, Stage},
     error::ProxyError,
 };
 
@@ -223,7 +223,7 @@ pub struct CircuitBreaker<S> {
 
 impl<S> Service<Req> for CircuitBreaker<S>
 where
-    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
+    S: Stage,
 {
     stack_service!();
 

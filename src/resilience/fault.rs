@@ -9,7 +9,7 @@ use http::StatusCode;
 use tower::{Layer, Service};
 
 use crate::{
-    context::{stack_service, BoxFuture, Req, Resp},
+    context::{stack_service, BoxFuture, Req, Stage},
     error::ProxyError,
     metrics::FaultMetrics,
 };
@@ -94,10 +94,7 @@ pub struct InjectFaults<S> {
 
 impl<S> Service<Req> for InjectFaults<S>
 where
-    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>
-        + Clone
-        + Send
-        + 'static,
+    S: Stage + Clone + Send + 'static,
 {
     stack_service!();
 

@@ -24,8 +24,7 @@ use tower::{Layer, Service};
 use super::deadline;
 use crate::{
     body::{ProxyBody, Tee},
-    context::{stack_service, BoxFuture, Ctx, Req, Resp},
-    error::ProxyError,
+    context::{stack_service, BoxFuture, Ctx, Req, Stage},
     headers::host_without_port,
 };
 
@@ -135,12 +134,8 @@ impl<S: Clone, M> Clone for Mirror<S, M> {
 
 impl<S, M> Service<Req> for Mirror<S, M>
 where
-    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
-    M: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: Stage,
+    M: Stage + Clone + Send + Sync + 'static,
 {
     stack_service!();
 
@@ -158,11 +153,7 @@ where
 /// Starts the copy of `req` to the shadow, teeing `req`'s body for it.
 fn copy<M>(shadow: &Arc<Shadow<M>>, req: &mut Req)
 where
-    M: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    M: Stage + Clone + Send + Sync + 'static,
 {
     let Some(slot) = shadow.limiter.try_acquire() else {
         shadow.dropped.inc();

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::{
-    context::{stack_service, BoxFuture, Req, Resp},
+    context::{stack_service, BoxFuture, Req, Stage},
     error::ProxyError,
 };
 
@@ -143,7 +143,7 @@ pub struct RateLimit<S> {
 
 impl<S> Service<Req> for RateLimit<S>
 where
-    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
+    S: Stage,
 {
     stack_service!();
 

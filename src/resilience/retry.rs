@@ -28,7 +28,7 @@ pub use policy::{grpc_status, retry_after, Conditions, Outcome, Policy};
 use super::deadline;
 use crate::{
     body::{replay::Replay, ProxyBody},
-    context::{stack_service, BoxFuture, Req, Resp},
+    context::{stack_service, BoxFuture, Req, Resp, Stage},
     error::ProxyError,
 };
 
@@ -99,10 +99,7 @@ pub struct Retry<S> {
 
 impl<S> Service<Req> for Retry<S>
 where
-    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>
-        + Clone
-        + Send
-        + 'static,
+    S: Stage + Clone + Send + 'static,
 {
     stack_service!();
 
@@ -135,7 +132,7 @@ async fn retrying<S>(
     timeout: Duration,
 ) -> crate::context::Result
 where
-    S: Service<Req, Response = Resp, Error = ProxyError, Future = BoxFuture>,
+    S: Stage,
 {
     let policy = cfg.policy.as_ref().expect("retrying needs a policy");
     let deadline = Instant::now() + timeout;
