@@ -14,6 +14,7 @@ use crate::{
         matcher::{HostMatch, PathMatch, ValueMatch},
         ActionSpec, Mismatch, RequestView, RouteMatch, RouteSpec, Unmatched,
     },
+    tls::SpiffeId,
     upstream::{Discovery, Service, ServiceSpec},
 };
 
@@ -223,7 +224,7 @@ pub struct Backend {
     pub health_check: Option<String>,
     /// The SPIFFE ID required of the endpoints, when the service is called over mTLS.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mtls_peer_identity: Option<String>,
+    pub mtls_peer_identity: Option<SpiffeId>,
     /// Current endpoints (`None`: resolved only at run time).
     pub endpoints: Option<Vec<String>>,
 }

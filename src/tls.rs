@@ -34,6 +34,7 @@ use prometheus::{Gauge, IntCounter, IntCounterVec, Opts};
 use rustls::crypto::CryptoProvider;
 
 pub use identity::{Identity, IdentityError, IdentityFiles};
+pub use spiffe::SpiffeId;
 
 use crate::metrics::{Direction, Metrics};
 
@@ -105,7 +106,7 @@ impl TlsContext {
             Some(id) => {
                 self.metrics.expiry.set(id.not_after() as f64);
                 tracing::info!(
-                    identity = id.id(),
+                    identity = id.id().as_str(),
                     not_after = id.not_after(),
                     certificate = %id.files().certificate.display(),
                     "TLS identity in force"

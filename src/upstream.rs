@@ -35,7 +35,7 @@ use crate::{
         retry::{Budget, BudgetSpec},
         Breaker,
     },
-    tls::{connect::Originator, TlsContext},
+    tls::{connect::Originator, SpiffeId, TlsContext},
 };
 
 /// The HTTP version a service is called with.
@@ -73,7 +73,7 @@ pub struct ServiceSpec {
     /// Active health checks, when on.
     pub health: Option<health::Check>,
     /// The SPIFFE ID to require of endpoints, called over mTLS; `None`: plaintext.
-    pub tls: Option<String>,
+    pub tls: Option<SpiffeId>,
 }
 
 /// Where a service's endpoints come from.
@@ -123,7 +123,7 @@ impl Service {
         tls: &Arc<TlsContext>,
     ) -> Arc<Self> {
         let svc = Arc::new(Self {
-            tls: spec.tls.as_ref().map(|id| Originator::new(id, tls.clone())),
+            tls: spec.tls.clone().map(|id| Originator::new(id, tls.clone())),
             name: Arc::from(name),
             metrics: metrics.upstream(name),
             breaker: Breaker::new(spec.breaker, metrics.breaker(name)),

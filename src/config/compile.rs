@@ -26,7 +26,7 @@ use crate::{
         ActionSpec, HeaderEdits, Rewrite, RouteMatch, RouteSpec, Unmatched, WeightedService,
     },
     telemetry::{self, LogFormat, LogSettings},
-    tls::{self, Identity, IdentityFiles},
+    tls::{self, Identity, IdentityFiles, SpiffeId},
     upstream::{Discovery, Protocol, ServiceSpec},
 };
 
@@ -481,7 +481,7 @@ impl Ctx {
     }
 
     /// A service's `tls.identity`: one exact SPIFFE ID.
-    fn service_tls(&mut self, path: &str, svc: &ServiceFile) -> Option<String> {
+    fn service_tls(&mut self, path: &str, svc: &ServiceFile) -> Option<SpiffeId> {
         let t = svc.tls.as_ref()?;
         if !self.has_identity {
             self.err(

@@ -15,7 +15,7 @@ use tokio_rustls::server::TlsStream;
 
 use super::{
     verify::{self, Failure},
-    Mode, TlsContext,
+    Mode, SpiffeId, TlsContext,
 };
 use crate::metrics::Direction;
 
@@ -27,12 +27,17 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// as (made once per connection, not per request). One pointer wide, as every request's
 /// connection metadata carries it.
 #[derive(Debug, Clone)]
-pub struct ClientId(Arc<(String, HeaderValue)>);
+pub struct ClientId(Arc<(SpiffeId, HeaderValue)>);
 
 impl ClientId {
     /// The SPIFFE ID.
-    pub fn as_str(&self) -> &str {
+    pub fn id(&self) -> &SpiffeId {
         &self.0 .0
+    }
+
+    /// The SPIFFE ID as text.
+    pub fn as_str(&self) -> &str {
+        self.0 .0.as_str()
     }
 
     /// The ID as an `x-remora-client-id` value.
@@ -131,19 +136,20 @@ impl Terminator {
             .peer_certificates()
             .and_then(|c| c.first());
         let id = match leaf.map(verify::spiffe_id) {
-            Some(Ok(id)) => match HeaderValue::from_str(&id) {
+            // A valid SPIFFE ID is visible ASCII, so it always makes a header value.
+            Some(Ok(id)) => match HeaderValue::from_str(id.as_str()) {
                 Ok(header) => ClientId(Arc::new((id, header))),
                 Err(_) => {
-                    self.failed(
-                        peer,
-                        Failure::MissingSpiffeId,
-                        "the SPIFFE ID is not printable ASCII",
-                    );
+                    self.failed(peer, Failure::InvalidSpiffeId, "not a header value");
                     return None;
                 }
             },
             Some(Err(e)) => {
-                self.failed(peer, Failure::MissingSpiffeId, &e.to_string());
+                let failure = match e {
+                    verify::PeerError::InvalidSpiffeId(_) => Failure::InvalidSpiffeId,
+                    _ => Failure::MissingSpiffeId,
+                };
+                self.failed(peer, failure, &e.to_string());
                 return None;
             }
             None => {

@@ -13,7 +13,7 @@ use tokio_rustls::client::TlsStream;
 use super::{
     identity::client_resolver,
     verify::{self, Failure, ServerIdentityVerifier},
-    TlsContext,
+    SpiffeId, TlsContext,
 };
 use crate::metrics::Direction;
 
@@ -42,7 +42,7 @@ pub enum OriginateError {
 /// Originates mTLS to one service's endpoints.
 #[derive(Debug)]
 pub struct Originator {
-    expected: Arc<str>,
+    expected: SpiffeId,
     tls: Arc<TlsContext>,
     configs: ArcSwapOption<Configs>,
 }
@@ -56,16 +56,16 @@ struct Configs {
 
 impl Originator {
     /// Calls peers that must be `expected` (a SPIFFE ID), with `tls`'s identity.
-    pub fn new(expected: &str, tls: Arc<TlsContext>) -> Arc<Self> {
+    pub fn new(expected: SpiffeId, tls: Arc<TlsContext>) -> Arc<Self> {
         Arc::new(Self {
-            expected: Arc::from(expected),
+            expected,
             tls,
             configs: ArcSwapOption::empty(),
         })
     }
 
     /// The SPIFFE ID the peer must have.
-    pub fn expected(&self) -> &str {
+    pub fn expected(&self) -> &SpiffeId {
         &self.expected
     }
 

@@ -16,7 +16,10 @@ use rustls::{
     RootCertStore, ServerConfig,
 };
 
-use super::verify::{self, CallerVerifier};
+use super::{
+    verify::{self, CallerVerifier},
+    SpiffeId,
+};
 
 /// The three files of an identity, as the control file names them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -67,7 +70,7 @@ pub struct IdentityError {
 #[derive(Debug)]
 pub struct Identity {
     files: IdentityFiles,
-    id: String,
+    id: SpiffeId,
     not_after: i64,
     fingerprint: u64,
     roots: Arc<RootCertStore>,
@@ -210,7 +213,7 @@ impl Identity {
     }
 
     /// This workload's SPIFFE ID.
-    pub fn id(&self) -> &str {
+    pub fn id(&self) -> &SpiffeId {
         &self.id
     }
 
@@ -305,7 +308,7 @@ mod tests {
         let ca = Ca::new("t", Validity::days(2)).unwrap();
         let w = ca.issue(Some(ID), Validity::days(1)).unwrap();
         let id = load(&ca, &w.cert_pem, &w.key_pem).unwrap();
-        assert_eq!(id.id(), ID);
+        assert_eq!(id.id().as_str(), ID);
         let now = UnixTime::now().as_secs() as i64;
         assert!((now + 86_000..now + 87_000).contains(&id.not_after()));
         let again = load(&ca, &w.cert_pem, &w.key_pem).unwrap();

@@ -5,6 +5,7 @@
 
 use std::{fmt, io, sync::Arc};
 
+use super::SpiffeId;
 use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms},
@@ -14,22 +15,25 @@ use rustls::{
     SignatureScheme,
 };
 
-/// The SPIFFE ID in `cert` (its first `spiffe://` URI SAN), or why there is none.
-pub fn spiffe_id(cert: &CertificateDer<'_>) -> Result<String, PeerError> {
+/// The SPIFFE ID in `cert` (its first `spiffe://` URI SAN), or why there is none or it is
+/// not a valid one.
+pub fn spiffe_id(cert: &CertificateDer<'_>) -> Result<SpiffeId, PeerError> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
         .map_err(|e| PeerError::Unparsable(e.to_string()))?;
     let san = parsed
         .subject_alternative_name()
         .map_err(|e| PeerError::Unparsable(e.to_string()))?;
-    san.into_iter()
+    let uri = san
+        .into_iter()
         .flat_map(|ext| ext.value.general_names.iter())
         .find_map(|name| match name {
             x509_parser::extensions::GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
-                Some((*uri).to_owned())
+                Some(*uri)
             }
             _ => None,
         })
-        .ok_or(PeerError::MissingSpiffeId)
+        .ok_or(PeerError::MissingSpiffeId)?;
+    SpiffeId::parse(uri).map_err(PeerError::InvalidSpiffeId)
 }
 
 /// The validity period of `cert` as Unix times.
@@ -46,13 +50,16 @@ pub enum PeerError {
     /// No `spiffe://` URI SAN.
     #[error("certificate has no spiffe:// URI SAN")]
     MissingSpiffeId,
+    /// A `spiffe://` URI SAN that is not a valid SPIFFE ID.
+    #[error("certificate's SPIFFE ID is invalid: {0}")]
+    InvalidSpiffeId(String),
     /// The server is not the one the service names.
     #[error("peer identity is {found}, expected {expected}")]
     Mismatch {
         /// The service's `tls.identity`.
-        expected: String,
+        expected: SpiffeId,
         /// The SPIFFE ID the server presented.
-        found: String,
+        found: SpiffeId,
     },
     /// The certificate is not valid DER.
     #[error("certificate cannot be parsed: {0}")]
@@ -77,6 +84,8 @@ pub enum Failure {
     UnknownCa,
     /// The peer's certificate carries no SPIFFE ID.
     MissingSpiffeId,
+    /// The peer's certificate carries a `spiffe://` URI that is not a valid SPIFFE ID.
+    InvalidSpiffeId,
     /// The server's SPIFFE ID is not the one the service names.
     PeerIdentityMismatch,
     /// The caller sent no client certificate.
@@ -101,6 +110,7 @@ impl Failure {
             Failure::NotYetValid => "not-yet-valid",
             Failure::UnknownCa => "unknown-ca",
             Failure::MissingSpiffeId => "missing-spiffe-id",
+            Failure::InvalidSpiffeId => "invalid-spiffe-id",
             Failure::PeerIdentityMismatch => "peer-identity-mismatch",
             Failure::NoClientCertificate => "no-client-certificate",
             Failure::PeerRejected => "peer-rejected",
@@ -118,6 +128,7 @@ impl Failure {
             Failure::NotYetValid => "the peer's certificate is not valid yet",
             Failure::UnknownCa => "the peer's certificate is not issued by a trusted CA",
             Failure::MissingSpiffeId => "the peer's certificate has no SPIFFE ID (URI SAN)",
+            Failure::InvalidSpiffeId => "the peer's certificate has an invalid SPIFFE ID",
             Failure::PeerIdentityMismatch => "the peer is not the identity the service names",
             Failure::NoClientCertificate => "the caller sent no client certificate",
             Failure::PeerRejected => "the peer refused the handshake",
@@ -148,6 +159,7 @@ impl Failure {
                 CertificateError::Other(OtherError(inner)) => {
                     match inner.downcast_ref::<PeerError>() {
                         Some(PeerError::MissingSpiffeId) => Failure::MissingSpiffeId,
+                        Some(PeerError::InvalidSpiffeId(_)) => Failure::InvalidSpiffeId,
                         Some(PeerError::Mismatch { .. }) => Failure::PeerIdentityMismatch,
                         _ => Failure::Other,
                     }
@@ -242,13 +254,13 @@ impl ClientCertVerifier for CallerVerifier {
 #[derive(Debug)]
 pub struct ServerIdentityVerifier {
     roots: Arc<RootCertStore>,
-    expected: Arc<str>,
+    expected: SpiffeId,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl ServerIdentityVerifier {
     /// A verifier trusting `roots` and expecting `expected`.
-    pub fn new(roots: Arc<RootCertStore>, expected: Arc<str>) -> Self {
+    pub fn new(roots: Arc<RootCertStore>, expected: SpiffeId) -> Self {
         Self {
             roots,
             expected,
@@ -278,9 +290,9 @@ impl ServerCertVerifier for ServerIdentityVerifier {
         )
         .map_err(pki_error)?;
         let found = spiffe_id(end_entity)?;
-        if found != *self.expected {
+        if found != self.expected {
             return Err(PeerError::Mismatch {
-                expected: self.expected.to_string(),
+                expected: self.expected.clone(),
                 found,
             }
             .into());

@@ -65,7 +65,7 @@ async fn watch(tls: Weak<TlsContext>, period: Duration) {
         match Identity::from_pem(&files, &anchors, &cert, &key) {
             Ok(identity) => {
                 tracing::info!(
-                    identity = identity.id(),
+                    identity = identity.id().as_str(),
                     not_after = identity.not_after(),
                     "identity files changed; new handshakes use them"
                 );

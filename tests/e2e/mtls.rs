@@ -25,6 +25,9 @@ use crate::support::*;
 
 const DOMAIN: &str = "spiffe://test.local/ns/shop/sa";
 
+/// A `spiffe://` URI that is not a valid SPIFFE ID (trust domains are lowercase).
+const BAD_ID: &str = "spiffe://Test.Local/ns/shop/sa/api";
+
 fn id(name: &str) -> String {
     format!("{DOMAIN}/{name}")
 }
@@ -142,8 +145,10 @@ fn client_config(
     for c in CertificateDer::pem_file_iter(anchors).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let verifier =
-        remora::tls::verify::ServerIdentityVerifier::new(Arc::new(roots), Arc::from(server_id));
+    let verifier = remora::tls::verify::ServerIdentityVerifier::new(
+        Arc::new(roots),
+        remora::tls::SpiffeId::parse(server_id).unwrap(),
+    );
     let builder = ClientConfig::builder_with_provider(remora::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -416,6 +421,12 @@ async fn server_certificate_failures_fail_the_request_with_their_reason() {
             &pki,
             "missing-spiffe-id",
         ),
+        (
+            "bad-id",
+            pki.issue_with("api-badid", Some(BAD_ID), Validity::days(10)),
+            &pki,
+            "invalid-spiffe-id",
+        ),
     ];
     for (name, cert, issuer, reason) in cases {
         // Remora refuses to load such a certificate, so a plain rustls server presents it.
@@ -518,6 +529,10 @@ async fn caller_certificate_failures_are_refused_counted_and_others_still_served
         (
             Some(pki.issue_with("web-nosan", None, Validity::days(10))),
             "missing-spiffe-id",
+        ),
+        (
+            Some(pki.issue_with("web-badid", Some(BAD_ID), Validity::days(10))),
+            "invalid-spiffe-id",
         ),
         (None, "no-client-certificate"),
     ];
@@ -769,6 +784,9 @@ services:
   s:
     endpoints: ["127.0.0.1:1"]
     tls: { identity: "spiffe://d/ns/*" }
+  t:
+    endpoints: ["127.0.0.1:1"]
+    tls: { identity: "spiffe://shop.local/ns//a" }
 "#;
     let e = config_error(text);
     let expect = [
@@ -780,6 +798,8 @@ services:
         "f.yaml:10:17: inbound.authorize[2].methods[0]: invalid method \"GE T\"",
         "f.yaml:15:10: services.s.tls: needs the `identity` section",
         "f.yaml:15:22: services.s.tls.identity: must be one exact SPIFFE ID",
+        "f.yaml:18:10: services.t.tls: needs the `identity` section",
+        "f.yaml:18:22: services.t.tls.identity: \"spiffe://shop.local/ns//a\": the path has an empty segment",
     ];
     let lines: Vec<&str> = e.lines().collect();
     for x in expect {
