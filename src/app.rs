@@ -4,6 +4,8 @@
 
 use std::{future::Future, io, net::SocketAddr, path::PathBuf, sync::Arc};
 
+use arc_swap::ArcSwap;
+
 use tokio::{
     net::TcpListener,
     sync::{mpsc, watch, Mutex},
@@ -14,9 +16,9 @@ use crate::{
     admin,
     config::{Compiled, Limits, Startup},
     metrics::Direction,
-    proxy::{self, server, ConnMeta},
+    proxy::{self, server, ConnMeta, Stacks},
     reload::Reloader,
-    runtime::Runtime,
+    runtime::{Runtime, Snapshot},
     tls::{self, accept::Terminator},
 };
 
@@ -170,30 +172,14 @@ fn inbound_terminator(rt: &Arc<Runtime>) -> Terminator {
     })
 }
 
-/// The stack a request on the `d` listener goes through: the snapshot in force's.
-fn stack(rt: &Runtime, d: Direction) -> proxy::Stack {
-    let snap = rt.snapshot();
-    let stack = match d {
-        Direction::Outbound => snap
-            .outbound
-            .as_ref()
-            .map(|o| proxy::Stack::Outbound(o.stack.clone())),
-        Direction::Inbound => snap
-            .inbound
-            .as_ref()
-            .map(|i| proxy::Stack::Inbound(i.stack.clone())),
-    };
-    stack.unwrap_or_else(|| {
-        proxy::Stack::unconfigured(rt.shared.metrics.request(d, "", ""), snap.access_log)
-    })
-}
-
 /// The inbound and outbound accept loops, which a reload may move to a new address, add,
 /// remove, or restart with new limits. A new address is bound before the old listener stops
 /// accepting; connections already open stay on the loop that accepted them until they end.
 #[derive(Debug)]
 pub struct DataListeners {
     rt: Arc<Runtime>,
+    /// The stacks of the snapshot in force; every request takes its listener's from here.
+    stacks: Arc<ArcSwap<Stacks>>,
     /// Dropped at close, so the process can see every connection end.
     life: std::sync::Mutex<Option<server::Lifecycle>>,
     slots: Mutex<[Option<Slot>; 2]>,
@@ -235,6 +221,13 @@ impl crate::reload::Listeners for DataListeners {
         })
     }
 
+    fn publish(&self, next: Snapshot) {
+        let next = Arc::new(next);
+        self.stacks
+            .store(Arc::new(Stacks::build(&next, &self.rt.shared)));
+        self.rt.publish(next);
+    }
+
     fn commit(&self, plan: crate::reload::Plan) -> crate::reload::BoxFuture<'_, Vec<String>> {
         Box::pin(async move {
             match plan.0.downcast::<Plan>() {
@@ -247,8 +240,10 @@ impl crate::reload::Listeners for DataListeners {
 
 impl DataListeners {
     fn new(rt: Arc<Runtime>, life: server::Lifecycle) -> Arc<Self> {
+        let stacks = Stacks::build(&rt.snapshot(), &rt.shared);
         Arc::new(Self {
             rt,
+            stacks: Arc::new(ArcSwap::from_pointee(stacks)),
             life: std::sync::Mutex::new(Some(life)),
             slots: Mutex::new([None, None]),
         })
@@ -283,17 +278,17 @@ impl DataListeners {
         tracing::info!(addr = %local, direction = d.as_str(), "listener bound");
         let meta = ConnMeta::plain(local, local, d);
         let (accept_stop, accept_rx) = watch::channel(false);
-        let rt = self.rt.clone();
+        let (rt, stacks) = (self.rt.clone(), self.stacks.clone());
         let task = tokio::spawn(async move {
             let metrics = rt.shared.metrics.clone();
             match d {
                 Direction::Inbound => {
                     let tls = Some(Arc::new(inbound_terminator(&rt)));
-                    let h = move |conn, req| proxy::handle(stack(&rt, d), conn, req);
+                    let h = move |conn, req| proxy::handle(stacks.load().get(d), conn, req);
                     server::serve(listener, limits, meta, &metrics, life, accept_rx, tls, h).await
                 }
                 Direction::Outbound => {
-                    let h = move |conn, req| proxy::handle(stack(&rt, d), conn, req);
+                    let h = move |conn, req| proxy::handle(stacks.load().get(d), conn, req);
                     server::serve(listener, limits, meta, &metrics, life, accept_rx, None, h).await
                 }
             }

@@ -8,6 +8,7 @@
 //! - [`upstream`]: services, discovery (static, DNS), endpoints with pooled connections.
 //! - [`balance`]: endpoint selection (least-request, round robin, random, ring hash).
 //! - [`resilience`]: the policy layers: rate limit, faults, breaker, retries, mirror.
+//! - [`authorize`]: the inbound policy: which callers (by SPIFFE ID) may reach the app.
 //! - [`runtime`]: the config snapshot published atomically, and process-wide state.
 //! - [`config`]: the control file, its validation and compilation; [`reload`]: live reloads.
 //! - [`explain`], [`route_test`]: which route a request takes and why; route test cases.
@@ -19,6 +20,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authorize;
 pub mod balance;
 pub mod body;
 pub mod config;

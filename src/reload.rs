@@ -73,6 +73,9 @@ pub struct Status {
 pub trait Listeners: Send + Sync + std::fmt::Debug {
     /// Binds every new address `next` needs; on an error nothing has changed.
     fn prepare<'a>(&'a self, next: &'a config::Startup) -> BoxFuture<'a, Result<Plan, String>>;
+    /// Puts `next` in force: the data path's stacks are assembled from it, then both are
+    /// published, so that every request after this sees the new config.
+    fn publish(&self, next: Snapshot);
     /// Applies a prepared plan; says what changed, for the reload's summary.
     fn commit(&self, plan: Plan) -> BoxFuture<'_, Vec<String>>;
 }
@@ -182,7 +185,7 @@ impl Reloader {
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
         let next = Snapshot::build(compiled, &self.rt.shared, Some(&current));
         let mut changes = Changes::between(&current, &next);
-        self.rt.publish(next);
+        self.listeners.publish(next);
         changes.other.extend(self.listeners.commit(plan).await);
         Ok(changes)
     }

@@ -1,6 +1,7 @@
-//! The live state: a config snapshot (route table bound to live services, metric handles)
-//! published atomically, plus what outlives snapshots (metrics, readiness, passthrough
-//! pools). Each request loads the snapshot once.
+//! The live state: a config snapshot (the compiled config bound to live services, rate
+//! limiters and metric handles) published atomically, plus what outlives snapshots (metrics,
+//! readiness, passthrough pools). The snapshot is compiled state only: the data path's
+//! stacks are assembled from it by `proxy::Stacks`, which reads it; nothing here knows them.
 
 use std::{
     collections::BTreeMap,
@@ -14,18 +15,47 @@ use std::{
 use arc_swap::ArcSwap;
 
 use crate::{
+    authorize::{Authorizer, AuthzMetrics},
     config::{Compiled, InboundSpec, ShutdownSettings, Startup},
     metrics::Metrics,
-    proxy::{
-        authorize::{Authorizer, AuthzMetrics},
-        inbound::{self, Inbound},
-        outbound::{self, Outbound},
-    },
-    resilience::RateLimiter,
+    resilience::{rate_limit::Limit, RateLimiter},
     routing::{bind, RouteTable},
-    tls::{IdentityFiles, TlsContext},
+    tls::{self, IdentityFiles, TlsContext},
     upstream::{Passthrough, Service},
 };
+
+/// The identity a snapshot was built with, to tell what a reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityVersion {
+    /// Where the identity is read from.
+    pub files: IdentityFiles,
+    /// The fingerprint of the certificate and key loaded from them.
+    pub fingerprint: u64,
+}
+
+/// The outbound side of a snapshot.
+#[derive(Debug)]
+pub struct Outbound {
+    /// Routes bound to their services.
+    pub table: Arc<RouteTable>,
+}
+
+/// The inbound side of a snapshot.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The local app as a one-endpoint service.
+    pub app: Arc<Service>,
+    /// Time the app has to answer with response headers.
+    pub timeout: Duration,
+    /// Local rate limit, as configured.
+    pub rate_limit: Option<Limit>,
+    /// The listener's token bucket; kept across reloads while the limit is unchanged.
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// What the listener accepts (read at every new connection).
+    pub tls: tls::Mode,
+    /// Authorization rules bound to their counters; `None` allows every caller.
+    pub authorizer: Option<Arc<Authorizer>>,
+}
 
 /// One compiled config bound to live services.
 #[derive(Debug)]
@@ -35,7 +65,7 @@ pub struct Snapshot {
     /// The inbound section as compiled, to tell what a reload changed.
     pub inbound_spec: Option<InboundSpec>,
     /// The identity's files and fingerprint, to tell what a reload changed.
-    pub identity: Option<(IdentityFiles, u64)>,
+    pub identity: Option<IdentityVersion>,
     /// Settings only a restart applies (reloads that change them are refused).
     pub startup: Startup,
     /// Graceful stop timing, read when a stop begins.
@@ -67,9 +97,10 @@ impl Snapshot {
             ..
         } = compiled;
         let metrics = &shared.metrics;
-        let identity_files = identity
-            .as_ref()
-            .map(|id| (id.files().clone(), id.fingerprint()));
+        let identity_files = identity.as_ref().map(|id| IdentityVersion {
+            files: id.files().clone(),
+            fingerprint: id.fingerprint(),
+        });
         shared.tls.install(identity);
         let services: BTreeMap<String, Arc<Service>> = specs
             .into_iter()
@@ -88,13 +119,11 @@ impl Snapshot {
                 .and_then(|p| p.outbound.as_ref())
                 .map(|o| &*o.table);
             let routes = bind::routes(ob.routes, &services, metrics, previous);
-            let table = Arc::new(RouteTable {
-                routes,
-                unmatched: ob.unmatched,
-            });
             Outbound {
-                stack: outbound::stack(table.clone(), metrics, &shared.passthrough, log.access_log),
-                table,
+                table: Arc::new(RouteTable {
+                    routes,
+                    unmatched: ob.unmatched,
+                }),
             }
         });
 
@@ -111,21 +140,15 @@ impl Snapshot {
                     .and_then(|i| i.limiter.clone())
                     .unwrap_or_else(|| Arc::new(RateLimiter::for_limit(limit)))
             });
-            let app = kept.unwrap_or_else(|| Service::new("app", ib.app, metrics, &shared.tls));
-            let settings = inbound::Settings {
-                app: app.clone(),
-                timeout: ib.timeout,
-                limiter: limiter.clone(),
-                tls: ib.tls,
-                authorizer: ib.authorize.map(|p| Authorizer::new(p, &shared.authz)),
-                access_log: log.access_log,
-            };
             Inbound {
-                app,
+                app: kept.unwrap_or_else(|| Service::new("app", ib.app, metrics, &shared.tls)),
+                timeout: ib.timeout,
                 rate_limit: ib.rate_limit,
                 limiter,
                 tls: ib.tls,
-                stack: inbound::stack(settings, metrics),
+                authorizer: ib
+                    .authorize
+                    .map(|p| Arc::new(Authorizer::new(p, &shared.authz))),
             }
         });
 
@@ -202,9 +225,9 @@ impl Runtime {
         self.snapshot.load_full()
     }
 
-    /// Publishes a new snapshot atomically.
-    pub fn publish(&self, snapshot: Snapshot) {
-        self.snapshot.store(Arc::new(snapshot));
+    /// Publishes a new snapshot atomically (the wiring assembles its stacks first).
+    pub fn publish(&self, snapshot: Arc<Snapshot>) {
+        self.snapshot.store(snapshot);
     }
 
     /// Whether `/ready` answers 200.

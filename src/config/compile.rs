@@ -18,8 +18,8 @@ use super::file::{
     MatchFile, PathMatchFile, RouteFile, ServiceFile, ValueMatchFile,
 };
 use crate::{
+    authorize::{self, IdPattern, PathPattern},
     balance::Policy,
-    proxy::authorize::{self, IdPattern, PathPattern},
     resilience::{rate_limit::Limit, retry::BudgetSpec},
     routing::{
         matcher::{anchored_regex, HostMatch, PathMatch, ValueMatch},
@@ -109,7 +109,18 @@ impl Compiled {
     }
 }
 
-pub use crate::proxy::server::Limits;
+/// A data listener's protocol limits (compiled from `limits:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request header block in bytes.
+    pub max_header_bytes: usize,
+    /// Time to receive a complete request header block.
+    pub header_read_timeout: Duration,
+    /// Most concurrent downstream connections per listener.
+    pub max_connections: usize,
+    /// Idle downstream connections are closed after this long.
+    pub idle_timeout: Duration,
+}
 
 /// Runtime form of `shutdown:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,88 +4,58 @@
 //! circuit breaker → the forwarding path to the app (`forward::path`: preparation → one try
 //! within the inbound timeout → balancer → pooled client), the same layers routes use.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use http::header::HeaderName;
 use tower::{Service, ServiceBuilder};
 
 use super::{
-    authorize::Authorizer,
     forward::{self, Forward},
     observe::{Observe, ObserveLayer},
 };
 use crate::{
+    authorize::Authorizer,
     context::{stack_service, BoxFuture, Req, Stage},
     error::ProxyError,
     headers,
     metrics::{Direction, Metrics},
     resilience::{
         breaker::{BreakerLayer, CircuitBreaker},
-        rate_limit::{Limit, RateLimit, RateLimitLayer},
+        rate_limit::{RateLimit, RateLimitLayer},
         retry::RetryLayer,
-        RateLimiter,
     },
+    runtime::Inbound,
     tls::{self, accept::ClientId},
-    upstream::Service as Upstream,
 };
 
 /// The header that carries the caller's verified identity to the app. Whatever a caller
 /// sends under this name is removed first.
 pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-remora-client-id");
 
-/// The inbound side of a config snapshot.
-#[derive(Debug)]
-pub struct Inbound {
-    /// The local app as a one-endpoint service.
-    pub app: Arc<Upstream>,
-    /// Local rate limit, as configured.
-    pub rate_limit: Option<Limit>,
-    /// The listener's token bucket; kept across reloads while the limit is unchanged.
-    pub limiter: Option<Arc<RateLimiter>>,
-    /// What the listener accepts (read at every new connection).
-    pub tls: tls::Mode,
-    /// The listener's stack.
-    pub stack: InboundStack,
-}
-
 /// The inbound listener's whole stack.
 pub type InboundStack = Observe<Guard<RateLimit<CircuitBreaker<Forward>>>>;
 
-/// What the inbound stack is built from.
-#[derive(Debug)]
-pub struct Settings {
-    /// The local app.
-    pub app: Arc<Upstream>,
-    /// Time the app has to answer with response headers.
-    pub timeout: Duration,
-    /// The listener's token bucket.
-    pub limiter: Option<Arc<RateLimiter>>,
-    /// What the listener accepts.
-    pub tls: tls::Mode,
-    /// Authorization rules bound to their counters; `None` allows every caller.
-    pub authorizer: Option<Authorizer>,
-    /// Whether to write the access log.
-    pub access_log: bool,
-}
-
-/// Assembles the inbound stack, top to bottom.
-pub fn stack(s: Settings, metrics: &Metrics) -> InboundStack {
+/// Assembles the inbound stack for a snapshot's inbound side, top to bottom.
+pub fn stack(s: &Inbound, metrics: &Metrics, access_log: bool) -> InboundStack {
     let d = Direction::Inbound;
     let rules = Arc::new(Rules {
         tls: s.tls,
-        authorizer: s.authorizer,
+        authorizer: s.authorizer.clone(),
     });
     ServiceBuilder::new()
         .layer(ObserveLayer::new(
             metrics.request(d, "", "app"),
             Some(s.app.name().clone()),
-            s.access_log,
+            access_log,
         ))
         .layer_fn(|inner| Guard {
             rules: rules.clone(),
             inner,
         })
-        .layer(RateLimitLayer::new(s.limiter, metrics.rate_limited(d)))
+        .layer(RateLimitLayer::new(
+            s.limiter.clone(),
+            metrics.rate_limited(d),
+        ))
         .layer(BreakerLayer::new(s.app.breaker().clone()))
         .service(forward::to_service(
             &s.app,
@@ -106,7 +76,7 @@ pub struct Guard<S> {
 #[derive(Debug)]
 struct Rules {
     tls: tls::Mode,
-    authorizer: Option<Authorizer>,
+    authorizer: Option<Arc<Authorizer>>,
 }
 
 impl<S> Service<Req> for Guard<S>

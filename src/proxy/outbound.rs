@@ -38,15 +38,6 @@ use crate::{
 /// Timeout for passed-through (unmatched) requests, like a route's default.
 const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The outbound side of a config snapshot.
-#[derive(Debug)]
-pub struct Outbound {
-    /// Routes, for `explain` and `/debug/route`.
-    pub table: Arc<RouteTable>,
-    /// The listener's stack.
-    pub stack: OutboundStack,
-}
-
 /// The outbound listener's whole stack.
 pub type OutboundStack = Observe<Router>;
 /// One route's stack.

@@ -31,20 +31,7 @@ use tokio::{
 };
 
 use super::ConnMeta;
-use crate::{body::ProxyBody, metrics::Metrics, tls::accept::Terminator};
-
-/// A data listener's protocol limits (compiled from `limits:`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest request header block in bytes.
-    pub max_header_bytes: usize,
-    /// Time to receive a complete request header block.
-    pub header_read_timeout: Duration,
-    /// Most concurrent downstream connections per listener.
-    pub max_connections: usize,
-    /// Idle downstream connections are closed after this long.
-    pub idle_timeout: Duration,
-}
+use crate::{body::ProxyBody, config::Limits, metrics::Metrics, tls::accept::Terminator};
 
 /// Signals shared by every listener of the process.
 #[derive(Debug, Clone)]
