@@ -6,9 +6,19 @@
 //!
 //! Each attempt's body carries an epoch; when a newer attempt starts, an older body that hyper
 //! may still be polling ends at once instead of taking frames meant for the new one.
+//!
+//! Locking: the epoch is an atomic read before anything else, so an older body never touches
+//! the lock, and only the attempt allowed to read takes it, for one poll of the source (never
+//! across an `.await`). The lock is therefore uncontended on the data path; `attempt` and
+//! `can_retry` take it once per try. Handing the source from attempt to attempt by value
+//! instead (as linkerd2-proxy does) would save that lock but make a new attempt wait for an
+//! older body hyper still holds and no longer polls, which a per-try timeout makes possible.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex,
+    },
     task::{Context, Poll},
 };
 
@@ -19,7 +29,17 @@ use http_body::{Body, Frame, SizeHint};
 /// The copy of a request body shared by its attempts.
 #[derive(Debug, Clone)]
 pub struct Replay {
-    shared: Arc<Mutex<Shared>>,
+    shared: Arc<Common>,
+}
+
+/// What every attempt's body shares.
+#[derive(Debug)]
+struct Common {
+    /// The attempt allowed to read.
+    epoch: AtomicU32,
+    /// The original body's size hint, so a known length is still sent as one.
+    size: SizeHint,
+    state: Mutex<Shared>,
 }
 
 #[derive(Debug)]
@@ -31,15 +51,12 @@ struct Shared {
     cap: usize,
     overflowed: bool,
     ended: bool,
-    /// The attempt allowed to read.
-    epoch: u32,
-    size: SizeHint,
 }
 
 /// One attempt's view of the body.
 #[derive(Debug)]
 pub struct ReplayBody {
-    shared: Arc<Mutex<Shared>>,
+    shared: Arc<Common>,
     epoch: u32,
     cursor: usize,
 }
@@ -49,37 +66,44 @@ impl Replay {
     pub fn new(body: ProxyBody, cap: usize) -> Self {
         let size = body.size_hint();
         Self {
-            shared: Arc::new(Mutex::new(Shared {
-                source: body,
-                frames: Vec::new(),
-                bytes: 0,
-                cap,
-                overflowed: false,
-                ended: false,
-                epoch: 0,
+            shared: Arc::new(Common {
+                epoch: AtomicU32::new(0),
                 size,
-            })),
+                state: Mutex::new(Shared {
+                    source: body,
+                    frames: Vec::new(),
+                    bytes: 0,
+                    cap,
+                    overflowed: false,
+                    ended: false,
+                }),
+            }),
         }
     }
 
     /// The body for the next attempt; earlier attempts' bodies stop here.
     pub fn attempt(&self) -> ReplayBody {
-        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        s.epoch += 1;
+        let epoch = self.shared.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         ReplayBody {
             shared: self.shared.clone(),
-            epoch: s.epoch,
+            epoch,
             cursor: 0,
         }
     }
 
     /// Whether everything read so far is kept, so another attempt can be made.
     pub fn can_retry(&self) -> bool {
-        !self
-            .shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .overflowed
+        !self.shared.lock().overflowed
+    }
+}
+
+impl Common {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn current(&self, epoch: u32) -> bool {
+        self.epoch.load(Ordering::Acquire) == epoch
     }
 }
 
@@ -97,8 +121,13 @@ impl ReplayBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        if s.epoch != self.epoch {
+        if !self.shared.current(self.epoch) {
+            return Poll::Ready(None);
+        }
+        let mut s = self.shared.lock();
+        // A newer attempt may have started while this one waited for the lock. What an older
+        // body reads is still kept (unless past the cap), so the newer one replays it.
+        if !self.shared.current(self.epoch) {
             return Poll::Ready(None);
         }
         if self.cursor < s.frames.len() {
@@ -131,13 +160,16 @@ impl ReplayBody {
 
     /// `Body::is_end_stream`.
     pub fn is_end_stream(&self) -> bool {
-        let s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        s.epoch != self.epoch || (s.ended && self.cursor >= s.frames.len())
+        if !self.shared.current(self.epoch) {
+            return true;
+        }
+        let s = self.shared.lock();
+        s.ended && self.cursor >= s.frames.len()
     }
 
     /// `Body::size_hint`: the original's, so a known length is still sent as one.
     pub fn size_hint(&self) -> SizeHint {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).size
+        self.shared.size.clone()
     }
 }
 
@@ -171,6 +203,8 @@ mod tests {
         assert_eq!(f.data_ref().unwrap(), "ab");
         // The first try gave up after one frame; the second gets everything.
         let second = replay.attempt();
+        assert!(http_body::Body::is_end_stream(&first));
+        assert!(!second.is_end_stream());
         assert!(
             first.frame().await.is_none(),
             "an older try's body ends at once"
