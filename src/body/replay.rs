@@ -169,7 +169,7 @@ impl ReplayBody {
 
     /// `Body::size_hint`: the original's, so a known length is still sent as one.
     pub fn size_hint(&self) -> SizeHint {
-        self.shared.size.clone()
+        self.shared.size
     }
 }
 
