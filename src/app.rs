@@ -14,6 +14,7 @@ use tokio::{
 
 use crate::{
     admin,
+    body::ProxyBody,
     config::{Compiled, Limits, Startup},
     metrics::Direction,
     proxy::{self, server, ConnMeta, Stacks},
@@ -172,6 +173,41 @@ fn inbound_terminator(rt: &Arc<Runtime>) -> Terminator {
     })
 }
 
+/// A listener's handler: the stacks in force for its direction, taken at every request and
+/// every opaque connection.
+#[derive(Debug, Clone)]
+struct Wired {
+    stacks: Arc<ArcSwap<Stacks>>,
+    d: Direction,
+}
+
+impl server::Handler for Wired {
+    fn http(
+        self,
+        conn: ConnMeta,
+        req: http::Request<hyper::body::Incoming>,
+    ) -> impl Future<Output = http::Response<ProxyBody>> + Send + 'static {
+        proxy::handle(self.stacks.load().get(self.d), conn, req)
+    }
+
+    fn tcp(
+        &self,
+        conn: ConnMeta,
+        io: Box<dyn server::Io>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        let tcp = self.stacks.load().tcp(self.d);
+        Box::pin(async move {
+            if let Some(tcp) = tcp {
+                tcp.serve(conn, io).await;
+            }
+        })
+    }
+
+    fn opaque_port(&self, port: u16) -> bool {
+        self.stacks.load().opaque_port(self.d, port)
+    }
+}
+
 /// The inbound and outbound accept loops, which a reload may move to a new address, add,
 /// remove, or restart with new limits. A new address is bound before the old listener stops
 /// accepting; connections already open stay on the loop that accepted them until they end.
@@ -281,17 +317,12 @@ impl DataListeners {
         let (rt, stacks) = (self.rt.clone(), self.stacks.clone());
         let task = tokio::spawn(async move {
             let metrics = rt.shared.metrics.clone();
-            match d {
-                Direction::Inbound => {
-                    let tls = Some(Arc::new(inbound_terminator(&rt)));
-                    let h = move |conn, req| proxy::handle(stacks.load().get(d), conn, req);
-                    server::serve(listener, limits, meta, &metrics, life, accept_rx, tls, h).await
-                }
-                Direction::Outbound => {
-                    let h = move |conn, req| proxy::handle(stacks.load().get(d), conn, req);
-                    server::serve(listener, limits, meta, &metrics, life, accept_rx, None, h).await
-                }
-            }
+            let tls = match d {
+                Direction::Inbound => Some(Arc::new(inbound_terminator(&rt))),
+                Direction::Outbound => None,
+            };
+            let h = Wired { stacks, d };
+            server::serve(listener, limits, meta, &metrics, life, accept_rx, tls, h).await
         });
         Some(Slot {
             configured,

@@ -112,6 +112,9 @@ pub struct ConnMeta {
     pub peer: SocketAddr,
     /// The local address the caller connected to.
     pub local: SocketAddr,
+    /// Where the caller was connecting before iptables redirected it here (transparent
+    /// mode); `None` when it connected to the listener itself.
+    pub original_dst: Option<SocketAddr>,
     /// Which listener.
     pub direction: Direction,
     /// Whether the connection is TLS (terminated here).
@@ -128,6 +131,7 @@ impl ConnMeta {
         Self {
             peer,
             local,
+            original_dst: None,
             direction,
             tls: false,
             client_id: None,

@@ -28,6 +28,7 @@ pub mod context;
 pub mod error;
 pub mod explain;
 pub mod headers;
+pub mod iptables;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -1,5 +1,6 @@
-//! The `remora` command line: `run`, `check`, `explain`, `test`, `certs`, `--version`. The only place errors become exit
-//! codes: 0 success, 64 bad config, 1 runtime failure.
+//! The `remora` command line: `run`, `check`, `explain`, `test`, `certs`, `iptables`,
+//! `--version`. The only place errors become exit codes: 0 success, 64 bad config or
+//! arguments, 1 runtime failure.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -75,6 +76,44 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Install the transparent-mode redirect rules in this network namespace (run as root,
+    /// before the app starts): the pod's inbound TCP to the inbound listener, the app's
+    /// outbound TCP to the outbound listener. Idempotent; `--remove` undoes it.
+    Iptables {
+        /// The uid Remora runs as; its own traffic is never redirected.
+        #[arg(long)]
+        proxy_uid: u32,
+        /// The gid Remora runs as, to exempt its traffic by group too.
+        #[arg(long)]
+        proxy_gid: Option<u32>,
+        /// The inbound listener's port.
+        #[arg(long, default_value_t = 15006)]
+        inbound_port: u16,
+        /// The outbound listener's port.
+        #[arg(long, default_value_t = 15001)]
+        outbound_port: u16,
+        /// The admin listener's port (never redirected).
+        #[arg(long, default_value_t = 15090)]
+        admin_port: u16,
+        /// Inbound ports not redirected, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        skip_inbound_ports: Vec<u16>,
+        /// Outbound destination ports not redirected, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        skip_outbound_ports: Vec<u16>,
+        /// Outbound destination ranges not redirected, comma-separated (10.0.0.0/8,fd00::/8).
+        #[arg(long, value_delimiter = ',')]
+        skip_outbound_cidrs: Vec<String>,
+        /// `auto` (the backend that already has rules; nft on a tie), `nft`, `legacy`.
+        #[arg(long, default_value = "auto")]
+        backend: String,
+        /// Print the iptables-restore input instead of applying it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Delete Remora's chains and jumps instead.
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +130,60 @@ fn main() -> ExitCode {
             }
         },
         Command::Test { file, cases } => route_test(&file, &cases),
+        Command::Iptables {
+            proxy_uid,
+            proxy_gid,
+            inbound_port,
+            outbound_port,
+            admin_port,
+            skip_inbound_ports,
+            skip_outbound_ports,
+            skip_outbound_cidrs,
+            backend,
+            dry_run,
+            remove,
+        } => {
+            let cidrs: Result<Vec<_>, _> = skip_outbound_cidrs
+                .iter()
+                .map(|c| remora::routing::tcp::Cidr::parse(c))
+                .collect();
+            let backend = match backend.as_str() {
+                "auto" => None,
+                "nft" => Some(remora::iptables::Backend::Nft),
+                "legacy" => Some(remora::iptables::Backend::Legacy),
+                other => {
+                    eprintln!("remora iptables: --backend {other:?}: expected auto, nft or legacy");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            let skip_outbound_cidrs = match cidrs {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("remora iptables: --skip-outbound-cidrs: {e}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            let opts = remora::iptables::Options {
+                proxy_uid,
+                proxy_gid,
+                inbound_port,
+                outbound_port,
+                admin_port,
+                skip_inbound_ports,
+                skip_outbound_ports,
+                skip_outbound_cidrs,
+            };
+            match remora::iptables::run(&opts, backend, remove, dry_run) {
+                Ok(report) => {
+                    print!("{}", report.render(dry_run, remove));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("remora iptables: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Certs { out, days, ids } => {
             match remora::tls::certs::write_dev_certs(&out, &ids, i64::from(days)) {
                 Ok(w) => {

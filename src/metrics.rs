@@ -98,6 +98,11 @@ pub struct Metrics {
     budget_exhausted: IntCounterVec,
     endpoint_healthy: IntGaugeVec,
     mirrors: IntCounterVec,
+    detections: IntCounterVec,
+    tcp_connections: IntCounterVec,
+    tcp_open: IntGaugeVec,
+    tcp_bytes: IntCounterVec,
+    proxy_errors: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -255,6 +260,46 @@ impl Metrics {
             &["route", "result"],
         )
         .expect("valid metric");
+        let detections = IntCounterVec::new(
+            Opts::new(
+                "remora_protocol_detections_total",
+                "Accepted connections by the protocol detection found (http1, http2, tls, opaque, timeout).",
+            ),
+            &["direction", "protocol"],
+        )
+        .expect("valid metric");
+        let tcp_connections = IntCounterVec::new(
+            Opts::new(
+                "remora_tcp_connections_total",
+                "Opaque TCP connections proxied, by TCP route and service (\"\" for unmatched).",
+            ),
+            &["direction", "route", "service"],
+        )
+        .expect("valid metric");
+        let tcp_open = IntGaugeVec::new(
+            Opts::new(
+                "remora_tcp_connections_open",
+                "Opaque TCP connections being proxied now.",
+            ),
+            &["direction"],
+        )
+        .expect("valid metric");
+        let tcp_bytes = IntCounterVec::new(
+            Opts::new(
+                "remora_tcp_bytes_total",
+                "Bytes of opaque TCP proxied: sent to the upstream, received from it.",
+            ),
+            &["direction", "route", "service", "flow"],
+        )
+        .expect("valid metric");
+        let proxy_errors = IntCounterVec::new(
+            Opts::new(
+                "remora_proxy_errors_total",
+                "Opaque TCP connections that failed, by reason.",
+            ),
+            &["direction", "route", "service", "reason"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -274,6 +319,11 @@ impl Metrics {
             Box::new(budget_exhausted.clone()),
             Box::new(endpoint_healthy.clone()),
             Box::new(mirrors.clone()),
+            Box::new(detections.clone()),
+            Box::new(tcp_connections.clone()),
+            Box::new(tcp_open.clone()),
+            Box::new(tcp_bytes.clone()),
+            Box::new(proxy_errors.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -287,6 +337,7 @@ impl Metrics {
             connections_open.with_label_values(&[d.as_str()]);
             rate_limited.with_label_values(&[d.as_str()]);
             connection_errors.with_label_values(&[d.as_str()]);
+            tcp_open.with_label_values(&[d.as_str()]);
         }
         for r in ["success", "failure"] {
             reloads.with_label_values(&[r]);
@@ -310,7 +361,35 @@ impl Metrics {
             budget_exhausted,
             endpoint_healthy,
             mirrors,
+            detections,
+            tcp_connections,
+            tcp_open,
+            tcp_bytes,
+            proxy_errors,
         }
+    }
+
+    /// The counter of connections on `direction` whose detection found `protocol`.
+    pub fn detections(&self, direction: Direction, protocol: &str) -> IntCounter {
+        self.detections
+            .with_label_values(&[direction.as_str(), protocol])
+    }
+
+    /// Handles for opaque TCP on `direction` through `route` to `service` ("" when none).
+    pub fn tcp(&self, direction: Direction, route: &str, service: &str) -> TcpMetrics {
+        let labels = [direction.as_str(), route, service];
+        let bytes = |flow| {
+            self.tcp_bytes
+                .with_label_values(&[labels[0], labels[1], labels[2], flow])
+        };
+        TcpMetrics(Arc::new(TcpInner {
+            connections: self.tcp_connections.with_label_values(&labels),
+            open: self.tcp_open.with_label_values(&[direction.as_str()]),
+            sent: bytes("sent"),
+            received: bytes("received"),
+            errors: self.proxy_errors.clone(),
+            labels: labels.map(str::to_owned),
+        }))
     }
 
     /// Registers a collector another module owns (TLS, authorization).
@@ -536,6 +615,54 @@ impl UpstreamMetrics {
     /// Counts one attempt.
     pub fn attempt(&self, result: AttemptResult) {
         self.0[result as usize].inc();
+    }
+}
+
+/// Handles for one TCP route's (or unmatched TCP's) connections.
+#[derive(Debug, Clone)]
+pub struct TcpMetrics(Arc<TcpInner>);
+
+#[derive(Debug)]
+struct TcpInner {
+    connections: IntCounter,
+    open: IntGauge,
+    sent: IntCounter,
+    received: IntCounter,
+    errors: IntCounterVec,
+    labels: [String; 3],
+}
+
+impl TcpMetrics {
+    /// Counts a new connection as opened; the guard counts it closed when dropped.
+    pub fn opened(&self) -> TcpOpen {
+        self.0.connections.inc();
+        self.0.open.inc();
+        TcpOpen(self.0.open.clone())
+    }
+
+    /// Adds bytes copied: `sent` to the upstream, `received` from it.
+    pub fn bytes(&self, sent: u64, received: u64) {
+        self.0.sent.inc_by(sent);
+        self.0.received.inc_by(received);
+    }
+
+    /// Counts a failed connection under `reason`.
+    pub fn failed(&self, reason: &str) {
+        let [d, route, service] = &self.0.labels;
+        self.0
+            .errors
+            .with_label_values(&[d.as_str(), route, service, reason])
+            .inc();
+    }
+}
+
+/// Holds a connection in `remora_tcp_connections_open`.
+#[derive(Debug)]
+pub struct TcpOpen(IntGauge);
+
+impl Drop for TcpOpen {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

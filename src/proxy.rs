@@ -4,12 +4,15 @@
 //! `forward`: request preparation and the forwarding path every backend shares), and
 //! `rescue`, the one place an error becomes a response.
 
+pub mod detect;
 pub mod forward;
 pub mod inbound;
 pub mod observe;
+pub mod orig_dst;
 pub mod outbound;
 mod rescue;
 pub mod server;
+pub mod tcp;
 
 use std::convert::Infallible;
 
@@ -21,49 +24,102 @@ use crate::{
     body::ProxyBody,
     context::{stack_service, BoxFuture, Ctx, Req, Resp},
     metrics::{Direction, RequestMetrics},
+    routing::tcp::PortSet,
     runtime::{Shared, Snapshot},
 };
+use tcp::TcpStack;
 
 pub use crate::context::ConnMeta;
 pub use crate::error::ProxyError;
 pub use rescue::rescue;
 
 /// Both directions' stacks for one snapshot, assembled once when it is put in force; each
-/// request clones the one for its listener.
+/// request or opaque connection clones the one for its listener.
 #[derive(Debug)]
 pub struct Stacks {
-    outbound: Stack,
-    inbound: Stack,
+    outbound: Side,
+    inbound: Side,
+}
+
+/// One listener's stacks.
+#[derive(Debug)]
+struct Side {
+    http: Stack,
+    /// `None`: no section for this listener; opaque connections are closed.
+    tcp: Option<TcpStack>,
+    opaque_ports: PortSet,
 }
 
 impl Stacks {
     /// Assembles the stacks `snapshot` describes, bound to what outlives it in `shared`.
     pub fn build(snapshot: &Snapshot, shared: &Shared) -> Self {
         let (metrics, access_log) = (&shared.metrics, snapshot.access_log);
-        let unconfigured = |d| Stack::unconfigured(metrics.request(d, "", ""), access_log);
+        let tcp_idle = snapshot.startup.limits.tcp_idle_timeout;
+        let unconfigured = |d| Side {
+            http: Stack::unconfigured(metrics.request(d, "", ""), access_log),
+            tcp: None,
+            opaque_ports: PortSet::new(),
+        };
         Self {
             outbound: match &snapshot.outbound {
-                Some(ob) => Stack::Outbound(outbound::stack(
-                    ob.table.clone(),
-                    metrics,
-                    &shared.passthrough,
-                    access_log,
-                )),
+                Some(ob) => Side {
+                    http: Stack::Outbound(outbound::stack(
+                        ob.table.clone(),
+                        metrics,
+                        &shared.passthrough,
+                        access_log,
+                    )),
+                    tcp: Some(TcpStack::outbound(
+                        ob.tcp.clone(),
+                        metrics,
+                        tcp_idle,
+                        access_log,
+                    )),
+                    opaque_ports: ob.opaque_ports.clone(),
+                },
                 None => unconfigured(Direction::Outbound),
             },
             inbound: match &snapshot.inbound {
-                Some(ib) => Stack::Inbound(inbound::stack(ib, metrics, access_log)),
+                Some(ib) => Side {
+                    http: Stack::Inbound(inbound::stack(
+                        ib,
+                        metrics,
+                        &shared.passthrough,
+                        access_log,
+                    )),
+                    tcp: Some(TcpStack::inbound(
+                        ib.app.clone(),
+                        metrics,
+                        tcp_idle,
+                        access_log,
+                    )),
+                    opaque_ports: ib.opaque_ports.clone(),
+                },
                 None => unconfigured(Direction::Inbound),
             },
         }
     }
 
-    /// The stack for requests on the `d` listener.
-    pub fn get(&self, d: Direction) -> Stack {
+    fn side(&self, d: Direction) -> &Side {
         match d {
-            Direction::Outbound => self.outbound.clone(),
-            Direction::Inbound => self.inbound.clone(),
+            Direction::Outbound => &self.outbound,
+            Direction::Inbound => &self.inbound,
         }
+    }
+
+    /// The HTTP stack for requests on the `d` listener.
+    pub fn get(&self, d: Direction) -> Stack {
+        self.side(d).http.clone()
+    }
+
+    /// The opaque TCP stack of the `d` listener; `None` when its section is gone.
+    pub fn tcp(&self, d: Direction) -> Option<TcpStack> {
+        self.side(d).tcp.clone()
+    }
+
+    /// Whether connections to `port` on the `d` listener skip detection.
+    pub fn opaque_port(&self, d: Direction, port: u16) -> bool {
+        self.side(d).opaque_ports.contains(&port)
     }
 }
 

@@ -19,7 +19,11 @@ use crate::{
     config::{Compiled, InboundSpec, ShutdownSettings, Startup},
     metrics::Metrics,
     resilience::{rate_limit::Limit, RateLimiter},
-    routing::{bind, RouteTable},
+    routing::{
+        bind,
+        tcp::{PortSet, TcpTable},
+        RouteTable,
+    },
     tls::{self, IdentityFiles, TlsContext},
     upstream::{Passthrough, Service},
 };
@@ -38,6 +42,10 @@ pub struct IdentityVersion {
 pub struct Outbound {
     /// Routes bound to their services.
     pub table: Arc<RouteTable>,
+    /// TCP routes bound to their services.
+    pub tcp: Arc<TcpTable>,
+    /// Original destination ports proxied as opaque TCP without detection.
+    pub opaque_ports: PortSet,
 }
 
 /// The inbound side of a snapshot.
@@ -55,6 +63,8 @@ pub struct Inbound {
     pub tls: tls::Mode,
     /// Authorization rules bound to their counters; `None` allows every caller.
     pub authorizer: Option<Arc<Authorizer>>,
+    /// Destination ports proxied as opaque TCP without detection.
+    pub opaque_ports: PortSet,
 }
 
 /// One compiled config bound to live services.
@@ -124,6 +134,8 @@ impl Snapshot {
                     routes,
                     unmatched: ob.unmatched,
                 }),
+                tcp: Arc::new(bind::tcp_routes(ob.tcp_routes, &services, metrics)),
+                opaque_ports: ob.opaque_ports,
             }
         });
 
@@ -149,6 +161,7 @@ impl Snapshot {
                 authorizer: ib
                     .authorize
                     .map(|p| Arc::new(Authorizer::new(p, &shared.authz))),
+                opaque_ports: ib.opaque_ports,
             }
         });
 

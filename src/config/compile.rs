@@ -23,6 +23,7 @@ use crate::{
     resilience::{rate_limit::Limit, retry::BudgetSpec},
     routing::{
         matcher::{anchored_regex, HostMatch, PathMatch, ValueMatch},
+        tcp::{Cidr, PortSet, TcpRouteSpec},
         ActionSpec, HeaderEdits, Rewrite, RouteMatch, RouteSpec, Unmatched, WeightedService,
     },
     telemetry::{self, LogFormat, LogSettings},
@@ -120,6 +121,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Idle downstream connections are closed after this long.
     pub idle_timeout: Duration,
+    /// Time protocol detection waits for a connection's first bytes.
+    pub detect_timeout: Duration,
+    /// Opaque TCP connections with no bytes either way are closed after this long.
+    pub tcp_idle_timeout: Duration,
 }
 
 /// Runtime form of `shutdown:`.
@@ -146,6 +151,8 @@ pub struct InboundSpec {
     pub tls: tls::Mode,
     /// Authorization rules, when any are configured.
     pub authorize: Option<authorize::Policy>,
+    /// Destination ports proxied as opaque TCP without detection.
+    pub opaque_ports: PortSet,
 }
 
 /// Runtime form of `outbound:`.
@@ -157,6 +164,10 @@ pub struct OutboundSpec {
     pub unmatched: Unmatched,
     /// Compiled routes in order.
     pub routes: Vec<RouteSpec>,
+    /// Original destination ports proxied as opaque TCP without detection.
+    pub opaque_ports: PortSet,
+    /// Compiled TCP routes in order.
+    pub tcp_routes: Vec<TcpRouteSpec>,
 }
 
 /// Compiles `file`; `Err` lists every problem found. Relative file paths in it are taken
@@ -197,6 +208,14 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
     }
     if limits_file.max_connections == 0 {
         c.err("limits.max_connections", "must be at least 1".into());
+    }
+    for (path, d) in [
+        ("limits.detect_timeout", limits_file.detect_timeout.0),
+        ("limits.tcp_idle_timeout", limits_file.tcp_idle_timeout.0),
+    ] {
+        if d.is_zero() {
+            c.err(path, "must be more than 0".into());
+        }
     }
     let shutdown_file = c
         .part(&file.shutdown, "shutdown")
@@ -251,6 +270,7 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
                 .and_then(|r| c.rate_limit("inbound.rate_limit", r)),
             tls,
             authorize,
+            opaque_ports: ib.opaque_ports.iter().copied().collect(),
         }
     });
 
@@ -273,6 +293,7 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
                 routes.push(spec);
             }
         }
+        let tcp_routes = c.tcp_routes(&ob.tcp_routes, &file.services);
         OutboundSpec {
             listen,
             unmatched: match ob.unmatched {
@@ -280,6 +301,8 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
                 file::Unmatched::Reject => Unmatched::Reject,
             },
             routes,
+            opaque_ports: ob.opaque_ports.iter().copied().collect(),
+            tcp_routes,
         }
     });
 
@@ -318,6 +341,8 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
             header_read_timeout: limits_file.header_read_timeout.0,
             max_connections: limits_file.max_connections,
             idle_timeout: limits_file.idle_timeout.0,
+            detect_timeout: limits_file.detect_timeout.0,
+            tcp_idle_timeout: limits_file.tcp_idle_timeout.0,
         },
         shutdown: ShutdownSettings {
             grace: shutdown_file.grace.0,
@@ -489,6 +514,55 @@ impl Ctx {
             });
         }
         (!out.is_empty()).then_some(authorize::Policy { rules: out })
+    }
+
+    /// `outbound.tcp_routes`: unique names, at least one condition, a known service.
+    fn tcp_routes(
+        &mut self,
+        routes: &[Lenient<file::TcpRouteFile>],
+        services: &BTreeMap<String, Lenient<ServiceFile>>,
+    ) -> Vec<TcpRouteSpec> {
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let path = format!("outbound.tcp_routes[{i}]");
+            let Some(r) = self.part_at(route, &path) else {
+                continue;
+            };
+            if !names.insert(r.name.clone()) {
+                self.err(
+                    &format!("{path}.name"),
+                    format!("duplicate TCP route name {:?}", r.name),
+                );
+            }
+            if r.matches.port.is_none() && r.matches.destination.is_none() {
+                self.err(
+                    &format!("{path}.match"),
+                    "needs `port`, `destination`, or both".into(),
+                );
+            }
+            if r.matches.port == Some(0) {
+                self.err(&format!("{path}.match.port"), "must be 1 to 65535".into());
+            }
+            let destination = r.matches.destination.as_deref().and_then(|d| {
+                Cidr::parse(d)
+                    .map_err(|e| self.err(&format!("{path}.match.destination"), e))
+                    .ok()
+            });
+            if !services.contains_key(&r.service) {
+                self.err(
+                    &format!("{path}.service"),
+                    format!("unknown service {:?}", r.service),
+                );
+            }
+            out.push(TcpRouteSpec {
+                name: r.name.clone(),
+                port: r.matches.port,
+                destination,
+                service: r.service.clone(),
+            });
+        }
+        out
     }
 
     /// A service's `tls.identity`: one exact SPIFFE ID.

@@ -120,6 +120,15 @@ pub struct LimitsFile {
     /// Default: 5m.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: HumanDuration,
+    /// Time protocol detection waits for a new connection's first bytes; after it, the
+    /// connection is proxied as opaque TCP (server-first protocols wait this long once).
+    /// Default: 1s.
+    #[serde(default = "default_detect_timeout")]
+    pub detect_timeout: HumanDuration,
+    /// An opaque TCP connection with no bytes either way is closed after this long.
+    /// Default: 1h.
+    #[serde(default = "default_tcp_idle_timeout")]
+    pub tcp_idle_timeout: HumanDuration,
 }
 
 impl Default for LimitsFile {
@@ -129,8 +138,17 @@ impl Default for LimitsFile {
             header_read_timeout: default_header_read_timeout(),
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
+            detect_timeout: default_detect_timeout(),
+            tcp_idle_timeout: default_tcp_idle_timeout(),
         }
     }
+}
+
+fn default_detect_timeout() -> HumanDuration {
+    HumanDuration::secs(1)
+}
+fn default_tcp_idle_timeout() -> HumanDuration {
+    HumanDuration::secs(3600)
 }
 
 fn default_max_header_bytes() -> usize {
@@ -301,6 +319,10 @@ pub struct InboundFile {
     /// Absent: every caller is allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authorize: Vec<AuthorizeRuleFile>,
+    /// Destination ports proxied as opaque TCP without protocol detection (no delay for
+    /// server-first protocols).
+    #[serde(default)]
+    pub opaque_ports: Vec<u16>,
 }
 
 fn default_inbound_listen() -> String {
@@ -326,6 +348,37 @@ pub struct OutboundFile {
     /// Routes, tried in order; the first match wins.
     #[serde(default)]
     pub routes: Vec<Lenient<RouteFile>>,
+    /// Original destination ports proxied as opaque TCP without protocol detection.
+    #[serde(default)]
+    pub opaque_ports: Vec<u16>,
+    /// Routes for opaque TCP, tried in order; unmatched TCP goes to its original destination.
+    #[serde(default)]
+    pub tcp_routes: Vec<Lenient<TcpRouteFile>>,
+}
+
+/// One of `outbound.tcp_routes`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpRouteFile {
+    /// Name, for metrics and logs.
+    pub name: String,
+    /// Which connections it takes, by original destination.
+    #[serde(rename = "match")]
+    pub matches: TcpMatchFile,
+    /// The service whose endpoints the connections are balanced over.
+    pub service: String,
+}
+
+/// `tcp_routes[].match`: at least one condition.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpMatchFile {
+    /// The original destination port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The original destination's address range (`10.96.0.0/12`, `fd00::/8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
 }
 
 fn default_outbound_listen() -> String {

@@ -10,7 +10,7 @@ use http::header::HeaderName;
 use tower::{Service, ServiceBuilder};
 
 use super::{
-    forward::{self, Forward},
+    forward::{self, Prepare},
     observe::{Observe, ObserveLayer},
 };
 use crate::{
@@ -22,10 +22,11 @@ use crate::{
     resilience::{
         breaker::{BreakerLayer, CircuitBreaker},
         rate_limit::{RateLimit, RateLimitLayer},
-        retry::RetryLayer,
+        retry::{Retry, RetryLayer},
     },
     runtime::Inbound,
     tls::{self, accept::ClientId},
+    upstream::{Balance, Passthrough, PassthroughClient},
 };
 
 /// The header that carries the caller's verified identity to the app. Whatever a caller
@@ -33,10 +34,15 @@ use crate::{
 pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-remora-client-id");
 
 /// The inbound listener's whole stack.
-pub type InboundStack = Observe<Guard<RateLimit<CircuitBreaker<Forward>>>>;
+pub type InboundStack = Observe<Guard<RateLimit<CircuitBreaker<Prepare<Retry<LocalApp>>>>>>;
 
 /// Assembles the inbound stack for a snapshot's inbound side, top to bottom.
-pub fn stack(s: &Inbound, metrics: &Metrics, access_log: bool) -> InboundStack {
+pub fn stack(
+    s: &Inbound,
+    metrics: &Metrics,
+    pools: &Arc<Passthrough>,
+    access_log: bool,
+) -> InboundStack {
     let d = Direction::Inbound;
     let rules = Arc::new(Rules {
         tls: s.tls,
@@ -57,12 +63,37 @@ pub fn stack(s: &Inbound, metrics: &Metrics, access_log: bool) -> InboundStack {
             metrics.rate_limited(d),
         ))
         .layer(BreakerLayer::new(s.app.breaker().clone()))
-        .service(forward::to_service(
-            &s.app,
+        .service(forward::path(
+            s.app.spec().protocol,
             None,
             Default::default(),
             RetryLayer::once(s.timeout),
+            LocalApp {
+                app_port: s.app.endpoint_addrs().first().map(|a| a.port()),
+                app: Balance::new(s.app.clone()),
+                ports: PassthroughClient::local_ports(pools.clone(), metrics.upstream("app")),
+            },
         ))
+}
+
+/// The app: `inbound.app`, or in transparent mode the app's port the caller connected to
+/// (another port than `inbound.app`'s goes to `127.0.0.1` at that port).
+#[derive(Debug, Clone)]
+pub struct LocalApp {
+    app: Balance,
+    app_port: Option<u16>,
+    ports: PassthroughClient,
+}
+
+impl Service<Req> for LocalApp {
+    stack_service!();
+
+    fn call(&mut self, req: Req) -> BoxFuture {
+        match req.ctx.conn().original_dst {
+            Some(dst) if Some(dst.port()) != self.app_port => self.ports.call(req),
+            _ => self.app.call(req),
+        }
+    }
 }
 
 /// Lets a request in only over the transport and for the callers the listener allows, and

@@ -1,6 +1,7 @@
-//! The accept loop shared by the data listeners: a connection limit, TLS termination where
-//! configured, HTTP/1.1 and HTTP/2 (prior knowledge or ALPN) detected on the same port,
-//! header limits, an idle timeout, and graceful drain when the process stops.
+//! The accept loop shared by the data listeners: a connection limit, the original
+//! destination of a redirected connection, protocol detection (TLS, HTTP/1.1, HTTP/2 prior
+//! knowledge, or opaque TCP, which goes to the handler's TCP path), TLS termination where
+//! configured, header limits, an idle timeout, and graceful drain when the process stops.
 
 use std::{
     convert::Infallible,
@@ -30,8 +31,16 @@ use tokio::{
     time::Instant,
 };
 
-use super::ConnMeta;
-use crate::{body::ProxyBody, config::Limits, metrics::Metrics, tls::accept::Terminator};
+use super::{
+    detect::{self, Detected, Prefixed},
+    orig_dst, ConnMeta,
+};
+use crate::{
+    body::ProxyBody,
+    config::Limits,
+    metrics::Metrics,
+    tls::{accept::Terminator, Mode},
+};
 
 /// Signals shared by every listener of the process.
 #[derive(Debug, Clone)]
@@ -42,12 +51,34 @@ pub struct Lifecycle {
     pub drained: mpsc::Sender<()>,
 }
 
+/// What a data listener serves its connections with; the wiring implements it over the
+/// stacks in force, read once per request or connection.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// Answers an HTTP request (on a clone of the handler, so the answer borrows nothing).
+    fn http(
+        self,
+        conn: ConnMeta,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static;
+
+    /// Serves an opaque TCP connection until it ends.
+    fn tcp(&self, conn: ConnMeta, io: Box<dyn Io>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// Whether connections to this (original destination) port skip protocol detection.
+    fn opaque_port(&self, port: u16) -> bool;
+}
+
+/// A connection's byte stream, whatever is underneath.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// Accepts connections on `listener` until `life.stop` or `accept_stop`, serving each with
 /// `handler`, and hands the listener back. `accept_stop` ends only this accept loop (a reload
 /// moving or restarting the listener); its connections go on until they end or the process
-/// stops. With `tls`, connections are told apart and TLS is terminated before HTTP.
+/// stops. With `tls`, callers that open with a TLS handshake get TLS terminated before HTTP.
 #[allow(clippy::too_many_arguments)]
-pub async fn serve<H, F>(
+pub async fn serve<H: Handler>(
     listener: TcpListener,
     limits: Limits,
     meta: ConnMeta,
@@ -56,15 +87,13 @@ pub async fn serve<H, F>(
     mut accept_stop: watch::Receiver<bool>,
     tls: Option<Arc<Terminator>>,
     handler: H,
-) -> TcpListener
-where
-    H: Fn(ConnMeta, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
-{
+) -> TcpListener {
     let builder = Arc::new(builder(&limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let open = metrics.connections_open(meta.direction);
     let errors = metrics.connection_errors(meta.direction);
+    let detections =
+        Arc::new(Detected::ALL.map(|p| metrics.detections(meta.direction, p.as_str())));
     let mut stop = life.stop.clone();
     loop {
         let permit = tokio::select! {
@@ -87,12 +116,15 @@ where
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(meta.local);
-        let mut conn = ConnMeta::plain(peer, local, meta.direction);
+        let conn = ConnMeta::plain(peer, local, meta.direction);
         let connection = Connection {
             builder: builder.clone(),
             stop: life.stop.clone(),
             errors: errors.clone(),
             idle_timeout: limits.idle_timeout,
+            detect_timeout: limits.detect_timeout,
+            handshake_timeout: limits.header_read_timeout,
+            detections: detections.clone(),
             activity: Activity::new(),
         };
         let (handler, drained, open, tls) = (
@@ -101,30 +133,11 @@ where
             open.clone(),
             tls.clone(),
         );
-        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let _drained = drained;
             open.inc();
-            let activity = connection.activity.clone();
-            let tracked = move |inner| Tracked { inner, activity };
-            match tls {
-                None => connection.serve(tracked(stream), conn, handler).await,
-                Some(tls) => match tls.decide(&stream, peer, handshake_timeout).await {
-                    Ok(None) => connection.serve(tracked(stream), conn, handler).await,
-                    Ok(Some(config)) => {
-                        let io = tracked(stream);
-                        if let Some((io, id)) =
-                            tls.handshake(io, config, peer, handshake_timeout).await
-                        {
-                            conn.tls = true;
-                            conn.client_id = Some(id);
-                            connection.serve(io, conn, handler).await;
-                        }
-                    }
-                    Err(()) => {}
-                },
-            }
+            connection.run(stream, conn, handler, tls).await;
             open.dec();
         });
     }
@@ -141,21 +154,91 @@ struct Connection {
     stop: watch::Receiver<bool>,
     errors: IntCounter,
     idle_timeout: Duration,
+    detect_timeout: Duration,
+    handshake_timeout: Duration,
+    detections: Arc<[IntCounter; 5]>,
     activity: Activity,
 }
 
 impl Connection {
+    /// One connection, top to bottom: original destination → protocol detection (unless its
+    /// port is opaque) → TLS termination (inbound, a caller opening with a handshake) → HTTP,
+    /// or opaque TCP for anything that is not HTTP.
+    async fn run<H: Handler>(
+        self,
+        stream: TcpStream,
+        mut conn: ConnMeta,
+        handler: H,
+        tls: Option<Arc<Terminator>>,
+    ) {
+        conn.original_dst = orig_dst::of(&stream);
+        let port = conn.original_dst.map_or(conn.local.port(), |d| d.port());
+        let peer = conn.peer;
+        let mode = tls.as_ref().map_or(Mode::Disabled, |t| t.mode());
+        let mut io = Tracked {
+            inner: stream,
+            activity: self.activity.clone(),
+        };
+        // Plaintext that is not HTTP cannot be told "mTLS required": it is closed.
+        let refuse = |t: &Option<Arc<Terminator>>| {
+            if let Some(t) = t.as_ref().filter(|_| mode == Mode::Strict) {
+                t.refused_plaintext(peer);
+                return true;
+            }
+            false
+        };
+        if handler.opaque_port(port) {
+            if !refuse(&tls) {
+                handler.tcp(conn, Box::new(io)).await;
+            }
+            return;
+        }
+        let (found, prefix) = match detect::detect(&mut io, self.detect_timeout).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(peer = %peer, error = %e, "connection failed before its first bytes");
+                return;
+            }
+        };
+        self.detections[found as usize].inc();
+        let io = Prefixed::new(prefix, io);
+        match found {
+            Detected::Tls if mode != Mode::Disabled => {
+                let Some(t) = tls else { return };
+                let Some(config) = t.server_config(peer) else {
+                    return;
+                };
+                let timeout = self.handshake_timeout;
+                if let Some((io, id)) = t.handshake(io, config, peer, timeout).await {
+                    conn.tls = true;
+                    conn.client_id = Some(id);
+                    self.serve(io, conn, handler).await;
+                }
+            }
+            found if found.is_http() => {
+                // Served, so that the inbound stack answers 400 `mtls-required`.
+                refuse(&tls);
+                self.serve(io, conn, handler).await;
+            }
+            _ => {
+                if !refuse(&tls) {
+                    handler.tcp(conn, Box::new(io)).await;
+                }
+            }
+        }
+    }
+
     /// Serves HTTP on `io` until the peer closes, the process stops (gracefully) or the
     /// connection idles out.
-    async fn serve<IO, H, F>(mut self, io: IO, conn: ConnMeta, handler: H)
+    async fn serve<IO, H>(mut self, io: IO, conn: ConnMeta, handler: H)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        H: Fn(ConnMeta, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-        F: Future<Output = Response<ProxyBody>> + Send + 'static,
+        H: Handler,
     {
         let peer = conn.peer;
         let svc = service_fn(move |req| {
-            let fut = handler(conn.clone(), req);
+            let fut = handler.clone().http(conn.clone(), req);
             async move { Ok::<_, Infallible>(fut.await) }
         });
         let connection = self

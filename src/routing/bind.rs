@@ -7,7 +7,10 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use super::table::{ActionSpec, MirrorTarget, Route, RouteSpec, RouteTable, Target};
+use super::{
+    table::{ActionSpec, MirrorTarget, Route, RouteSpec, RouteTable, Target},
+    tcp::{TcpRoute, TcpRouteSpec, TcpTable},
+};
 use crate::{
     metrics::{Direction, Metrics},
     resilience::RateLimiter,
@@ -26,6 +29,29 @@ pub fn routes(
         .into_iter()
         .map(|spec| route(spec, services, metrics, previous))
         .collect()
+}
+
+/// Binds TCP routes to `services`, with their metric handles.
+pub fn tcp_routes(
+    specs: Vec<TcpRouteSpec>,
+    services: &BTreeMap<String, Arc<Service>>,
+    metrics: &Metrics,
+) -> TcpTable {
+    let routes = specs
+        .into_iter()
+        .filter_map(|spec| {
+            let Some(service) = services.get(&spec.service).cloned() else {
+                tracing::error!(route = %spec.name, service = %spec.service, "TCP route names an unknown service; left out");
+                return None;
+            };
+            Some(TcpRoute {
+                metrics: metrics.tcp(Direction::Outbound, &spec.name, &spec.service),
+                service,
+                spec,
+            })
+        })
+        .collect();
+    TcpTable { routes }
 }
 
 fn route(

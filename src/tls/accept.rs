@@ -1,16 +1,13 @@
-//! The inbound side of mTLS: decides per connection between TLS and plaintext (by the first
-//! byte the caller sent, read without consuming it, so no round trip is added), terminates
-//! TLS with the identity in force, and returns the caller's SPIFFE ID. Every handshake is
+//! The inbound side of mTLS: for a caller that protocol detection found opening with a TLS
+//! handshake, terminates TLS with the identity in force and returns the caller's SPIFFE ID;
+//! for a plaintext caller on a `strict` listener, counts the refusal. Every handshake is
 //! counted; every failure is logged with its reason.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::HeaderValue;
 use rustls::ServerConfig;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 
 use super::{
@@ -18,10 +15,6 @@ use super::{
     Mode, SpiffeId, TlsContext,
 };
 use crate::metrics::Direction;
-
-/// The first byte of a TLS record carrying a handshake message (a ClientHello). No HTTP/1
-/// request line and no HTTP/2 preface starts with it.
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// A caller's SPIFFE ID, verified in the handshake, with the header value it reaches the app
 /// as (made once per connection, not per request). One pointer wide, as every request's
@@ -70,40 +63,27 @@ impl Terminator {
         }
     }
 
-    /// How to serve `stream`: `Ok(None)` plaintext, `Ok(Some(config))` TLS with `config`,
-    /// `Err(())` close it (logged and counted here). Waits at most `timeout` for the caller's
-    /// first byte. A plaintext caller on a `strict` listener is counted and logged here and
-    /// served as plaintext, so that the inbound handler can answer it with a clear error
-    /// (400 `mtls-required`) instead of a bare close.
-    pub async fn decide(
-        &self,
-        stream: &TcpStream,
-        peer: SocketAddr,
-        timeout: Duration,
-    ) -> Result<Option<Arc<ServerConfig>>, ()> {
-        let mode = (self.mode)();
-        if mode == Mode::Disabled {
-            return Ok(None);
-        }
-        let mut first = [0u8; 1];
-        match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
-            Ok(Ok(1)) => {}
-            // Closed or silent before sending anything: nothing to serve or count.
-            _ => return Err(()),
-        }
-        if first[0] != TLS_HANDSHAKE_RECORD {
-            if mode == Mode::Strict {
-                self.failed(peer, Failure::Plaintext, "inbound.tls is strict");
-            }
-            return Ok(None);
-        }
+    /// The mode in force (part of the reloadable config).
+    pub fn mode(&self) -> Mode {
+        (self.mode)()
+    }
+
+    /// The server config for a caller that opened with a TLS handshake; `None` (counted and
+    /// logged) when no identity is loaded.
+    pub fn server_config(&self, peer: SocketAddr) -> Option<Arc<ServerConfig>> {
         match self.tls.identity() {
-            Some(id) => Ok(Some(id.server_config().clone())),
+            Some(id) => Some(id.server_config().clone()),
             None => {
                 self.failed(peer, Failure::NoIdentity, "no identity is loaded");
-                Err(())
+                None
             }
         }
+    }
+
+    /// Counts and logs a plaintext caller on a `strict` listener. An HTTP caller is then
+    /// answered 400 `mtls-required` by the inbound stack; anything else is closed.
+    pub fn refused_plaintext(&self, peer: SocketAddr) {
+        self.failed(peer, Failure::Plaintext, "inbound.tls is strict");
     }
 
     /// Runs the server handshake on `io` within `timeout`; returns the TLS stream and the

@@ -155,12 +155,38 @@ impl Passthrough {
 pub struct PassthroughClient {
     pools: Arc<Passthrough>,
     metrics: UpstreamMetrics,
+    to: To,
+}
+
+/// Where a passed-through request goes.
+#[derive(Debug, Clone, Copy)]
+enum To {
+    /// Outbound: the connection's original destination (transparent mode), else the
+    /// request's own authority (explicit mode).
+    Destination,
+    /// Inbound, transparent: the app on `127.0.0.1` at the original destination's port.
+    LocalPort,
 }
 
 impl PassthroughClient {
-    /// Sends through `pools`, counting attempts in `metrics`.
+    /// Sends each request to where its caller was connecting (its original destination)
+    /// or, with none, to its own authority, through `pools`, counting attempts in `metrics`.
     pub fn new(pools: Arc<Passthrough>, metrics: UpstreamMetrics) -> Self {
-        Self { pools, metrics }
+        Self {
+            pools,
+            metrics,
+            to: To::Destination,
+        }
+    }
+
+    /// Sends each request to `127.0.0.1` at its original destination's port (the inbound
+    /// side of transparent mode: an app listening on several ports gets each).
+    pub fn local_ports(pools: Arc<Passthrough>, metrics: UpstreamMetrics) -> Self {
+        Self {
+            pools,
+            metrics,
+            to: To::LocalPort,
+        }
     }
 }
 
@@ -168,12 +194,22 @@ impl Service<Req> for PassthroughClient {
     stack_service!();
 
     fn call(&mut self, req: Req) -> BoxFuture {
-        let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
-        let Some(pool) = authority.and_then(|a| self.pools.pool(a)) else {
+        let original = req.ctx.conn().original_dst;
+        let pool = match (self.to, original) {
+            (To::Destination, Some(dst)) => self.pools.pool(&dst.to_string()),
+            (To::LocalPort, Some(dst)) => self.pools.pool(&format!("127.0.0.1:{}", dst.port())),
+            (_, None) => req
+                .uri()
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| {
+                    req.headers()
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                })
+                .and_then(|a| self.pools.pool(a)),
+        };
+        let Some(pool) = pool else {
             let err = ProxyError::BadRequest("invalid port in authority");
             return Box::pin(std::future::ready(Err(err)));
         };

@@ -1,0 +1,377 @@
+//! Opaque TCP: a connection that detection did not find HTTP in (or that arrived on an
+//! `opaque_ports` port) is copied byte for byte to its target, both ways, with half-close
+//! passed on, until both sides are done or nothing moved for the idle timeout.
+//!
+//! Outbound, the target is a `tcp_routes` match's service (an endpoint picked by its
+//! balancer, within its breaker's `max_connections`; a refused connect counts against the
+//! endpoint for outlier detection and the next endpoint is tried), else the original
+//! destination. Inbound, it is the app: `127.0.0.1` at the original destination port in
+//! transparent mode, `inbound.app` otherwise. Every connection is counted by route and
+//! service, its bytes by direction, its failure by reason, and logged when it closes.
+
+use std::{
+    io,
+    net::{Ipv4Addr, SocketAddr},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use http::HeaderMap;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+
+use crate::{
+    context::ConnMeta,
+    metrics::{Direction, Metrics, TcpMetrics},
+    resilience::breaker::ConnectionSlot,
+    routing::tcp::{TcpRoute, TcpTable},
+    upstream::{self as connector, Service},
+};
+
+/// Time to connect to an original destination (no service says otherwise).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most endpoints tried for one connection when connects are refused.
+const CONNECT_ATTEMPTS: usize = 3;
+
+/// Where a direction's opaque connections go, assembled from a snapshot.
+#[derive(Debug, Clone)]
+pub struct TcpStack(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    direction: Direction,
+    routes: Option<Arc<TcpTable>>,
+    /// Inbound: the app's address in explicit mode.
+    app: Option<Arc<Service>>,
+    unmatched: TcpMetrics,
+    idle_timeout: Duration,
+    access_log: bool,
+}
+
+/// Why a connection ended, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    /// Both sides finished.
+    Done,
+    /// Nothing moved for the idle timeout.
+    Idle,
+    /// A read or write failed (a reset).
+    Reset,
+    /// No target could be reached.
+    Failed(&'static str),
+}
+
+impl Close {
+    fn as_str(self) -> &'static str {
+        match self {
+            Close::Done => "done",
+            Close::Idle => "idle-timeout",
+            Close::Reset => "reset",
+            Close::Failed(reason) => reason,
+        }
+    }
+}
+
+impl TcpStack {
+    /// The outbound stack: `routes` first, else the original destination.
+    pub fn outbound(
+        routes: Arc<TcpTable>,
+        metrics: &Metrics,
+        idle_timeout: Duration,
+        access_log: bool,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            direction: Direction::Outbound,
+            routes: Some(routes),
+            app: None,
+            unmatched: metrics.tcp(Direction::Outbound, "", ""),
+            idle_timeout,
+            access_log,
+        }))
+    }
+
+    /// The inbound stack: to the app.
+    pub fn inbound(
+        app: Arc<Service>,
+        metrics: &Metrics,
+        idle_timeout: Duration,
+        access_log: bool,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            direction: Direction::Inbound,
+            routes: None,
+            unmatched: metrics.tcp(Direction::Inbound, "", app.name()),
+            app: Some(app),
+            idle_timeout,
+            access_log,
+        }))
+    }
+
+    /// Serves one opaque connection until it ends.
+    pub async fn serve<IO>(&self, conn: ConnMeta, downstream: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let started = Instant::now();
+        let route = self.route(&conn);
+        let metrics = route.map_or(&self.0.unmatched, |r| &r.metrics);
+        let _open = metrics.opened();
+        let (close, upstream, sent, received) = match self.connect(&conn, route).await {
+            Ok(up) => {
+                let (close, sent, received) =
+                    pipe(downstream, up.stream, metrics, self.0.idle_timeout).await;
+                (close, Some(up.addr), sent, received)
+            }
+            Err(reason) => {
+                metrics.failed(reason);
+                (Close::Failed(reason), None, 0, 0)
+            }
+        };
+        let route_name = route.map_or("", |r| r.spec.name.as_str());
+        let service = route
+            .map(|r| r.service.name().as_ref())
+            .or(self.0.app.as_ref().map(|a| a.name().as_ref()))
+            .unwrap_or("");
+        match close {
+            Close::Failed(reason) => tracing::warn!(
+                direction = self.0.direction.as_str(),
+                client = %conn.peer,
+                original_dst = conn.original_dst.map(|a| a.to_string()),
+                route = route_name,
+                service,
+                reason,
+                "TCP connection failed"
+            ),
+            _ => tracing::debug!(
+                direction = self.0.direction.as_str(),
+                client = %conn.peer,
+                close = close.as_str(),
+                "TCP connection closed"
+            ),
+        }
+        if self.0.access_log {
+            tracing::info!(
+                target: "remora::access",
+                direction = self.0.direction.as_str(),
+                protocol = "tcp",
+                client = %conn.peer.ip(),
+                client_id = conn.client_id.as_ref().map(|c| c.as_str()),
+                original_dst = conn.original_dst.map(|a| a.to_string()),
+                route = route_name,
+                service,
+                endpoint = upstream.map(|e: SocketAddr| e.to_string()),
+                sent_bytes = sent,
+                received_bytes = received,
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                close = close.as_str(),
+            );
+        }
+    }
+
+    fn route(&self, conn: &ConnMeta) -> Option<&TcpRoute> {
+        let dst = conn.original_dst?;
+        self.0.routes.as_ref()?.route(dst)
+    }
+
+    /// Opens the upstream connection; `Err` names the failure's reason label.
+    async fn connect(
+        &self,
+        conn: &ConnMeta,
+        route: Option<&TcpRoute>,
+    ) -> Result<Upstream, &'static str> {
+        if let Some(route) = route {
+            return to_service(&route.service).await;
+        }
+        let target = match (&self.0.app, conn.original_dst) {
+            // Inbound, transparent: the app on the port the caller meant.
+            (Some(_), Some(dst)) => SocketAddr::from((Ipv4Addr::LOCALHOST, dst.port())),
+            (Some(app), None) => {
+                return match app.pick(&HeaderMap::new()) {
+                    Some(ep) => Upstream::to(ep.addr(), app.spec().connect_timeout, None).await,
+                    None => Err("no-endpoints"),
+                }
+            }
+            (None, Some(dst)) => dst,
+            // Explicit outbound listener: a non-HTTP client names no destination.
+            (None, None) => return Err("no-destination"),
+        };
+        Upstream::to(target, CONNECT_TIMEOUT, None).await
+    }
+}
+
+/// An open upstream connection.
+struct Upstream {
+    stream: TcpStream,
+    addr: SocketAddr,
+    /// The service breaker's connection slot, held while the connection is open.
+    _slot: Option<ConnectionSlot>,
+}
+
+impl Upstream {
+    async fn to(
+        addr: SocketAddr,
+        timeout: Duration,
+        slot: Option<ConnectionSlot>,
+    ) -> Result<Self, &'static str> {
+        let stream = connector::connect(&connector::Target::Addr(addr), timeout)
+            .await
+            .map_err(|e| match e {
+                connector::ConnectError::Timeout { .. } => "connect-timeout",
+                _ => "connect-failure",
+            })?;
+        Ok(Self {
+            stream,
+            addr,
+            _slot: slot,
+        })
+    }
+}
+
+/// Connects to an endpoint of `service`: within its breaker's `max_connections`, skipping
+/// endpoints that refused, each refusal reported to outlier detection.
+async fn to_service(service: &Service) -> Result<Upstream, &'static str> {
+    let mut tried = Vec::new();
+    let mut reason = "no-endpoints";
+    while tried.len() < CONNECT_ATTEMPTS {
+        let Some(ep) = service.pick_avoiding(&HeaderMap::new(), &tried) else {
+            break;
+        };
+        if tried.contains(&ep.addr()) {
+            break;
+        }
+        tried.push(ep.addr());
+        let Some(slot) = service.breaker().reserve_connection() else {
+            return Err("overloaded");
+        };
+        match Upstream::to(ep.addr(), service.spec().connect_timeout, Some(slot)).await {
+            Ok(up) => {
+                service.observe(&ep, true);
+                return Ok(up);
+            }
+            Err(r) => {
+                service.observe(&ep, false);
+                reason = r;
+            }
+        }
+    }
+    Err(reason)
+}
+
+/// Copies both ways until both sides have finished or `idle` passes with nothing moving.
+/// Returns how it ended and the bytes sent upstream and received from it.
+async fn pipe<D>(
+    downstream: D,
+    upstream: TcpStream,
+    metrics: &TcpMetrics,
+    idle: Duration,
+) -> (Close, u64, u64)
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let clock = Arc::new(Clock::new());
+    let mut down = downstream;
+    let mut up = Metered {
+        inner: upstream,
+        metrics: metrics.clone(),
+        clock: clock.clone(),
+        sent: 0,
+        received: 0,
+    };
+    let close = {
+        let copied = tokio::io::copy_bidirectional(&mut down, &mut up);
+        tokio::pin!(copied);
+        loop {
+            let deadline = clock.last() + idle;
+            tokio::select! {
+                r = &mut copied => break if r.is_ok() { Close::Done } else { Close::Reset },
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if clock.last() + idle <= Instant::now() {
+                        break Close::Idle;
+                    }
+                }
+            }
+        }
+    };
+    (close, up.sent, up.received)
+}
+
+/// When bytes last moved on a connection.
+#[derive(Debug)]
+struct Clock {
+    opened: Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            last_ms: Default::default(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// The upstream socket, counting bytes into the metrics as they move.
+struct Metered {
+    inner: TcpStream,
+    metrics: TcpMetrics,
+    clock: Arc<Clock>,
+    sent: u64,
+    received: u64,
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let n = (buf.filled().len() - before) as u64;
+            self.received += n;
+            self.metrics.bytes(0, n);
+            self.clock.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.sent += n as u64;
+            self.metrics.bytes(n as u64, 0);
+            self.clock.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
