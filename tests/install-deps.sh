@@ -1,13 +1,29 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs beyond the Rust toolchain: the `openssl` command line
-# (one test checks that a non-Rust TLS client interoperates). Does nothing when it is there.
+# Installs what the test suite needs beyond the Rust toolchain, from Debian's packages and
+# PyPI: the `openssl` command line (a non-Rust TLS client), and for the transparent-mode
+# tests (network namespaces, real iptables rules) iproute2, iptables (nft and legacy),
+# curl, redis (server and redis-cli), nats-server, and the nats-py client. Installs only
+# what is missing; does nothing when everything is there.
 set -euo pipefail
-if command -v openssl >/dev/null 2>&1; then
-  exit 0
-fi
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
   sudo="sudo"
 fi
-$sudo apt-get update
-$sudo apt-get install -y --no-install-recommends openssl
+missing=()
+need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
+need openssl openssl
+need ip iproute2
+need iptables-nft iptables
+need iptables-legacy iptables
+need curl curl
+need redis-server redis-server
+need redis-cli redis-tools
+need nats-server nats-server
+need setpriv util-linux
+if [ ${#missing[@]} -gt 0 ]; then
+  $sudo apt-get update
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+if ! python3 -c 'import nats' >/dev/null 2>&1; then
+  python3 -m pip install --quiet 'nats-py>=2.6,<3'
+fi

@@ -11,4 +11,5 @@ mod reload;
 mod resilience;
 mod retries;
 mod routing;
+mod tcp;
 mod upstreams;
