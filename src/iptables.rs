@@ -280,7 +280,8 @@ pub fn restore(family: Family, backend: Backend, input: &str) -> Result<(), Erro
         message,
     };
     let mut child = Command::new(&tool)
-        .arg("--noflush")
+        // `--wait`: another writer (kube-proxy, a parallel init) holds the xtables lock.
+        .args(["--noflush", "--wait"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
