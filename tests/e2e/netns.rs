@@ -174,8 +174,15 @@ impl Drop for Netns {
             .args(["netns", "pids", &self.name])
             .output()
         {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
+            let pids = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            if !pids.is_empty() {
+                // The shell's own `kill`: Debian's base may lack procps.
+                let _ = Command::new("sh")
+                    .args(["-c", &format!("kill -9 {pids}")])
+                    .status();
             }
         }
         let _ = Command::new("ip")
