@@ -150,6 +150,36 @@ pub fn host_without_port(authority: &str) -> &str {
     }
 }
 
+/// Whether an HTTP/1 request accepts trailers in a chunked response (`te: trailers`).
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    })
+}
+
+/// Declares gRPC's trailers in a gRPC response's `trailer` header, unless it declares its
+/// own: an HTTP/1.1 server (hyper's) sends in a chunked body only the trailers a response
+/// declared, and an HTTP/2 upstream need not declare them. A gRPC caller over HTTP/1.1 so gets
+/// its `grpc-status`.
+pub fn declare_grpc_trailers(headers: &mut HeaderMap) {
+    if is_grpc(headers) && !headers.contains_key(header::TRAILER) {
+        headers.insert(
+            header::TRAILER,
+            HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
+        );
+    }
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc`, with or without a `+format`).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,13 +16,14 @@ pub mod tcp;
 
 use std::convert::Infallible;
 
-use http::Request;
+use http::{Request, Version};
 use hyper::body::Incoming;
 use tower::{Layer, Service};
 
 use crate::{
     body::ProxyBody,
     context::{stack_service, BoxFuture, Ctx, Req, Resp},
+    headers,
     metrics::{Direction, RequestMetrics},
     routing::tcp::PortSet,
     runtime::{Shared, Snapshot},
@@ -145,13 +146,19 @@ impl Stack {
 /// Answers one request on a data listener with `stack` (the listener's wiring takes it from
 /// the stacks in force, once per request, so the request sees one config).
 pub async fn handle(stack: Stack, conn: ConnMeta, req: Request<Incoming>) -> Resp {
+    // An HTTP/1 caller gets trailers only where the response declares them.
+    let trailers = req.version() < Version::HTTP_2 && headers::accepts_trailers(req.headers());
     let req = Req::new(req.map(ProxyBody::stream), Ctx::new(conn));
     let answer = match stack {
         Stack::Outbound(mut s) => s.call(req).await,
         Stack::Inbound(mut s) => s.call(req).await,
         Stack::Unconfigured(mut s) => s.call(req).await,
     };
-    answer.unwrap_or_else(|never: Infallible| match never {})
+    let mut resp = answer.unwrap_or_else(|never: Infallible| match never {});
+    if trailers {
+        headers::declare_grpc_trailers(resp.headers_mut());
+    }
+    resp
 }
 
 /// Refuses every request with `no-route`.

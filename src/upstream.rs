@@ -267,6 +267,7 @@ impl Service {
                                 )
                             }),
                             self.tls.clone(),
+                            self.spec.protocol == Protocol::Auto,
                         );
                         if let Some(check) = &self.spec.health {
                             tokio::spawn(check_health(

@@ -156,7 +156,10 @@ fn prepare(
         _ if upgrade => Version::HTTP_11,
         Protocol::Http1 => Version::HTTP_11,
         Protocol::Http2 => Version::HTTP_2,
+        // The caller's protocol, falling back in the pool where the peer lacks HTTP/2; gRPC
+        // needs HTTP/2 whatever the caller spoke.
         Protocol::Auto if downstream_version == Version::HTTP_2 => Version::HTTP_2,
+        Protocol::Auto if headers::is_grpc(&parts.headers) => Version::HTTP_2,
         Protocol::Auto => Version::HTTP_11,
     };
     // Without an authority in the URI or a Host, the client fills in the endpoint's address.

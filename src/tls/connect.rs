@@ -52,6 +52,18 @@ struct Configs {
     generation: u64,
     http1: Arc<ClientConfig>,
     http2: Arc<ClientConfig>,
+    either: Arc<ClientConfig>,
+}
+
+/// What a connection offers the peer by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// `http/1.1` only.
+    Http1,
+    /// `h2` only.
+    Http2,
+    /// `h2`, then `http/1.1`: the peer picks.
+    Either,
 }
 
 impl Originator {
@@ -69,16 +81,16 @@ impl Originator {
         &self.expected
     }
 
-    /// Runs the client handshake on `tcp`, offering `h2` or `http/1.1` by ALPN, within
-    /// `timeout`. Counted and, on failure, logged.
+    /// Runs the client handshake on `tcp`, offering what `alpn` says, within `timeout`.
+    /// Counted and, on failure, logged.
     pub async fn connect(
         &self,
         tcp: TcpStream,
-        http2: bool,
+        alpn: Alpn,
         timeout: Duration,
     ) -> Result<TlsStream<TcpStream>, OriginateError> {
         let peer = tcp.peer_addr().ok();
-        let result = self.handshake(tcp, http2, timeout).await;
+        let result = self.handshake(tcp, alpn, timeout).await;
         let metrics = self.tls.metrics();
         match &result {
             Ok(_) => metrics.handshake(Direction::Outbound, Ok(())),
@@ -99,14 +111,14 @@ impl Originator {
     async fn handshake(
         &self,
         tcp: TcpStream,
-        http2: bool,
+        alpn: Alpn,
         timeout: Duration,
     ) -> Result<TlsStream<TcpStream>, OriginateError> {
         let configs = self.configs().ok_or(OriginateError::NoIdentity)?;
-        let config = if http2 {
-            configs.http2.clone()
-        } else {
-            configs.http1.clone()
+        let config = match alpn {
+            Alpn::Http1 => configs.http1.clone(),
+            Alpn::Http2 => configs.http2.clone(),
+            Alpn::Either => configs.either.clone(),
         };
         // The verifier checks the SPIFFE ID, not this name; an IP name also sends no SNI.
         let name = ServerName::IpAddress(
@@ -138,7 +150,7 @@ impl Originator {
             }
         }
         let identity = self.tls.identity()?;
-        let build = |alpn: &[u8]| {
+        let build = |alpn: &[&[u8]]| {
             let verifier =
                 ServerIdentityVerifier::new(identity.roots().clone(), self.expected.clone());
             let mut config = ClientConfig::builder_with_provider(super::provider())
@@ -147,13 +159,14 @@ impl Originator {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(verifier))
                 .with_client_cert_resolver(client_resolver(identity.key().clone()));
-            config.alpn_protocols = vec![alpn.to_vec()];
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             Arc::new(config)
         };
         let configs = Arc::new(Configs {
             generation,
-            http1: build(super::ALPN_HTTP1),
-            http2: build(super::ALPN_H2),
+            http1: build(&[super::ALPN_HTTP1]),
+            http2: build(&[super::ALPN_H2]),
+            either: build(&[super::ALPN_H2, super::ALPN_HTTP1]),
         });
         self.configs.store(Some(configs.clone()));
         Some(configs)

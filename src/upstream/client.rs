@@ -108,7 +108,8 @@ fn classify(e: PoolError, pool: &Pool, metrics: &UpstreamMetrics) -> ProxyError 
                 source: Box::new(e),
             },
         ),
-        PoolError::Connect(_) | PoolError::Tls(_) => (
+        // Only a pool that may not fall back (`protocol: http2`) lets this through.
+        PoolError::Connect(_) | PoolError::Tls(_) | PoolError::NoHttp2 => (
             AttemptResult::ConnectFailure,
             ProxyError::Connect {
                 target,

@@ -29,6 +29,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// An endpoint at `addr`; connections are opened on demand.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         addr: SocketAddr,
         connect_timeout: Duration,
@@ -37,6 +38,7 @@ impl Endpoint {
         outlier: Option<EndpointState>,
         health: Option<Health>,
         tls: Option<Arc<Originator>>,
+        negotiate: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
             addr,
@@ -49,6 +51,7 @@ impl Endpoint {
                 idle_timeout,
                 breaker,
                 tls,
+                negotiate,
             ),
         })
     }

@@ -98,7 +98,15 @@ impl Passthrough {
                 next.remove(&k);
             }
         }
-        let pool = Pool::new(target, self.connect_timeout, self.idle_timeout, None, None);
+        // Passthrough speaks the caller's protocol where the peer does (`auto`).
+        let pool = Pool::new(
+            target,
+            self.connect_timeout,
+            self.idle_timeout,
+            None,
+            None,
+            true,
+        );
         next.insert(
             authority.to_owned(),
             Arc::new(Entry {

@@ -11,23 +11,38 @@
 //! closed the idle connection) is sent again on another one. Idle connections are closed
 //! after the idle timeout by a sweeper task that ends with the pool.
 //!
+//! A pool that may choose its protocol (`protocol: auto`) finds out whether the peer speaks
+//! HTTP/2 before it sends a request over it: over mTLS by ALPN (it offers both), in plaintext
+//! by sending the HTTP/2 connection preface's magic and reading the first byte back (an
+//! HTTP/2 server answers with a SETTINGS frame, an HTTP/1 server with `HTTP/1.x 400` or a
+//! close). A peer without HTTP/2 is remembered, and its requests go over HTTP/1.1 from then
+//! on, the one that found out included: nothing of it was sent yet.
+//!
 //! Written here rather than using hyper-util's generic pooled client: this one costs a
 //! fraction per request (measured with `benches/load.sh`), and later layers (circuit
 //! breakers, outlier detection) need to see and bound each endpoint's connections. The idle
 //! stack sits behind a `std` mutex held only for a push or a pop, never across an await.
 
 use std::{
-    sync::{Arc, Mutex, Weak},
+    io,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc, Mutex, Weak,
+    },
+    task::{Context, Poll},
     time::Duration,
 };
 
-use http::{Request, Response, Version};
+use bytes::{Buf, Bytes};
+use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::{
     body::Incoming,
     client::conn::{http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     sync::{watch, Notify},
     time::Instant,
 };
@@ -36,8 +51,20 @@ use super::connector::{self, ConnectError, Stream, Target};
 use crate::{
     body::{Home, Lease, ProxyBody},
     resilience::breaker::{Breaker, ConnectionSlot, Overflow},
-    tls::connect::{OriginateError, Originator},
+    tls::connect::{Alpn, OriginateError, Originator},
 };
+
+/// The HTTP/2 preface's first part (RFC 9113 §3.4); its SETTINGS frame follows from hyper.
+const H2_MAGIC: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The longest a plaintext peer may take to answer the preface before it is taken to speak
+/// HTTP/2 (an HTTP/1 server answers at once; an HTTP/2 server may wait for our SETTINGS).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What a pool knows of its peer's HTTP/2.
+const H2_UNKNOWN: u8 = 0;
+const H2_YES: u8 = 1;
+const H2_NO: u8 = 2;
 
 /// Why a request could not be exchanged.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +84,9 @@ pub enum PoolError {
     /// The deadline passed before response headers came.
     #[error("no response headers before the deadline")]
     Timeout,
+    /// The peer does not speak HTTP/2 (ALPN or its answer to the preface said so).
+    #[error("the peer does not speak HTTP/2")]
+    NoHttp2,
     /// Opening the shared HTTP/2 connection failed for the request that opened it, and so for
     /// every request that waited on it too.
     #[error(transparent)]
@@ -83,6 +113,10 @@ struct Inner {
     returned: Notify,
     /// Originates mTLS on every connection, when the service says so.
     tls: Option<Arc<Originator>>,
+    /// Whether the pool finds out if the peer speaks HTTP/2 and falls back to HTTP/1.1.
+    negotiate: bool,
+    /// What it found: `H2_UNKNOWN`, `H2_YES` or `H2_NO`.
+    h2: AtomicU8,
 }
 
 #[derive(Debug)]
@@ -132,13 +166,16 @@ impl Home for Inner {
 }
 
 impl Pool {
-    /// A pool for `target`; connections are opened on demand, over mTLS with `tls`.
+    /// A pool for `target`; connections are opened on demand, over mTLS with `tls`. With
+    /// `negotiate` (`protocol: auto`), HTTP/2 requests fall back to HTTP/1.1 for a peer that
+    /// does not speak HTTP/2.
     pub fn new(
         target: Target,
         connect_timeout: Duration,
         idle_timeout: Duration,
         breaker: Option<Arc<Breaker>>,
         tls: Option<Arc<Originator>>,
+        negotiate: bool,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -151,8 +188,15 @@ impl Pool {
                 breaker,
                 returned: Notify::new(),
                 tls,
+                negotiate,
+                h2: AtomicU8::new(H2_UNKNOWN),
             }),
         }
+    }
+
+    /// Whether the peer is known not to speak HTTP/2.
+    pub fn lacks_http2(&self) -> bool {
+        self.inner.h2.load(Ordering::Relaxed) == H2_NO
     }
 
     /// Where the pool connects.
@@ -181,10 +225,17 @@ impl Pool {
         req: Request<ProxyBody>,
         deadline: Option<Instant>,
     ) -> Result<(Response<Incoming>, Option<Lease>), PoolError> {
-        if req.version() == Version::HTTP_2 {
-            return self.send_http2(req, deadline).await.map(|r| (r, None));
-        }
         let mut req = req;
+        if req.version() == Version::HTTP_2 {
+            if !(self.inner.negotiate && self.lacks_http2()) {
+                match self.send_http2(req, deadline).await {
+                    Ok(resp) => return Ok((resp, None)),
+                    Err((PoolError::NoHttp2, Some(unsent))) => req = unsent,
+                    Err((e, _)) => return Err(e),
+                }
+            }
+            req = to_http1(req);
+        }
         let mut waiting = None;
         let slot = loop {
             // Reused connections first; one the peer closed gives the request back unsent.
@@ -242,26 +293,33 @@ impl Pool {
         (resp, lease)
     }
 
+    /// Sends over the shared HTTP/2 connection. On failure the request comes back when none
+    /// of it was sent and the peer turned out not to speak HTTP/2 (`NoHttp2`).
     async fn send_http2(
         &self,
         req: Request<ProxyBody>,
         deadline: Option<Instant>,
-    ) -> Result<Response<Incoming>, PoolError> {
+    ) -> Result<Response<Incoming>, (PoolError, Option<Request<ProxyBody>>)> {
         let mut req = req;
         let mut failed = None;
         loop {
-            let shared = within(deadline, self.http2_sender(failed)).await??;
+            let shared = match within(deadline, self.http2_sender(failed)).await {
+                Ok(Ok(shared)) => shared,
+                Ok(Err(e)) if e.is_no_http2() => return Err((PoolError::NoHttp2, Some(req))),
+                Ok(Err(e)) | Err(e) => return Err((e, None)),
+            };
             let mut sender = shared.sender;
-            match within(deadline, sender.try_send_request(req)).await? {
-                Ok(resp) => return Ok(resp),
-                Err(mut e) => match e.take_message() {
+            match within(deadline, sender.try_send_request(req)).await {
+                Err(e) => return Err((e, None)),
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(mut e)) => match e.take_message() {
                     // The connection went away before the request was written: once more,
                     // on a newer connection.
                     Some(unsent) if failed.is_none() => {
                         req = unsent;
                         failed = Some(shared.generation);
                     }
-                    _ => return Err(e.into_error().into()),
+                    _ => return Err((e.into_error().into(), None)),
                 },
             }
         }
@@ -367,17 +425,45 @@ impl Pool {
         }
     }
 
-    /// Opens a connection to the target, over mTLS (ALPN `h2` or `http/1.1`) when the
-    /// service says so.
-    async fn open(&self, http2: bool) -> Result<Stream, PoolError> {
+    /// Opens a connection to the target, over mTLS (offering `alpn`) when the service says
+    /// so.
+    async fn open(&self, alpn: Alpn) -> Result<Stream, PoolError> {
         let tcp = connector::connect(&self.inner.target, self.inner.connect_timeout).await?;
         match &self.inner.tls {
             None => Ok(Stream::Plain(tcp)),
             // Boxed: the handshake's state is large, and inline it would grow every request's
             // future (moved several times per request), plaintext pools' too.
             Some(tls) => {
-                let handshake = Box::pin(tls.connect(tcp, http2, self.inner.connect_timeout));
+                let handshake = Box::pin(tls.connect(tcp, alpn, self.inner.connect_timeout));
                 Ok(Stream::Tls(Box::new(handshake.await?)))
+            }
+        }
+    }
+
+    /// Opens a connection for HTTP/2: when negotiating, one on which the peer showed it
+    /// speaks HTTP/2 (else `NoHttp2`, remembered).
+    async fn open_for_http2(&self) -> Result<Primed, PoolError> {
+        let known = self.inner.h2.load(Ordering::Relaxed) == H2_YES;
+        if !self.inner.negotiate || known {
+            return Ok(Primed::plain(self.open(Alpn::Http2).await?));
+        }
+        let stream = self.open(Alpn::Either).await?;
+        let primed = match &stream {
+            Stream::Tls(tls) => {
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2);
+                h2.then(|| Primed::plain(stream))
+            }
+            Stream::Plain(_) => probe(stream).await?,
+        };
+        match primed {
+            Some(p) => {
+                self.inner.h2.store(H2_YES, Ordering::Relaxed);
+                Ok(p)
+            }
+            None => {
+                self.inner.h2.store(H2_NO, Ordering::Relaxed);
+                tracing::debug!(target = %self.inner.target, "peer does not speak HTTP/2; using HTTP/1.1");
+                Err(PoolError::NoHttp2)
             }
         }
     }
@@ -388,7 +474,7 @@ impl Pool {
         &self,
         slot: Option<ConnectionSlot>,
     ) -> Result<http1::SendRequest<ProxyBody>, PoolError> {
-        let stream = self.open(false).await?;
+        let stream = self.open(Alpn::Http1).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
@@ -406,7 +492,7 @@ impl Pool {
         &self,
         slot: Option<ConnectionSlot>,
     ) -> Result<http2::SendRequest<ProxyBody>, PoolError> {
-        let stream = self.open(true).await?;
+        let stream = self.open_for_http2().await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -435,6 +521,123 @@ impl Pool {
                 }
             });
         });
+    }
+}
+
+impl PoolError {
+    /// Whether this (or the shared failure it stands for) says the peer lacks HTTP/2.
+    fn is_no_http2(&self) -> bool {
+        match self {
+            PoolError::NoHttp2 => true,
+            PoolError::Shared(inner) => inner.is_no_http2(),
+            _ => false,
+        }
+    }
+}
+
+/// The HTTP/1.1 form of a request prepared for HTTP/2: `Host` from the authority, the target
+/// in origin form.
+fn to_http1(req: Request<ProxyBody>) -> Request<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    parts.version = Version::HTTP_11;
+    if let (false, Some(a)) = (
+        parts.headers.contains_key(header::HOST),
+        parts.uri.authority(),
+    ) {
+        if let Ok(host) = HeaderValue::from_str(a.as_str()) {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
+    if let Some(pq) = parts.uri.path_and_query().cloned() {
+        parts.uri = Uri::from(pq);
+    }
+    Request::from_parts(parts, body)
+}
+
+/// Sends the preface's magic on a plaintext connection and reads what comes back: an HTTP/2
+/// server's first frame (a SETTINGS frame, whose length starts with a zero byte), or an
+/// HTTP/1 server's `HTTP/1.1 400` or close. Silence up to `PROBE_TIMEOUT` is taken as HTTP/2.
+/// `None`: the peer does not speak HTTP/2.
+async fn probe(stream: Stream) -> Result<Option<Primed>, PoolError> {
+    let Stream::Plain(mut tcp) = stream else {
+        return Ok(Some(Primed::plain(stream)));
+    };
+    let addr = tcp
+        .peer_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let io = |source: io::Error| PoolError::Connect(ConnectError::Io { addr, source });
+    tcp.write_all(H2_MAGIC).await.map_err(io)?;
+    let mut first = [0u8; 1];
+    let answer = match tokio::time::timeout(PROBE_TIMEOUT, tcp.read(&mut first)).await {
+        Err(_) => Bytes::new(),
+        Ok(Ok(0)) => return Ok(None),
+        Ok(Ok(_)) if first[0] == b'H' => return Ok(None),
+        Ok(Ok(_)) => Bytes::copy_from_slice(&first),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(None),
+        Ok(Err(e)) => return Err(io(e)),
+    };
+    Ok(Some(Primed {
+        inner: Stream::Plain(tcp),
+        read_back: answer,
+        skip: H2_MAGIC.len(),
+    }))
+}
+
+/// A connection handed to hyper after probing: what the probe read is read again, and the
+/// magic hyper writes first is swallowed (the probe sent it).
+#[derive(Debug)]
+struct Primed {
+    inner: Stream,
+    read_back: Bytes,
+    skip: usize,
+}
+
+impl Primed {
+    fn plain(inner: Stream) -> Self {
+        Self {
+            inner,
+            read_back: Bytes::new(),
+            skip: 0,
+        }
+    }
+}
+
+impl AsyncRead for Primed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read_back.is_empty() {
+            let n = self.read_back.len().min(buf.remaining());
+            buf.put_slice(&self.read_back[..n]);
+            self.read_back.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Primed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.skip > 0 {
+            let n = self.skip.min(buf.len());
+            self.skip -= n;
+            return Poll::Ready(Ok(n));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -542,7 +745,14 @@ mod tests {
     }
 
     fn pool(addr: SocketAddr, idle: Duration) -> Pool {
-        Pool::new(Target::Addr(addr), Duration::from_secs(1), idle, None, None)
+        Pool::new(
+            Target::Addr(addr),
+            Duration::from_secs(1),
+            idle,
+            None,
+            None,
+            false,
+        )
     }
 
     fn get(version: Version) -> Request<ProxyBody> {

@@ -442,3 +442,94 @@ async fn connection_limit_queues_extra_clients() {
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn an_http2_caller_of_an_http1_only_upstream_falls_back_once_and_remembers() {
+    let up = echo_speaking("h1", Speaks::Http1).await;
+    let p = proxy(&route_to(up.addr, "auto")).await;
+    for path in ["/a", "/b", "/c"] {
+        let req = Request::get(format!("http://svc{path}"))
+            .body(Full::default())
+            .unwrap();
+        let r = send_h2(p.outbound(), req).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert_eq!(r.header("x-version"), Some("HTTP/1.1"));
+        assert!(r.saw("host", "svc"), "{}", r.body);
+    }
+    // One connection found out (its preface got HTTP/1's error), one carried all three.
+    assert_eq!(up.requests(), 3);
+    assert_eq!(up.connections(), 2);
+    // An upstream that speaks HTTP/2 keeps it.
+    let both = echo_speaking("both", Speaks::Both).await;
+    let p2 = proxy(&route_to(both.addr, "auto")).await;
+    let req = Request::get("http://svc/").body(Full::default()).unwrap();
+    let r = send_h2(p2.outbound(), req).await;
+    assert_eq!(r.header("x-version"), Some("HTTP/2.0"));
+}
+
+#[tokio::test]
+async fn configured_http2_to_an_http1_only_upstream_is_a_clear_502() {
+    let up = echo_speaking("h1", Speaks::Http1).await;
+    let p = proxy(&route_to(up.addr, "http2")).await;
+    let r = get(p.outbound(), "svc", "/").await;
+    assert_eq!(r.status, 502, "{}", r.body);
+}
+
+#[tokio::test]
+async fn an_http1_grpc_caller_of_an_http2_only_server_gets_its_trailers() {
+    let trailers = {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        t.insert("grpc-message", HeaderValue::from_static("fine"));
+        t
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let t = trailers.clone();
+    let up = serve_speaking(
+        listener,
+        std::sync::Arc::new(move |req: http::Request<hyper::body::Incoming>| {
+            let t = t.clone();
+            Box::pin(async move {
+                assert_eq!(req.version(), http::Version::HTTP_2);
+                let body = TestBody::with_trailers(vec![grpc_frame(b"pong")], t);
+                http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(body)
+                    .unwrap()
+            })
+        }),
+        Speaks::Http2,
+    );
+    let p = proxy(&route_to(up.addr, "auto")).await;
+    // Hand-made gRPC over HTTP/1.1, as curl or a test script would send it.
+    let mut s = tokio::net::TcpStream::connect(p.outbound()).await.unwrap();
+    let frame = grpc_frame(b"ping");
+    let head = format!(
+        "POST /pkg.Svc/Call HTTP/1.1\r\nhost: svc\r\ncontent-type: application/grpc\r\nte: trailers\r\ncontent-length: {}\r\n\r\n",
+        frame.len()
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&frame).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    // Read until the chunked body's end (its trailers then a blank line).
+    while !String::from_utf8_lossy(&out).contains("grpc-message: fine\r\n\r\n") {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the response ends before the deadline: {:?}",
+                    String::from_utf8_lossy(&out)
+                )
+            })
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(text.contains("grpc-status: 0\r\n"), "{text}");
+}

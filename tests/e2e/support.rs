@@ -69,15 +69,47 @@ impl Upstream {
     }
 }
 
+/// Which protocols a test upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    /// HTTP/1.1 and HTTP/2 (prior knowledge), with upgrades.
+    Both,
+    /// HTTP/1.1 only, as most apps: an HTTP/2 preface gets hyper's HTTP/1 error.
+    Http1,
+    /// HTTP/2 only, as a gRPC server.
+    Http2,
+}
+
 /// Starts an upstream (HTTP/1.1 and HTTP/2, with upgrades) running `handler` on `listener`.
 pub fn serve_upstream(listener: TcpListener, handler: Handler) -> Upstream {
+    serve_speaking(listener, handler, Speaks::Both)
+}
+
+/// An upstream that answers with the echo handler and speaks only `speaks`.
+pub async fn echo_speaking(name: &'static str, speaks: Speaks) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_speaking(
+        listener,
+        Arc::new(move |req| Box::pin(async move { echo_response(name, &req) })),
+        speaks,
+    )
+}
+
+/// Starts an upstream running `handler` on `listener`, speaking `speaks`.
+pub fn serve_speaking(listener: TcpListener, handler: Handler, speaks: Speaks) -> Upstream {
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(AtomicUsize::new(0));
     let closed = Arc::new(AtomicUsize::new(0));
     let (c, r, d) = (connections.clone(), requests.clone(), closed.clone());
     let task = tokio::spawn(async move {
-        let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder = match speaks {
+            Speaks::Both => builder,
+            Speaks::Http1 => builder.http1_only(),
+            Speaks::Http2 => builder.http2_only(),
+        };
+        let builder = Arc::new(builder);
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
@@ -90,9 +122,15 @@ pub fn serve_upstream(listener: TcpListener, handler: Handler) -> Upstream {
                     let fut = h(req);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
-                let _ = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .await;
+                // hyper-util honours `http1_only`/`http2_only` only without upgrades.
+                let _ = match speaks {
+                    Speaks::Both => {
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                            .await
+                    }
+                    _ => builder.serve_connection(TokioIo::new(stream), svc).await,
+                };
                 d.fetch_add(1, Ordering::SeqCst);
             });
         }
