@@ -16,7 +16,10 @@
 //! by sending the HTTP/2 connection preface's magic and reading the first byte back (an
 //! HTTP/2 server answers with a SETTINGS frame, an HTTP/1 server with `HTTP/1.x 400` or a
 //! close). A peer without HTTP/2 is remembered, and its requests go over HTTP/1.1 from then
-//! on, the one that found out included: nothing of it was sent yet.
+//! on, the one that found out included: nothing of it was sent yet. The other way round, a
+//! first HTTP/1.1 connection whose peer answers with HTTP/2 frames (an HTTP/2-only server,
+//! such as a gRPC one) marks the peer HTTP/2-only: its HTTP/1.1 requests are translated to
+//! HTTP/2 from then on, the one that found out included when it had no body.
 //!
 //! Written here rather than using hyper-util's generic pooled client: this one costs a
 //! fraction per request (measured with `benches/load.sh`), and later layers (circuit
@@ -27,7 +30,7 @@ use std::{
     io,
     pin::Pin,
     sync::{
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, Ordering},
         Arc, Mutex, Weak,
     },
     task::{Context, Poll},
@@ -61,10 +64,12 @@ const H2_MAGIC: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// HTTP/2 (an HTTP/1 server answers at once; an HTTP/2 server may wait for our SETTINGS).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// What a pool knows of its peer's HTTP/2.
+/// What a pool knows of its peer's HTTP/2: nothing yet, that it speaks it, that it does
+/// not, that it speaks nothing else.
 const H2_UNKNOWN: u8 = 0;
 const H2_YES: u8 = 1;
 const H2_NO: u8 = 2;
+const H2_ONLY: u8 = 3;
 
 /// Why a request could not be exchanged.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +120,7 @@ struct Inner {
     tls: Option<Arc<Originator>>,
     /// Whether the pool finds out if the peer speaks HTTP/2 and falls back to HTTP/1.1.
     negotiate: bool,
-    /// What it found: `H2_UNKNOWN`, `H2_YES` or `H2_NO`.
+    /// What it found: `H2_UNKNOWN`, `H2_YES`, `H2_NO` or `H2_ONLY`.
     h2: AtomicU8,
 }
 
@@ -235,6 +240,8 @@ impl Pool {
                 }
             }
             req = to_http1(req);
+        } else if self.inner.negotiate && self.inner.h2.load(Ordering::Relaxed) == H2_ONLY {
+            return self.send_translated(to_http2(req), deadline).await;
         }
         let mut waiting = None;
         let slot = loop {
@@ -273,11 +280,43 @@ impl Pool {
         drop(waiting);
         // Boxed: opening a connection is rare, and its state (TCP, TLS, the handshake) would
         // otherwise make every request's future several KiB larger, and futures are moved.
-        let mut sender = within(deadline, Box::pin(self.connect_http1(slot))).await??;
+        // A new connection to a peer that may speak only HTTP/2 (nothing known, or only that
+        // it speaks HTTP/2) watches for its frames, and keeps what it needs to send a bodiless
+        // request again. New connections are rare; this costs nothing per request.
+        let state = self.inner.h2.load(Ordering::Relaxed);
+        let sniff = (self.inner.negotiate && matches!(state, H2_UNKNOWN | H2_YES))
+            .then(|| Arc::new(AtomicBool::new(false)));
+        let again = sniff
+            .as_ref()
+            .filter(|_| http_body::Body::is_end_stream(req.body()))
+            .map(|_| head_only(&req));
+        let connect = self.connect_http1(slot, sniff.clone());
+        let mut sender = within(deadline, Box::pin(connect)).await??;
         match within(deadline, sender.try_send_request(req)).await? {
             Ok(resp) => Ok(self.lease(resp, sender)),
-            Err(e) => Err(e.into_error().into()),
+            Err(e) => {
+                if sniff.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                    self.inner.h2.store(H2_ONLY, Ordering::Relaxed);
+                    tracing::debug!(target = %self.inner.target, "peer speaks only HTTP/2; translating");
+                    if let Some(req) = again {
+                        return self.send_translated(to_http2(req), deadline).await;
+                    }
+                }
+                Err(e.into_error().into())
+            }
         }
+    }
+
+    /// Sends an HTTP/1.1 caller's request translated to HTTP/2.
+    async fn send_translated(
+        &self,
+        req: Request<ProxyBody>,
+        deadline: Option<Instant>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), PoolError> {
+        Box::pin(self.send_http2(req, deadline))
+            .await
+            .map(|resp| (resp, None))
+            .map_err(|(e, _)| e)
     }
 
     fn lease(
@@ -443,7 +482,7 @@ impl Pool {
     /// Opens a connection for HTTP/2: when negotiating, one on which the peer showed it
     /// speaks HTTP/2 (else `NoHttp2`, remembered).
     async fn open_for_http2(&self) -> Result<Primed, PoolError> {
-        let known = self.inner.h2.load(Ordering::Relaxed) == H2_YES;
+        let known = matches!(self.inner.h2.load(Ordering::Relaxed), H2_YES | H2_ONLY);
         if !self.inner.negotiate || known {
             return Ok(Primed::plain(self.open(Alpn::Http2).await?));
         }
@@ -457,7 +496,13 @@ impl Pool {
         };
         match primed {
             Some(p) => {
-                self.inner.h2.store(H2_YES, Ordering::Relaxed);
+                // What an HTTP/1.1 connection found (HTTP/2 only) says more: keep it.
+                let _ = self.inner.h2.compare_exchange(
+                    H2_UNKNOWN,
+                    H2_YES,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
                 Ok(p)
             }
             None => {
@@ -473,8 +518,10 @@ impl Pool {
     async fn connect_http1(
         &self,
         slot: Option<ConnectionSlot>,
+        sniff: Option<Arc<AtomicBool>>,
     ) -> Result<http1::SendRequest<ProxyBody>, PoolError> {
-        let stream = self.open(Alpn::Http1).await?;
+        let mut stream = Primed::plain(self.open(Alpn::Http1).await?);
+        stream.sniff = sniff;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
@@ -554,6 +601,36 @@ fn to_http1(req: Request<ProxyBody>) -> Request<ProxyBody> {
     Request::from_parts(parts, body)
 }
 
+/// The HTTP/2 form of an HTTP/1.1 request: the authority from `Host`, the target absolute.
+fn to_http2(req: Request<ProxyBody>) -> Request<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    parts.version = Version::HTTP_2;
+    let authority = parts
+        .headers
+        .remove(header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+    if let Some(authority) = authority {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(authority);
+        uri.path_and_query = parts.uri.path_and_query().cloned();
+        if let Ok(u) = Uri::from_parts(uri) {
+            parts.uri = u;
+        }
+    }
+    Request::from_parts(parts, body)
+}
+
+/// A bodiless copy of `req` (method, target, version, headers), to send again.
+fn head_only(req: &Request<ProxyBody>) -> Request<ProxyBody> {
+    let mut copy = Request::new(ProxyBody::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
 /// Sends the preface's magic on a plaintext connection and reads what comes back: an HTTP/2
 /// server's first frame (a SETTINGS frame, whose length starts with a zero byte), or an
 /// HTTP/1 server's `HTTP/1.1 400` or close. Silence up to `PROBE_TIMEOUT` is taken as HTTP/2.
@@ -580,16 +657,20 @@ async fn probe(stream: Stream) -> Result<Option<Primed>, PoolError> {
         inner: Stream::Plain(tcp),
         read_back: answer,
         skip: H2_MAGIC.len(),
+        sniff: None,
     }))
 }
 
-/// A connection handed to hyper after probing: what the probe read is read again, and the
-/// magic hyper writes first is swallowed (the probe sent it).
+/// A connection as hyper gets it: after a probe, what the probe read is read again and the
+/// magic hyper writes first is swallowed (the probe sent it); with `sniff`, the first byte
+/// read says whether the peer answered with HTTP/2 frames (a frame's length starts with a
+/// zero byte; an HTTP/1 response with `H`).
 #[derive(Debug)]
 struct Primed {
     inner: Stream,
     read_back: Bytes,
     skip: usize,
+    sniff: Option<Arc<AtomicBool>>,
 }
 
 impl Primed {
@@ -598,6 +679,7 @@ impl Primed {
             inner,
             read_back: Bytes::new(),
             skip: 0,
+            sniff: None,
         }
     }
 }
@@ -614,7 +696,15 @@ impl AsyncRead for Primed {
             self.read_back.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let (Some(sniff), Poll::Ready(Ok(()))) = (&self.sniff, &polled) {
+            if let Some(&first) = buf.filled().get(before) {
+                sniff.store(first == 0, Ordering::Relaxed);
+                self.sniff = None;
+            }
+        }
+        polled
     }
 }
 

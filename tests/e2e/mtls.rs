@@ -1129,39 +1129,50 @@ async fn the_binary_logs_each_handshake_failure_with_its_reason() {
 }
 
 #[tokio::test]
-async fn an_h2_mtls_caller_reaches_an_http1_only_app_with_the_default_protocol() {
-    // curl's default over TLS is ALPN h2; most apps speak HTTP/1.1 only.
-    let pki = Pki::new("alpn-h1-app");
+async fn tls_callers_of_either_alpn_reach_apps_of_any_protocol_with_the_default_config() {
+    // curl's default over TLS is ALPN h2; most apps speak HTTP/1.1 only, gRPC ones HTTP/2.
+    let pki = Pki::new("alpn-matrix");
     let (web, api) = (pki.issue("web"), pki.issue("api"));
-    let app = echo_speaking("app", Speaks::Http1).await;
-    let b = sidecar_b(&pki, &api, app.addr, "tls: strict").await;
-    let cfg = client_config(
-        &pki.anchors(),
-        Some(&web),
-        &id("api"),
-        &[b"h2", b"http/1.1"],
-    );
-    let stream = tls_connect(b.inbound(), cfg).await.unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    for path in ["/one", "/two"] {
-        let resp = sender
-            .send_request(
-                Request::get(format!("https://b{path}"))
-                    .body(Full::<Bytes>::default())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(resp.version(), Version::HTTP_2);
-        let r = read(resp).await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        assert_eq!(r.header("x-version"), Some("HTTP/1.1"));
-        assert!(r.saw("x-remora-client-id", &id("web")), "{}", r.body);
+    for speaks in [Speaks::Http1, Speaks::Http2, Speaks::Both] {
+        let app = echo_speaking("app", speaks).await;
+        let b = sidecar_b(&pki, &api, app.addr, "tls: strict").await;
+        for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+            for (method, path, body) in [("GET", "/get", ""), ("POST", "/post", "payload")] {
+                let cfg = client_config(&pki.anchors(), Some(&web), &id("api"), &[alpn]);
+                let stream = tls_connect(b.inbound(), cfg).await.unwrap();
+                assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn));
+                let io = TokioIo::new(stream);
+                let builder = Request::builder().method(method).header("host", "b");
+                let resp = if alpn == b"h2" {
+                    let (mut sender, conn) =
+                        hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                            .await
+                            .unwrap();
+                    tokio::spawn(conn);
+                    let req = builder
+                        .uri(format!("https://b{path}"))
+                        .body(Full::new(Bytes::from(body)))
+                        .unwrap();
+                    read(sender.send_request(req).await.unwrap()).await
+                } else {
+                    let (mut sender, conn) =
+                        hyper::client::conn::http1::handshake(io).await.unwrap();
+                    tokio::spawn(conn);
+                    let req = builder
+                        .uri(path)
+                        .body(Full::new(Bytes::from(body)))
+                        .unwrap();
+                    read(sender.send_request(req).await.unwrap()).await
+                };
+                let what = format!("{} → {speaks:?} {path}", String::from_utf8_lossy(alpn));
+                assert_eq!(resp.status, 200, "{what}: {}", resp.body);
+                assert!(
+                    resp.saw("x-remora-client-id", &id("web")),
+                    "{what}: {}",
+                    resp.body
+                );
+            }
+        }
+        assert_eq!(app.requests(), 4, "{speaks:?}");
     }
-    assert_eq!(app.requests(), 2);
 }

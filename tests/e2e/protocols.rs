@@ -533,3 +533,62 @@ async fn an_http1_grpc_caller_of_an_http2_only_server_gets_its_trailers() {
     assert!(text.contains("transfer-encoding: chunked"), "{text}");
     assert!(text.contains("grpc-status: 0\r\n"), "{text}");
 }
+
+#[tokio::test]
+async fn every_caller_protocol_reaches_every_upstream_protocol_with_the_default_config() {
+    for speaks in [Speaks::Http1, Speaks::Http2, Speaks::Both] {
+        let up = echo_speaking("u", speaks).await;
+        // The default: no `protocol` anywhere.
+        let p = proxy(&format!(
+            "{}inbound:\n  listen: 127.0.0.1:0\n  app: \"{}\"\n",
+            svc_config(&[up.addr], &[], &[]),
+            up.addr
+        ))
+        .await;
+        for listener in [p.outbound(), p.inbound()] {
+            for (caller, path) in [
+                ("h1", "/get"),
+                ("h2c", "/get"),
+                ("h1", "/post"),
+                ("h2c", "/post"),
+            ] {
+                let builder = Request::builder().uri(format!("http://svc{path}"));
+                let req = if path == "/post" {
+                    builder.method("POST").body(Full::from("payload")).unwrap()
+                } else {
+                    builder.body(Full::default()).unwrap()
+                };
+                let r = match caller {
+                    "h1" => {
+                        send(&h1_client(), {
+                            let (mut parts, body) = req.into_parts();
+                            parts.uri = format!("http://{listener}{path}").parse().unwrap();
+                            parts
+                                .headers
+                                .insert("host", HeaderValue::from_static("svc"));
+                            Request::from_parts(parts, body)
+                        })
+                        .await
+                    }
+                    _ => send_h2(listener, req).await,
+                };
+                assert_eq!(
+                    r.status, 200,
+                    "{caller} caller, {speaks:?} upstream, {path} via {listener}: {}",
+                    r.body
+                );
+                let want = match speaks {
+                    Speaks::Http1 => "HTTP/1.1",
+                    Speaks::Http2 => "HTTP/2.0",
+                    Speaks::Both if caller == "h1" => "HTTP/1.1",
+                    Speaks::Both => "HTTP/2.0",
+                };
+                assert_eq!(
+                    r.header("x-version"),
+                    Some(want),
+                    "{caller} → {speaks:?} {path}"
+                );
+            }
+        }
+    }
+}
