@@ -150,6 +150,9 @@ pub fn host_without_port(authority: &str) -> &str {
     }
 }
 
+/// Carries an HTTP/1.1 request's original protocol across a sidecar-to-sidecar HTTP/2 hop.
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-remora-orig-proto");
+
 /// Whether an HTTP/1 request accepts trailers in a chunked response (`te: trailers`).
 pub fn accepts_trailers(headers: &HeaderMap) -> bool {
     headers.get_all(header::TE).iter().any(|v| {

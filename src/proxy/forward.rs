@@ -4,6 +4,12 @@
 //! version the service speaks (HTTP/1.1 in origin form with `Host`, HTTP/2 with the absolute
 //! URI); the client strips the response's hop-by-hop headers on the way back. `ResponseEdits`
 //! applies a route's response header edits to every answer the route gives.
+//!
+//! Between sidecars (a service called over mTLS, `tls.identity`), an HTTP/1.1 request travels
+//! as HTTP/2, so that all of a caller's requests to one peer endpoint share one multiplexed
+//! mTLS connection, with `x-remora-orig-proto: HTTP/1.1` telling the receiving sidecar to
+//! restore it for its app (as linkerd2-proxy's `l5d-orig-proto` does). The header is removed
+//! from every request that comes in, and honoured only from an mTLS caller.
 
 use std::sync::Arc;
 
@@ -28,6 +34,17 @@ use crate::{
 /// The forwarding path to one service: preparation → tries → balancer → pooled client.
 pub type Forward = Prepare<Retry<Balance>>;
 
+use headers::ORIG_PROTO;
+
+/// Who the upstream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// An app or an outside server: it gets the protocol `Protocol` says.
+    Server,
+    /// Another sidecar, over mTLS: HTTP/1.1 goes as HTTP/2 with the original protocol noted.
+    Sidecar,
+}
+
 /// The forwarding path to `service`, with a route's `rewrite` and request `edits` (none for
 /// the inbound app) and its `tries`. Routes, their mirrors and the inbound app all send
 /// through it.
@@ -37,8 +54,13 @@ pub fn to_service(
     edits: HeaderEdits,
     tries: RetryLayer,
 ) -> Forward {
+    let peer = match service.spec().tls {
+        Some(_) => Peer::Sidecar,
+        None => Peer::Server,
+    };
     path(
         service.spec().protocol,
+        peer,
         rewrite,
         edits,
         tries,
@@ -49,13 +71,14 @@ pub fn to_service(
 /// Preparation and tries over any client (a service's balancer, or the passthrough pools).
 pub fn path<C>(
     protocol: Protocol,
+    peer: Peer,
     rewrite: Option<Rewrite>,
     edits: HeaderEdits,
     tries: RetryLayer,
     client: C,
 ) -> Prepare<Retry<C>> {
     ServiceBuilder::new()
-        .layer(PrepareLayer::new(protocol, rewrite, edits))
+        .layer(PrepareLayer::new(protocol, peer, rewrite, edits))
         .layer(tries)
         .service(client)
 }
@@ -67,16 +90,23 @@ pub struct PrepareLayer(Arc<Shape>);
 #[derive(Debug)]
 struct Shape {
     protocol: Protocol,
+    peer: Peer,
     rewrite: Option<Rewrite>,
     edits: HeaderEdits,
 }
 
 impl PrepareLayer {
-    /// Requests for a service speaking `protocol`, rewritten by `rewrite` and edited by
-    /// `edits` (a route's; none for the inbound app and passthrough).
-    pub fn new(protocol: Protocol, rewrite: Option<Rewrite>, edits: HeaderEdits) -> Self {
+    /// Requests for `peer` speaking `protocol`, rewritten by `rewrite` and edited by `edits`
+    /// (a route's; none for the inbound app and passthrough).
+    pub fn new(
+        protocol: Protocol,
+        peer: Peer,
+        rewrite: Option<Rewrite>,
+        edits: HeaderEdits,
+    ) -> Self {
         Self(Arc::new(Shape {
             protocol,
+            peer,
             rewrite,
             edits,
         }))
@@ -138,7 +168,12 @@ fn prepare(
     if !upgrade {
         parts.extensions.remove::<OnUpgrade>();
     }
-    let downstream_version = parts.version;
+    // The caller's protocol: a sidecar's HTTP/2 hop may stand for HTTP/1.1.
+    let restored = parts.headers.remove(ORIG_PROTO);
+    let downstream_version = match restored {
+        Some(v) if conn.tls && v == "HTTP/1.1" => Version::HTTP_11,
+        _ => parts.version,
+    };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     let proto = if conn.tls { "https" } else { "http" };
     headers::add_forwarded(&mut parts.headers, &conn.forwarded_for, proto);
@@ -154,6 +189,15 @@ fn prepare(
     };
     parts.version = match shape.protocol {
         _ if upgrade => Version::HTTP_11,
+        // Configured HTTP/1.1 stays so; otherwise one multiplexed connection per peer.
+        Protocol::Auto | Protocol::Http2 if shape.peer == Peer::Sidecar => {
+            if downstream_version != Version::HTTP_2 {
+                parts
+                    .headers
+                    .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+            }
+            Version::HTTP_2
+        }
         Protocol::Http1 => Version::HTTP_11,
         Protocol::Http2 => Version::HTTP_2,
         // The caller's protocol, falling back in the pool where the peer lacks HTTP/2; gRPC

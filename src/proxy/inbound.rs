@@ -65,6 +65,7 @@ pub fn stack(
         .layer(BreakerLayer::new(s.app.breaker().clone()))
         .service(forward::path(
             s.app.spec().protocol,
+            forward::Peer::Server,
             None,
             Default::default(),
             RetryLayer::once(s.timeout),

@@ -75,6 +75,7 @@ pub fn stack(
         .collect();
     let passthrough = forward::path(
         Protocol::Auto,
+        forward::Peer::Server,
         None,
         Default::default(),
         RetryLayer::once(PASSTHROUGH_TIMEOUT),

@@ -587,6 +587,8 @@ impl PoolError {
 fn to_http1(req: Request<ProxyBody>) -> Request<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     parts.version = Version::HTTP_11;
+    // A peer without HTTP/2 is no sidecar: the note for one goes.
+    parts.headers.remove(crate::headers::ORIG_PROTO);
     if let (false, Some(a)) = (
         parts.headers.contains_key(header::HOST),
         parts.uri.authority(),

@@ -1176,3 +1176,64 @@ async fn tls_callers_of_either_alpn_reach_apps_of_any_protocol_with_the_default_
         assert_eq!(app.requests(), 4, "{speaks:?}");
     }
 }
+
+#[tokio::test]
+async fn http1_between_sidecars_shares_one_http2_connection_and_is_restored_for_the_app() {
+    let pki = Pki::new("orig-proto");
+    let (web, api) = (pki.issue("web"), pki.issue("api"));
+    let app = echo_speaking("app", Speaks::Http1).await;
+    let b = sidecar_b(&pki, &api, app.addr, "tls: strict").await;
+    let a = sidecar_a(&pki, &web, b.inbound(), &id("api"), "").await;
+    // Ten HTTP/1.1 callers, each on its own connection, some at once.
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let addr = a.outbound();
+            tokio::spawn(async move {
+                let client = h1_client();
+                let req = Request::get(format!("http://{addr}/{i}"))
+                    .header("host", "svc")
+                    .header("connection", "close")
+                    .body(Full::default())
+                    .unwrap();
+                send(&client, req).await
+            })
+        })
+        .collect();
+    for c in calls {
+        let r = c.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            r.header("x-version"),
+            Some("HTTP/1.1"),
+            "the app got HTTP/1.1"
+        );
+        assert!(!r.saw_header("x-remora-orig-proto"), "{}", r.body);
+        assert!(r.saw("x-remora-client-id", &id("web")), "{}", r.body);
+    }
+    assert_eq!(app.requests(), 10);
+    // One mTLS connection (one handshake each side) carried all ten.
+    assert_eq!(count(&a, &handshakes("outbound", "success")).await, 1.0);
+    assert_eq!(count(&b, &handshakes("inbound", "success")).await, 1.0);
+}
+
+#[tokio::test]
+async fn a_forged_orig_proto_from_a_plaintext_caller_is_dropped() {
+    let app = echo_speaking("app", Speaks::Both).await;
+    let p = proxy(&format!(
+        "inbound:\n  listen: 127.0.0.1:0\n  app: \"{}\"\n",
+        app.addr
+    ))
+    .await;
+    let req = Request::get("http://b/x")
+        .header("x-remora-orig-proto", "HTTP/1.1")
+        .body(Full::default())
+        .unwrap();
+    let r = send_h2(p.inbound(), req).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-version"),
+        Some("HTTP/2.0"),
+        "not honoured without mTLS"
+    );
+    assert!(!r.saw_header("x-remora-orig-proto"), "{}", r.body);
+}
