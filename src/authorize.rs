@@ -1,7 +1,8 @@
 //! Inbound authorization by caller identity: `inbound.authorize` rules, the first match
 //! allows; when rules exist and none matches, 403 `unauthorized`. A caller is its SPIFFE ID
 //! (from the mTLS handshake) or nobody (plaintext). Nobody matches only rules with
-//! `unauthenticated: true`, which match every caller.
+//! `unauthenticated: true`, which match every caller. An opaque TCP connection is allowed
+//! only by a rule without `paths` and `methods`.
 
 use http::Method;
 use prometheus::{IntCounter, IntCounterVec, Opts};
@@ -65,12 +66,16 @@ impl PathPattern {
 }
 
 impl Rule {
-    fn matches(&self, caller: Option<&str>, method: &Method, path: &str) -> bool {
-        let who = match caller {
+    fn matches_caller(&self, caller: Option<&str>) -> bool {
+        match caller {
             Some(id) => self.unauthenticated || self.from.iter().any(|p| p.matches(id)),
             None => self.unauthenticated,
-        };
-        who && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(path)))
+        }
+    }
+
+    fn matches(&self, caller: Option<&str>, method: &Method, path: &str) -> bool {
+        self.matches_caller(caller)
+            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(path)))
             && (self.methods.is_empty() || self.methods.contains(method))
     }
 }
@@ -110,7 +115,22 @@ impl Authorizer {
 
     /// Whether the request may go on (counted either way).
     pub fn allows(&self, caller: Option<&str>, method: &Method, path: &str) -> bool {
-        match self.policy.check(caller, method, path) {
+        self.count(self.policy.check(caller, method, path))
+    }
+
+    /// Whether `caller` may open an opaque TCP connection: only rules without `paths` or
+    /// `methods` can allow one (they say nothing a byte stream could be checked against).
+    /// Counted like requests.
+    pub fn allows_connection(&self, caller: Option<&str>) -> bool {
+        let found =
+            self.policy.rules.iter().position(|r| {
+                r.paths.is_empty() && r.methods.is_empty() && r.matches_caller(caller)
+            });
+        self.count(found)
+    }
+
+    fn count(&self, found: Option<usize>) -> bool {
+        match found {
             Some(i) => {
                 self.allowed[i].inc();
                 true

@@ -90,6 +90,7 @@ impl Stacks {
                     )),
                     tcp: Some(TcpStack::inbound(
                         ib.app.clone(),
+                        ib.authorizer.clone(),
                         metrics,
                         tcp_idle,
                         access_log,

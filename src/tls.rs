@@ -50,6 +50,9 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub const ALPN_H2: &[u8] = b"h2";
 /// ALPN protocol id of HTTP/1.1.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN protocol id of opaque TCP between sidecars: after the handshake the TLS stream carries
+/// the connection's bytes as they are, to the original destination's port on the far side.
+pub const ALPN_TCP: &[u8] = b"remora-tcp/1";
 
 /// `inbound.tls`: what the inbound listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

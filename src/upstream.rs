@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use http::HeaderMap;
 
 pub use client::Balance;
-pub use connector::{connect, ConnectError, Target};
+pub use connector::{connect, ConnectError, Stream, Target};
 pub use endpoint::Endpoint;
 pub use passthrough::{Passthrough, PassthroughClient};
 pub use pool::{Pool, PoolError};
@@ -218,6 +218,11 @@ impl Service {
                     .pick_where(&set, headers, Endpoint::is_healthy)
             })
             .cloned()
+    }
+
+    /// The mTLS originator, when the service is called over mTLS (`tls.identity`).
+    pub fn originator(&self) -> Option<&Arc<Originator>> {
+        self.tls.as_ref()
     }
 
     /// The service's retry budget.

@@ -213,7 +213,12 @@ impl Connection {
                 if let Some((io, id)) = t.handshake(io, config, peer, timeout).await {
                     conn.tls = true;
                     conn.client_id = Some(id);
-                    self.serve(io, conn, handler).await;
+                    // Another sidecar's opaque TCP, by ALPN; else HTTP (`h2` or HTTP/1.1).
+                    if io.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_TCP) {
+                        handler.tcp(conn, Box::new(io)).await;
+                    } else {
+                        self.serve(io, conn, handler).await;
+                    }
                 }
             }
             found if found.is_http() => {

@@ -5,9 +5,13 @@
 //! Outbound, the target is a `tcp_routes` match's service (an endpoint picked by its
 //! balancer, within its breaker's `max_connections`; a refused connect counts against the
 //! endpoint for outlier detection and the next endpoint is tried), else the original
-//! destination. Inbound, it is the app: `127.0.0.1` at the original destination port in
-//! transparent mode, `inbound.app` otherwise. Every connection is counted by route and
-//! service, its bytes by direction, its failure by reason, and logged when it closes.
+//! destination. A service with `tls.identity` is another sidecar: the stream goes over mTLS
+//! with ALPN `remora-tcp/1` and no framing at all, since the far side's redirect keeps the
+//! original destination, whose port it delivers to. Inbound, the target is the app:
+//! `127.0.0.1` at the original destination port in transparent mode, `inbound.app`
+//! otherwise; with `inbound.authorize`, a rule without paths and methods must allow the
+//! caller. Every connection is counted by route and service, its bytes by direction, its
+//! failure by reason, and logged when it closes.
 
 use std::{
     io,
@@ -19,17 +23,16 @@ use std::{
 };
 
 use http::HeaderMap;
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{
+    authorize::Authorizer,
     context::ConnMeta,
     metrics::{Direction, Metrics, TcpMetrics},
     resilience::breaker::ConnectionSlot,
     routing::tcp::{TcpRoute, TcpTable},
-    upstream::{self as connector, Service},
+    tls::connect::{Alpn, Originator},
+    upstream::{self as connector, Service, Stream},
 };
 
 /// Time to connect to an original destination (no service says otherwise).
@@ -48,6 +51,8 @@ struct Inner {
     routes: Option<Arc<TcpTable>>,
     /// Inbound: the app's address in explicit mode.
     app: Option<Arc<Service>>,
+    /// Inbound: who may connect.
+    authorizer: Option<Arc<Authorizer>>,
     unmatched: TcpMetrics,
     idle_timeout: Duration,
     access_log: bool,
@@ -89,15 +94,17 @@ impl TcpStack {
             direction: Direction::Outbound,
             routes: Some(routes),
             app: None,
+            authorizer: None,
             unmatched: metrics.tcp(Direction::Outbound, "", ""),
             idle_timeout,
             access_log,
         }))
     }
 
-    /// The inbound stack: to the app.
+    /// The inbound stack: to the app, for callers `authorizer` allows.
     pub fn inbound(
         app: Arc<Service>,
+        authorizer: Option<Arc<Authorizer>>,
         metrics: &Metrics,
         idle_timeout: Duration,
         access_log: bool,
@@ -107,6 +114,7 @@ impl TcpStack {
             routes: None,
             unmatched: metrics.tcp(Direction::Inbound, "", app.name()),
             app: Some(app),
+            authorizer,
             idle_timeout,
             access_log,
         }))
@@ -187,6 +195,12 @@ impl TcpStack {
         if let Some(route) = route {
             return to_service(&route.service).await;
         }
+        if let Some(authz) = &self.0.authorizer {
+            let caller = conn.client_id.as_ref().map(|c| c.as_str());
+            if !authz.allows_connection(caller) {
+                return Err("unauthorized");
+            }
+        }
         let target = match (&self.0.app, conn.original_dst) {
             // Inbound, transparent: the app on the port the caller meant.
             (Some(_), Some(dst)) => SocketAddr::from((Ipv4Addr::LOCALHOST, dst.port())),
@@ -206,24 +220,45 @@ impl TcpStack {
 
 /// An open upstream connection.
 struct Upstream {
-    stream: TcpStream,
+    stream: Stream,
     addr: SocketAddr,
     /// The service breaker's connection slot, held while the connection is open.
     _slot: Option<ConnectionSlot>,
 }
 
 impl Upstream {
+    /// Connects to `addr` within `timeout`, over mTLS with `tls` (to another sidecar).
     async fn to(
         addr: SocketAddr,
         timeout: Duration,
         slot: Option<ConnectionSlot>,
     ) -> Result<Self, &'static str> {
-        let stream = connector::connect(&connector::Target::Addr(addr), timeout)
+        Self::over(addr, timeout, slot, None).await
+    }
+
+    async fn over(
+        addr: SocketAddr,
+        timeout: Duration,
+        slot: Option<ConnectionSlot>,
+        tls: Option<&Originator>,
+    ) -> Result<Self, &'static str> {
+        let tcp = connector::connect(&connector::Target::Addr(addr), timeout)
             .await
             .map_err(|e| match e {
                 connector::ConnectError::Timeout { .. } => "connect-timeout",
                 _ => "connect-failure",
             })?;
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => match tls.connect(tcp, Alpn::Tcp, timeout).await {
+                Ok(s) if s.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_TCP) => {
+                    Stream::Tls(Box::new(s))
+                }
+                // A peer that is no sidecar (or an older one) cannot take opaque TCP.
+                Ok(_) => return Err("peer-not-a-sidecar"),
+                Err(_) => return Err("tls-failure"),
+            },
+        };
         Ok(Self {
             stream,
             addr,
@@ -248,7 +283,9 @@ async fn to_service(service: &Service) -> Result<Upstream, &'static str> {
         let Some(slot) = service.breaker().reserve_connection() else {
             return Err("overloaded");
         };
-        match Upstream::to(ep.addr(), service.spec().connect_timeout, Some(slot)).await {
+        let tls = service.originator().map(|o| &**o);
+        let timeout = service.spec().connect_timeout;
+        match Upstream::over(ep.addr(), timeout, Some(slot), tls).await {
             Ok(up) => {
                 service.observe(&ep, true);
                 return Ok(up);
@@ -266,7 +303,7 @@ async fn to_service(service: &Service) -> Result<Upstream, &'static str> {
 /// Returns how it ended and the bytes sent upstream and received from it.
 async fn pipe<D>(
     downstream: D,
-    upstream: TcpStream,
+    upstream: Stream,
     metrics: &TcpMetrics,
     idle: Duration,
 ) -> (Close, u64, u64)
@@ -325,9 +362,9 @@ impl Clock {
     }
 }
 
-/// The upstream socket, counting bytes into the metrics as they move.
+/// The upstream connection, counting bytes into the metrics as they move.
 struct Metered {
-    inner: TcpStream,
+    inner: Stream,
     metrics: TcpMetrics,
     clock: Arc<Clock>,
     sent: u64,

@@ -53,6 +53,7 @@ struct Configs {
     http1: Arc<ClientConfig>,
     http2: Arc<ClientConfig>,
     either: Arc<ClientConfig>,
+    tcp: Arc<ClientConfig>,
 }
 
 /// What a connection offers the peer by ALPN.
@@ -64,6 +65,8 @@ pub enum Alpn {
     Http2,
     /// `h2`, then `http/1.1`: the peer picks.
     Either,
+    /// Opaque TCP to another sidecar (`remora-tcp/1`).
+    Tcp,
 }
 
 impl Originator {
@@ -119,6 +122,7 @@ impl Originator {
             Alpn::Http1 => configs.http1.clone(),
             Alpn::Http2 => configs.http2.clone(),
             Alpn::Either => configs.either.clone(),
+            Alpn::Tcp => configs.tcp.clone(),
         };
         // The verifier checks the SPIFFE ID, not this name; an IP name also sends no SNI.
         let name = ServerName::IpAddress(
@@ -167,6 +171,7 @@ impl Originator {
             http1: build(&[super::ALPN_HTTP1]),
             http2: build(&[super::ALPN_H2]),
             either: build(&[super::ALPN_H2, super::ALPN_HTTP1]),
+            tcp: build(&[super::ALPN_TCP]),
         });
         self.configs.store(Some(configs.clone()));
         Some(configs)

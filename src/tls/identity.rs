@@ -194,7 +194,11 @@ impl Identity {
             .map_err(|e| fail(Field::Certificate, e.to_string()))?
             .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(Single(key.clone())));
-        server.alpn_protocols = vec![super::ALPN_H2.to_vec(), super::ALPN_HTTP1.to_vec()];
+        server.alpn_protocols = vec![
+            super::ALPN_H2.to_vec(),
+            super::ALPN_HTTP1.to_vec(),
+            super::ALPN_TCP.to_vec(),
+        ];
 
         Ok(Identity {
             files: files.clone(),
@@ -318,7 +322,11 @@ mod tests {
         assert_ne!(id.fingerprint(), next.fingerprint());
         assert_eq!(
             id.server_config().alpn_protocols,
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+            vec![
+                b"h2".to_vec(),
+                b"http/1.1".to_vec(),
+                b"remora-tcp/1".to_vec()
+            ]
         );
     }
 

@@ -1237,3 +1237,43 @@ async fn a_forged_orig_proto_from_a_plaintext_caller_is_dropped() {
     );
     assert!(!r.saw_header("x-remora-orig-proto"), "{}", r.body);
 }
+
+#[tokio::test]
+async fn another_sidecars_opaque_tcp_over_mtls_reaches_the_app_when_authorized() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new("tcp-over-mtls");
+    let (web, api, ops) = (pki.issue("web"), pki.issue("api"), pki.issue("ops"));
+    let app = crate::tcp::tcp_app(b"").await;
+    let b = sidecar_b(
+        &pki,
+        &api,
+        app,
+        &format!(
+            "tls: strict\nauthorize:\n  - from: [\"{}\"]\n  - from: [\"{}\"]\n    paths: [/api/*]\n",
+            id("web"),
+            id("ops")
+        ),
+    )
+    .await;
+    let call = |who: Workload| {
+        let (anchors, inbound) = (pki.anchors(), b.inbound());
+        async move {
+            let cfg = client_config(&anchors, Some(&who), &id("api"), &[b"remora-tcp/1"]);
+            let mut s = tls_connect(inbound, cfg).await.unwrap();
+            assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"remora-tcp/1"[..]));
+            s.write_all(b"\x00opaque bytes").await.unwrap();
+            s.flush().await.unwrap();
+            let mut got = vec![0u8; 13];
+            let read = tokio::time::timeout(DEADLINE, s.read_exact(&mut got)).await;
+            matches!(read, Ok(Ok(_))).then_some(got)
+        }
+    };
+    // web is allowed by an identity-only rule: its bytes reach the app and come back.
+    assert_eq!(call(web).await.as_deref(), Some(&b"\x00opaque bytes"[..]));
+    // ops is allowed only for HTTP paths, which say nothing about a byte stream.
+    assert_eq!(call(ops).await, None);
+    let conns = "remora_tcp_connections_total{direction=\"inbound\",route=\"\",service=\"app\"}";
+    assert_eq!(count(&b, conns).await, 2.0);
+    let denied = "remora_proxy_errors_total{direction=\"inbound\",reason=\"unauthorized\",route=\"\",service=\"app\"}";
+    assert_eq!(count(&b, denied).await, 1.0);
+}

@@ -14,7 +14,7 @@ use crate::support::*;
 
 /// A TCP app: sends `banner` (if any) on accept, then echoes every byte until the caller
 /// half-closes, then writes `bye` and closes.
-async fn tcp_app(banner: &'static [u8]) -> SocketAddr {
+pub async fn tcp_app(banner: &'static [u8]) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -341,13 +341,29 @@ fn two_sidecars_talk_mtls_transparently() {
         )
     };
     start_app(&mut api, &dir, &["8080"]);
+    // Redis on loopback only: nothing but the sidecar can reach it.
+    api.spawn(
+        &[
+            "redis-server",
+            "--port",
+            "6379",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        &dir.join("redis.log"),
+    );
+    api.wait_listening(6379);
     let api_config = sidecar("", &identity("api")).replace(
         "  app: 127.0.0.1:8080\n",
         "  app: 127.0.0.1:8080\n  tls: strict\n",
     );
     start_sidecar(&mut api, &dir, &api_config);
     let routes = format!(
-        "  routes:\n    - {{ name: api, match: {{ host: api.shop }}, backends: [{{ service: api }}] }}\nservices:\n  api:\n    endpoints: [\"{api_ip}:8080\"]\n    tls: {{ identity: spiffe://mesh.test/ns/shop/sa/api }}\n"
+        "  routes:\n    - {{ name: api, match: {{ host: api.shop }}, backends: [{{ service: api }}] }}\n  tcp_routes:\n    - {{ name: redis, match: {{ port: 6379 }}, service: api-redis }}\nservices:\n  api:\n    endpoints: [\"{api_ip}:8080\"]\n    tls: {{ identity: spiffe://mesh.test/ns/shop/sa/api }}\n  api-redis:\n    endpoints: [\"{api_ip}:6379\"]\n    tls: {{ identity: spiffe://mesh.test/ns/shop/sa/api }}\n"
     );
     start_sidecar(&mut web, &dir, &sidecar(&routes, &identity("web")));
 
@@ -369,6 +385,15 @@ fn two_sidecars_talk_mtls_transparently() {
     );
     let ok = "remora_tls_handshakes_total{direction=\"inbound\",result=\"success\"}";
     assert_eq!(api.metric(ok), Some(1.0), "{}", api.metrics());
+
+    // Opaque TCP crosses over mTLS too, to the port the app meant.
+    assert_eq!(web.ok(&["redis-cli", "-h", &api_ip, "PING"]).trim(), "PONG");
+    let routed = "remora_tcp_connections_total{direction=\"outbound\",route=\"redis\",service=\"api-redis\"}";
+    assert_eq!(web.metric(routed), Some(1.0), "{}", web.metrics());
+    let delivered =
+        "remora_tcp_connections_total{direction=\"inbound\",route=\"\",service=\"app\"}";
+    assert_eq!(api.metric(delivered), Some(1.0), "{}", api.metrics());
+    assert_eq!(api.metric(ok), Some(2.0));
     // A caller without the mesh reaches the strict pod only to be refused.
     let (Some(stranger), _) = (pod(), ()) else {
         return;
