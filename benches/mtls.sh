@@ -10,7 +10,10 @@
 # sidecars are pinned to core 0; wrk, openssl and the upstream run on core 1.
 #
 # 1. Keep-alive: wrk's connections stay open, A pools its connections to B, so this measures
-#    the cost of encrypting every request (target: mTLS at least 0.85x plaintext).
+#    the cost of encrypting every request (target: mTLS at least 0.85x plaintext). Three
+#    chains: plaintext HTTP/1.1, mTLS HTTP/1.1 (`protocol: http1`), and the default between
+#    sidecars (`protocol: auto`: every HTTP/1.1 request multiplexed over one HTTP/2 mTLS
+#    connection per peer). Each reports the connections B accepted during the run.
 # 2. New connections: a new connection to B's inbound for every request, so every request pays
 #    a handshake. Plaintext with wrk (`Connection: close`), mTLS with parallel
 #    `openssl s_time -new` (full handshakes with a client certificate, one GET each).
@@ -60,9 +63,11 @@ outbound:
   routes:
     - { name: mtls, match: { host: mtls }, backends: [{ service: b-mtls }] }
     - { name: plain, match: { host: plain }, backends: [{ service: b-plain }] }
+    - { name: mesh, match: { host: mesh }, backends: [{ service: b-mesh }] }
 services:
-  b-mtls: { endpoints: ["127.0.0.1:$B_PORT"], protocol: http1, tls: { identity: "$B_ID" } }
-  b-plain: { endpoints: ["127.0.0.1:$B_PORT"], protocol: http1 }
+  b-mtls: { endpoints: ["127.0.0.1:$B_PORT"], protocol: http1, idle_timeout: 1s, tls: { identity: "$B_ID" } }
+  b-mesh: { endpoints: ["127.0.0.1:$B_PORT"], idle_timeout: 1s, tls: { identity: "$B_ID" } }
+  b-plain: { endpoints: ["127.0.0.1:$B_PORT"], protocol: http1, idle_timeout: 1s }
 YAML
 for side in b a; do
   taskset -c "$PROXY_CPU" target/release/remora run --workers 1 --config "$work/$side.yaml" > "$work/$side.log" 2>&1 &
@@ -78,6 +83,21 @@ h1() {
   local host=$1 port=$2; shift 2
   taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $host" "$@" "http://127.0.0.1:$port/" |
     wrk_figures
+}
+
+# Connections B's inbound listener has accepted so far.
+b_conns() {
+  python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$B_ADMIN/metrics').read().decode())" |
+    awk '/^remora_connections_total\{direction="inbound"\}/ { print $2 }'
+}
+# A keep-alive run through A to host $1, with the connections B accepted meanwhile appended:
+# "rps p50_ms p99_ms conns". A's idle pooled connections to B are closed between runs
+# (idle_timeout), so each run opens its own.
+chain() {
+  local before figures
+  before=$(b_conns)
+  figures=$(h1 "$1" "$A_PORT")
+  echo "$figures $(( $(b_conns) - before ))"
 }
 
 # openssl s_time: a new mTLS connection (full handshake) and one GET per connection, from
@@ -120,8 +140,9 @@ declare -A R
 h1 mtls "$A_PORT" >/dev/null 2>&1 || true   # warm-up: pools and session caches
 for round in $(seq "$ROUNDS"); do
   echo "round $round of $ROUNDS" >&2
-  R[keepalive_plain]+="$(h1 plain "$A_PORT");"
-  R[keepalive_mtls]+="$(h1 mtls "$A_PORT");"
+  R[keepalive_plain]+="$(chain plain);"; sleep 2
+  R[keepalive_mtls]+="$(chain mtls);"; sleep 2
+  R[keepalive_mesh]+="$(chain mesh);"; sleep 2
   R[newconn_plain]+="$(h1 b "$B_PORT" -H 'Connection: close');"
   R[newconn_mtls]+="$(handshakes) 0;"
 done
@@ -135,13 +156,15 @@ print(runs[len(runs) // 2][int(sys.argv[2]) - 1])
 PY
 }
 
-printf '\n%-34s %12s %10s %10s\n' "test" "req/s" "p50 ms" "p99 ms"
-for k in keepalive_plain keepalive_mtls newconn_plain; do
-  printf '%-34s %12s %10s %10s\n' "$k" "$(median "${R[$k]}" 1)" "$(median "${R[$k]}" 2)" "$(median "${R[$k]}" 3)"
+printf '\n%-34s %12s %10s %10s %14s\n' "test" "req/s" "p50 ms" "p99 ms" "B conns/run"
+for k in keepalive_plain keepalive_mtls keepalive_mesh newconn_plain; do
+  conns=""; [ "$k" != newconn_plain ] && conns=$(median "${R[$k]}" 4)
+  printf '%-34s %12s %10s %10s %14s\n' "$k" "$(median "${R[$k]}" 1)" "$(median "${R[$k]}" 2)" "$(median "${R[$k]}" 3)" "$conns"
 done
 ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
 echo
 echo "keep-alive mTLS / plaintext: $(ratio "$(median "${R[keepalive_mtls]}" 1)" "$(median "${R[keepalive_plain]}" 1)")x (target 0.85x)"
+echo "keep-alive mesh (HTTP/2 between sidecars) / plaintext: $(ratio "$(median "${R[keepalive_mesh]}" 1)" "$(median "${R[keepalive_plain]}" 1)")x"
 hs=$(median "${R[newconn_mtls]}" 1); share=$(median "${R[newconn_mtls]}" 2)
 echo "new connections: plaintext $(median "${R[newconn_plain]}" 1) connections/s (wrk, Connection: close)"
 echo "new connections: mTLS $hs handshakes/s with one GET each; B used $share of a CPU, so $(ratio "$hs" "$share") handshakes per B CPU-second"

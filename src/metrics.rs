@@ -85,6 +85,7 @@ pub struct Metrics {
     duration: HistogramVec,
     attempts: IntCounterVec,
     connections_open: IntGaugeVec,
+    connections: IntCounterVec,
     connection_errors: IntCounterVec,
     reloads: IntCounterVec,
     last_reload_success: prometheus::Gauge,
@@ -138,6 +139,14 @@ impl Metrics {
                 "Requests sent to upstream endpoints, by outcome (connect-failure counts connect errors).",
             ),
             &["service", "result"],
+        )
+        .expect("valid metric");
+        let connections = IntCounterVec::new(
+            Opts::new(
+                "remora_connections_total",
+                "Downstream connections accepted by each data listener.",
+            ),
+            &["direction"],
         )
         .expect("valid metric");
         let connections_open = IntGaugeVec::new(
@@ -305,6 +314,7 @@ impl Metrics {
             Box::new(duration.clone()),
             Box::new(attempts.clone()),
             Box::new(connections_open.clone()),
+            Box::new(connections.clone()),
             Box::new(connection_errors.clone()),
             Box::new(build_info),
             Box::new(reloads.clone()),
@@ -335,6 +345,7 @@ impl Metrics {
             .expect("process collector registers once");
         for d in [Direction::Inbound, Direction::Outbound] {
             connections_open.with_label_values(&[d.as_str()]);
+            connections.with_label_values(&[d.as_str()]);
             rate_limited.with_label_values(&[d.as_str()]);
             connection_errors.with_label_values(&[d.as_str()]);
             tcp_open.with_label_values(&[d.as_str()]);
@@ -348,6 +359,7 @@ impl Metrics {
             duration,
             attempts,
             connections_open,
+            connections,
             connection_errors,
             reloads,
             last_reload_success,
@@ -416,6 +428,11 @@ impl Metrics {
         UpstreamMetrics(Arc::new(
             AttemptResult::ALL.map(|r| self.attempts.with_label_values(&[service, r.as_str()])),
         ))
+    }
+
+    /// The accepted-connections counter of a listener.
+    pub fn connections_accepted(&self, direction: Direction) -> IntCounter {
+        self.connections.with_label_values(&[direction.as_str()])
     }
 
     /// The open-connections gauge of a listener.

@@ -91,6 +91,7 @@ pub async fn serve<H: Handler>(
     let builder = Arc::new(builder(&limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let open = metrics.connections_open(meta.direction);
+    let accepted = metrics.connections_accepted(meta.direction);
     let errors = metrics.connection_errors(meta.direction);
     let detections =
         Arc::new(Detected::ALL.map(|p| metrics.detections(meta.direction, p.as_str())));
@@ -114,6 +115,7 @@ pub async fn serve<H: Handler>(
             _ = stop.changed() => break,
             _ = accept_stop.changed() => break,
         };
+        accepted.inc();
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(meta.local);
         let conn = ConnMeta::plain(peer, local, meta.direction);

@@ -191,8 +191,9 @@ impl Drop for Netns {
     }
 }
 
-/// Joins `a` and `b` with a veth pair: `a` gets `10.N.0.1/24`, `b` `10.N.0.2/24` (`N` unique
-/// to this pair), and each routes everything else through the other. Returns both addresses.
+/// Joins `a` and `b` with a veth pair: `a` gets `10.N.0.1/24` and `fd77:N::1/64`, `b`
+/// `10.N.0.2/24` and `fd77:N::2/64` (`N` unique to this pair), and each routes everything
+/// else through the other. Returns both IPv4 addresses.
 pub fn link(a: &Netns, b: &Netns) -> (String, String) {
     let n = 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
     let (va, vb) = (
@@ -220,13 +221,35 @@ pub fn link(a: &Netns, b: &Netns) -> (String, String) {
         );
     }
     let (ip_a, ip_b) = (format!("10.{n}.0.1"), format!("10.{n}.0.2"));
-    for (dev, ns, ip, peer) in [(&va, a, &ip_a, &ip_b), (&vb, b, &ip_b, &ip_a)] {
+    let (v6_a, v6_b) = (format!("fd77:{n}::1"), format!("fd77:{n}::2"));
+    for (dev, ns, ip, peer, v6, peer6) in [
+        (&va, a, &ip_a, &ip_b, &v6_a, &v6_b),
+        (&vb, b, &ip_b, &ip_a, &v6_b, &v6_a),
+    ] {
         ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", dev]);
+        // `nodad`: usable at once, without duplicate address detection's wait.
+        ns.ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ]);
         ns.ok(&["ip", "link", "set", dev, "up"]);
         // A pod joined twice keeps the last link as its way out.
         ns.ok(&["ip", "route", "replace", "default", "via", peer]);
+        ns.ok(&["ip", "-6", "route", "replace", "default", "via", peer6]);
     }
     (ip_a, ip_b)
+}
+
+/// The IPv6 address `link` gave the second pod of the pair whose IPv4 address is `ip_b`.
+pub fn v6_of(ip_b: &str) -> String {
+    let n = ip_b.split('.').nth(1).unwrap();
+    format!("fd77:{n}::2")
 }
 
 /// A directory for one test's files, readable by the proxy's uid.

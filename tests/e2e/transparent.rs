@@ -412,3 +412,92 @@ fn two_sidecars_talk_mtls_transparently() {
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
 }
+
+#[test]
+fn https_the_app_originates_passes_through_untouched() {
+    let (Some(mut client), Some(mut server)) = (pod(), pod()) else {
+        return;
+    };
+    let dir = workdir("https");
+    let (_, server_ip) = link(&client, &server);
+    let certs = dir.join("certs");
+    let out = std::process::Command::new(remora())
+        .args([
+            "certs",
+            "-o",
+            certs.to_str().unwrap(),
+            "spiffe://outside.test/site",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (crt, key) = (certs.join("site.crt"), certs.join("site.key"));
+    server.spawn(
+        &[
+            "openssl",
+            "s_server",
+            "-accept",
+            "8443",
+            "-www",
+            "-cert",
+            crt.to_str().unwrap(),
+            "-key",
+            key.to_str().unwrap(),
+        ],
+        &dir.join("s_server.log"),
+    );
+    server.wait_listening(8443);
+    start_sidecar(&mut client, &dir, &sidecar("", ""));
+    // The app's own TLS, end to end: the sidecar sees a ClientHello and copies bytes.
+    let url = format!("https://{server_ip}:8443/");
+    let body = client.ok(&["curl", "-sS", "-k", "--max-time", "5", &url]);
+    assert!(body.contains("s_server"), "{body}");
+    let tls = "remora_protocol_detections_total{direction=\"outbound\",protocol=\"tls\"}";
+    assert_eq!(client.metric(tls), Some(1.0), "{}", client.metrics());
+    let conns = "remora_tcp_connections_total{direction=\"outbound\",route=\"\",service=\"\"}";
+    assert_eq!(client.metric(conns), Some(1.0));
+}
+
+#[test]
+fn ipv6_is_redirected_and_sent_to_its_original_destination_too() {
+    let (Some(mut client), Some(mut server)) = (pod(), pod()) else {
+        return;
+    };
+    let dir = workdir("ipv6");
+    let (_, server_ip) = link(&client, &server);
+    let server_v6 = netns::v6_of(&server_ip);
+    start_app(&mut server, &dir, &["8080"]);
+    // `[::]` takes both families: 127.0.0.1 for IPv4 redirects, ::1 for IPv6 ones.
+    let config = sidecar("", "").replace("  listen: 127.0.0.1:15001", "  listen: \"[::]:15001\"");
+    start_sidecar(&mut client, &dir, &config);
+    for (url, family) in [
+        (format!("http://[{server_v6}]:8080/six"), "-6"),
+        (format!("http://{server_ip}:8080/four"), "-4"),
+    ] {
+        let body = client.ok(&[
+            "curl",
+            "-sS",
+            family,
+            "--max-time",
+            "5",
+            "-H",
+            "Host: elsewhere",
+            &url,
+        ]);
+        assert!(
+            body.starts_with("port=8080 host=elsewhere"),
+            "{family}: {body}"
+        );
+    }
+    let passthrough = "remora_requests_total{code=\"200\",direction=\"outbound\",route=\"\",service=\"passthrough\"}";
+    assert_eq!(
+        client.metric(passthrough),
+        Some(2.0),
+        "{}",
+        client.metrics()
+    );
+}
