@@ -63,11 +63,7 @@ impl Probe {
     }
 
     fn authority(&self) -> Option<&str> {
-        self.uri.authority().map(|a| a.as_str()).or_else(|| {
-            self.headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
+        crate::headers::authority(&self.uri, &self.headers)
     }
 
     fn view(&self) -> RequestView<'_> {

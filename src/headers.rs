@@ -150,6 +150,13 @@ pub fn host_without_port(authority: &str) -> &str {
     }
 }
 
+/// A request's authority: the URI's (absolute form, HTTP/2's `:authority`), else `Host`.
+pub fn authority<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
 /// Carries an HTTP/1.1 request's original protocol across a sidecar-to-sidecar HTTP/2 hop.
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-remora-orig-proto");
 

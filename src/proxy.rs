@@ -4,6 +4,7 @@
 //! `forward`: request preparation and the forwarding path every backend shares), and
 //! `rescue`, the one place an error becomes a response.
 
+mod activity;
 pub mod detect;
 pub mod forward;
 pub mod inbound;

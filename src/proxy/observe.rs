@@ -18,6 +18,7 @@ use tower::{Layer, Service};
 use super::rescue;
 use crate::{
     context::{BoxFuture, Ctx, Req, Resp, Stage},
+    headers,
     metrics::RequestMetrics,
     tls::accept::ClientId,
 };
@@ -129,15 +130,7 @@ struct AccessLine {
 impl AccessLine {
     /// Captures what the access log needs before the request is consumed.
     fn capture(req: &Req) -> Self {
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
+        let authority = headers::authority(req.uri(), req.headers())
             .unwrap_or("")
             .to_owned();
         Self {

@@ -186,11 +186,7 @@ impl Router {
             self.passing_through(ctx)?;
             return Ok(Box::pin(connect_tunnel(self.0.clone(), req)));
         }
-        let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
+        let authority = headers::authority(req.uri(), req.headers());
         let view = RequestView {
             method: req.method(),
             host: authority.map(host_without_port),

@@ -9,10 +9,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -28,10 +25,10 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{mpsc, watch, Semaphore},
-    time::Instant,
 };
 
 use super::{
+    activity::Activity,
     detect::{self, Detected, Prefixed},
     orig_dst, ConnMeta,
 };
@@ -291,33 +288,6 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     b
-}
-
-/// When a connection last read or wrote, in milliseconds since it opened.
-#[derive(Debug, Clone)]
-struct Activity(Arc<(Instant, AtomicU64)>);
-
-impl Activity {
-    fn new() -> Self {
-        Self(Arc::new((Instant::now(), AtomicU64::new(0))))
-    }
-
-    fn touch(&self) {
-        let (opened, last) = &*self.0;
-        last.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Resolves once nothing was read or written for `timeout`.
-    async fn idle(&self, timeout: Duration) {
-        let (opened, last) = &*self.0;
-        loop {
-            let deadline = *opened + Duration::from_millis(last.load(Ordering::Relaxed)) + timeout;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
-    }
 }
 
 /// A TCP stream that records activity for the idle timeout.

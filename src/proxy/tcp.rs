@@ -25,6 +25,7 @@ use std::{
 use http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::activity::Activity;
 use crate::{
     authorize::Authorizer,
     context::ConnMeta,
@@ -310,63 +311,29 @@ async fn pipe<D>(
 where
     D: AsyncRead + AsyncWrite + Unpin,
 {
-    let clock = Arc::new(Clock::new());
+    let activity = Activity::new();
     let mut down = downstream;
     let mut up = Metered {
         inner: upstream,
         metrics: metrics.clone(),
-        clock: clock.clone(),
+        activity: activity.clone(),
         sent: 0,
         received: 0,
     };
-    let close = {
-        let copied = tokio::io::copy_bidirectional(&mut down, &mut up);
-        tokio::pin!(copied);
-        loop {
-            let deadline = clock.last() + idle;
-            tokio::select! {
-                r = &mut copied => break if r.is_ok() { Close::Done } else { Close::Reset },
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    if clock.last() + idle <= Instant::now() {
-                        break Close::Idle;
-                    }
-                }
-            }
+    let close = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut down, &mut up) => {
+            if r.is_ok() { Close::Done } else { Close::Reset }
         }
+        _ = activity.idle(idle) => Close::Idle,
     };
     (close, up.sent, up.received)
-}
-
-/// When bytes last moved on a connection.
-#[derive(Debug)]
-struct Clock {
-    opened: Instant,
-    last_ms: std::sync::atomic::AtomicU64,
-}
-
-impl Clock {
-    fn new() -> Self {
-        Self {
-            opened: Instant::now(),
-            last_ms: Default::default(),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = self.opened.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.opened + Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed))
-    }
 }
 
 /// The upstream connection, counting bytes into the metrics as they move.
 struct Metered {
     inner: Stream,
     metrics: TcpMetrics,
-    clock: Arc<Clock>,
+    activity: Activity,
     sent: u64,
     received: u64,
 }
@@ -383,7 +350,7 @@ impl AsyncRead for Metered {
             let n = (buf.filled().len() - before) as u64;
             self.received += n;
             self.metrics.bytes(0, n);
-            self.clock.touch();
+            self.activity.touch();
         }
         polled
     }
@@ -399,7 +366,7 @@ impl AsyncWrite for Metered {
         if let Poll::Ready(Ok(n)) = polled {
             self.sent += n as u64;
             self.metrics.bytes(n as u64, 0);
-            self.clock.touch();
+            self.activity.touch();
         }
         polled
     }

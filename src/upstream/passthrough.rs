@@ -16,7 +16,6 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use http::header;
 use tokio::time::Instant;
 use tower::Service;
 
@@ -24,6 +23,7 @@ use super::{client, Pool, Target};
 use crate::{
     context::{stack_service, BoxFuture, Req},
     error::ProxyError,
+    headers,
     metrics::UpstreamMetrics,
 };
 
@@ -206,16 +206,9 @@ impl Service<Req> for PassthroughClient {
         let pool = match (self.to, original) {
             (To::Destination, Some(dst)) => self.pools.pool(&dst.to_string()),
             (To::LocalPort, Some(dst)) => self.pools.pool(&format!("127.0.0.1:{}", dst.port())),
-            (_, None) => req
-                .uri()
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| {
-                    req.headers()
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                })
-                .and_then(|a| self.pools.pool(a)),
+            (_, None) => {
+                headers::authority(req.uri(), req.headers()).and_then(|a| self.pools.pool(a))
+            }
         };
         let Some(pool) = pool else {
             let err = ProxyError::BadRequest("invalid port in authority");
