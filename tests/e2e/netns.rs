@@ -154,6 +154,20 @@ impl Netns {
         ])
     }
 
+    /// Polls Remora's `/metrics` inside until `sample` is `value`, failing the test after
+    /// `DEADLINE`.
+    pub fn wait_metric(&self, sample: &str, value: f64) {
+        let deadline = Instant::now() + DEADLINE;
+        while self.metric(sample) != Some(value) {
+            assert!(
+                Instant::now() < deadline,
+                "{sample} never became {value}: {}",
+                self.metrics()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The value of one sample in Remora's `/metrics` inside.
     pub fn metric(&self, sample: &str) -> Option<f64> {
         self.metrics().lines().find_map(|l| {

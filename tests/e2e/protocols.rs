@@ -158,6 +158,15 @@ async fn websocket_upgrade_is_tunnelled() {
     for msg in [&b"ping"[..], b"second message"] {
         echo_through(&mut io, msg).await;
     }
+    // And through the inbound listener to the app.
+    let p = proxy(&format!(
+        "inbound:\n  listen: 127.0.0.1:0\n  app: \"{}\"\n",
+        up.addr
+    ))
+    .await;
+    let (headers, mut io) = open_upgrade(p.inbound(), "app").await;
+    assert_eq!(headers["upgrade"], "websocket");
+    echo_through(&mut io, b"inbound").await;
 }
 
 /// FNV-1a, enough to compare 50 MB streams.

@@ -302,6 +302,20 @@ fn inbound_delivers_to_the_app_port_the_caller_meant() {
     let inbound =
         "remora_requests_total{code=\"200\",direction=\"inbound\",route=\"\",service=\"app\"}";
     assert_eq!(pod.metric(inbound), Some(2.0), "{}", pod.metrics());
+
+    // The app calling its own pod IP goes through the outbound listener like any call;
+    // loopback stays local.
+    let own = format!("http://{pod_ip}:9090/self");
+    assert!(pod
+        .ok(&["curl", "-sS", "--max-time", "5", &own])
+        .starts_with("port=9090"));
+    let local = pod.ok(&["curl", "-sS", "--max-time", "5", "http://127.0.0.1:8080/lo"]);
+    assert!(
+        local.starts_with("port=8080 host=127.0.0.1:8080"),
+        "{local}"
+    );
+    let passthrough = "remora_requests_total{code=\"200\",direction=\"outbound\",route=\"\",service=\"passthrough\"}";
+    assert_eq!(pod.metric(passthrough), Some(1.0), "{}", pod.metrics());
 }
 
 #[test]
@@ -499,5 +513,79 @@ fn ipv6_is_redirected_and_sent_to_its_original_destination_too() {
         Some(2.0),
         "{}",
         client.metrics()
+    );
+}
+
+#[test]
+fn tcp_routes_skip_refusing_endpoints_eject_them_and_respect_max_connections() {
+    let (Some(mut client), Some(mut server)) = (pod(), pod()) else {
+        return;
+    };
+    let dir = workdir("tcp-resilience");
+    let (_, server_ip) = link(&client, &server);
+    server.spawn(
+        &[
+            "redis-server",
+            "--port",
+            "6379",
+            "--bind",
+            "0.0.0.0",
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        &dir.join("redis.log"),
+    );
+    server.wait_listening(6379);
+    // 6390: nothing listens, so a connect is refused at once.
+    let routes = format!(
+        "  tcp_routes:\n    - {{ name: r, match: {{ port: 6379, destination: 10.96.0.0/12 }}, service: redis }}
+services:
+  redis:
+    endpoints: [\"{server_ip}:6390\", \"{server_ip}:6379\"]
+    load_balancer: round_robin
+    circuit_breaker: {{ max_connections: 1 }}
+    outlier_detection: {{ consecutive_failures: 1, base_ejection: 1h, max_ejected_percent: 50 }}
+"
+    );
+    start_sidecar(&mut client, &dir, &sidecar(&routes, ""));
+    for _ in 0..4 {
+        assert_eq!(
+            client.ok(&["redis-cli", "-h", "10.96.0.10", "PING"]).trim(),
+            "PONG"
+        );
+    }
+    let ejected =
+        format!("remora_endpoint_ejected{{endpoint=\"{server_ip}:6390\",service=\"redis\"}}");
+    assert_eq!(client.metric(&ejected), Some(1.0), "{}", client.metrics());
+
+    // One connection held open fills max_connections: the next is refused and counted.
+    client.spawn(
+        &["redis-cli", "-h", "10.96.0.10", "BLPOP", "nothing", "30"],
+        &dir.join("held.log"),
+    );
+    let open = "remora_tcp_connections_open{direction=\"outbound\"}";
+    client.wait_metric(open, 1.0);
+    let out = client.run(&["redis-cli", "-h", "10.96.0.10", "PING"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("PONG"),
+        "refused while full"
+    );
+    let overloaded = "remora_proxy_errors_total{direction=\"outbound\",reason=\"overloaded\",route=\"r\",service=\"redis\"}";
+    assert_eq!(client.metric(overloaded), Some(1.0), "{}", client.metrics());
+
+    // Each connection's access log line says where it went and how it ended.
+    let log = std::fs::read_to_string(dir.join(format!("{}.log", client.name))).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"protocol\":\"tcp\"") && l.contains("\"close\":\"done\""))
+        .unwrap_or_else(|| panic!("no TCP access line in:\n{log}"));
+    assert!(line.contains("\"route\":\"r\""), "{line}");
+    assert!(
+        line.contains(&format!("\"endpoint\":\"{server_ip}:6379\"")),
+        "{line}"
     );
 }
