@@ -25,5 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 if ! python3 -c 'import nats' >/dev/null 2>&1; then
-  python3 -m pip install --quiet 'nats-py>=2.6,<3'
+  # A Debian-managed Python refuses pip without --break-system-packages (PEP 668).
+  python3 -m pip install --quiet 'nats-py>=2.6,<3' ||
+    python3 -m pip install --quiet --break-system-packages 'nats-py>=2.6,<3'
 fi
