@@ -25,6 +25,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 if ! python3 -c 'import nats' >/dev/null 2>&1; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    $sudo apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends python3-pip
+  fi
   # A Debian-managed Python refuses pip without --break-system-packages (PEP 668).
   python3 -m pip install --quiet 'nats-py>=2.6,<3' ||
     python3 -m pip install --quiet --break-system-packages 'nats-py>=2.6,<3'
