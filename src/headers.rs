@@ -10,8 +10,10 @@ use http::{
 use crate::error::ProxyError;
 
 /// Hop-by-hop headers that are never forwarded (besides those `Connection` lists).
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
+    // Ours: it describes one sidecar-to-sidecar hop.
+    ORIG_PROTO,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
@@ -162,7 +164,7 @@ pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-remora-orig-proto"
 
 /// Whether an HTTP/1 request accepts trailers in a chunked response (`te: trailers`).
 pub fn accepts_trailers(headers: &HeaderMap) -> bool {
-    headers.get_all(header::TE).iter().any(|v| {
+    headers.get(header::TE).is_some_and(|v| {
         v.to_str().is_ok_and(|v| {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))

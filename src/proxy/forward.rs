@@ -168,11 +168,17 @@ fn prepare(
     if !upgrade {
         parts.extensions.remove::<OnUpgrade>();
     }
-    // The caller's protocol: a sidecar's HTTP/2 hop may stand for HTTP/1.1.
-    let restored = parts.headers.remove(ORIG_PROTO);
-    let downstream_version = match restored {
-        Some(v) if conn.tls && v == "HTTP/1.1" => Version::HTTP_11,
-        _ => parts.version,
+    // The caller's protocol: a sidecar's HTTP/2 hop may stand for HTTP/1.1. Only an mTLS
+    // caller is asked; hop-by-hop stripping removes the header from every request.
+    let restored = conn.tls
+        && parts
+            .headers
+            .get(ORIG_PROTO)
+            .is_some_and(|v| v == "HTTP/1.1");
+    let downstream_version = if restored {
+        Version::HTTP_11
+    } else {
+        parts.version
     };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     let proto = if conn.tls { "https" } else { "http" };

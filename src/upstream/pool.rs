@@ -520,17 +520,16 @@ impl Pool {
         slot: Option<ConnectionSlot>,
         sniff: Option<Arc<AtomicBool>>,
     ) -> Result<http1::SendRequest<ProxyBody>, PoolError> {
-        let mut stream = Primed::plain(self.open(Alpn::Http1).await?);
-        stream.sniff = sniff;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+        let stream = self.open(Alpn::Http1).await?;
+        // Only a connection that watches for HTTP/2 frames pays for the wrapper.
+        let sender = match sniff {
+            None => serve_http1(stream, slot).await?,
+            Some(sniff) => {
+                let mut primed = Primed::plain(stream);
+                primed.sniff = Some(sniff);
+                serve_http1(primed, slot).await?
             }
-        });
+        };
         self.start_sweeper();
         Ok(sender)
     }
@@ -731,6 +730,25 @@ impl AsyncWrite for Primed {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// The HTTP/1.1 handshake on `io`, its connection task spawned; `slot` (its place under the
+/// breaker) is held until the connection closes.
+async fn serve_http1<IO>(
+    io: IO,
+    slot: Option<ConnectionSlot>,
+) -> Result<http1::SendRequest<ProxyBody>, PoolError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        let _slot = slot;
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 /// `f`'s output, unless `deadline` passes first.
