@@ -24,6 +24,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Refuses framing that two parsers could read differently (request smuggling):
 /// `Content-Length` together with `Transfer-Encoding`, or differing `Content-Length`s.
 pub fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
+    check_host(headers)?;
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     if let Some(first) = lengths.next() {
         if headers.contains_key(header::TRANSFER_ENCODING) {
@@ -157,6 +158,36 @@ pub fn authority<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a s
     uri.authority()
         .map(|a| a.as_str())
         .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// The header that carries an mTLS caller's verified identity to the app. Whatever a caller
+/// sends under this name is removed first.
+pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-remora-client-id");
+
+/// Removes headers whose names, with `_` read as `-`, are `x-remora-*` names: CGI and WSGI
+/// apps (and nginx with `underscores_in_headers`) read `X_Remora_Client_Id` as the real
+/// header, so a caller could forge an identity through it. Only custom names can hold `_`.
+pub fn drop_remora_aliases(headers: &mut HeaderMap) {
+    let aliases: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| {
+            let s = n.as_str();
+            s.contains('_') && s.len() > 9 && s[..9].replace('_', "-") == "x-remora-"
+        })
+        .cloned()
+        .collect();
+    for name in aliases {
+        headers.remove(name);
+    }
+}
+
+/// Refuses a request whose `Host` is given more than once (RFC 9112 §3.2: a 400).
+pub fn check_host(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one host header"));
+    }
+    Ok(())
 }
 
 /// Carries an HTTP/1.1 request's original protocol across a sidecar-to-sidecar HTTP/2 hop.

@@ -233,15 +233,20 @@ fn prepare(
         // HTTP/2 carries the authority in `:authority`; a second copy in Host must not differ.
         parts.headers.remove(header::HOST);
     } else {
-        if let (false, Some(a)) = (
-            parts.headers.contains_key(header::HOST),
-            parts.uri.authority(),
-        ) {
+        // An absolute target's authority wins over `Host` (RFC 9112 §3.2.2): the upstream
+        // gets the host the request was routed by.
+        if let Some(a) = parts.uri.authority() {
             let host = HeaderValue::from_str(a.as_str())
                 .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
             parts.headers.insert(header::HOST, host);
         }
         parts.uri = Uri::from(pq);
+    }
+    // The caller's verified identity, last, so nothing the caller sent can remove it.
+    if let Some(id) = &conn.client_id {
+        parts
+            .headers
+            .insert(headers::CLIENT_ID, id.header().clone());
     }
     Ok(Request::from_parts(parts, body))
 }

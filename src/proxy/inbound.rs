@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use http::header::HeaderName;
 use tower::{Service, ServiceBuilder};
 
 use super::{
@@ -29,9 +28,7 @@ use crate::{
     upstream::{Balance, Passthrough, PassthroughClient},
 };
 
-/// The header that carries the caller's verified identity to the app. Whatever a caller
-/// sends under this name is removed first.
-pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-remora-client-id");
+pub use crate::headers::CLIENT_ID;
 
 /// The inbound listener's whole stack.
 pub type InboundStack = Observe<Guard<RateLimit<CircuitBreaker<Prepare<Retry<LocalApp>>>>>>;
@@ -141,11 +138,11 @@ impl Rules {
                 });
             }
         }
-        // Only the identity this proxy verified reaches the app under this name.
+        // Only the identity this proxy verified reaches the app under this name (preparation
+        // inserts it, after hop-by-hop stripping, so no `Connection` header can remove it),
+        // nor under a name a WSGI or CGI app would read as it (`x_remora_client_id`).
         req.headers_mut().remove(CLIENT_ID);
-        if let Some(id) = &conn.client_id {
-            req.headers_mut().insert(CLIENT_ID, id.header().clone());
-        }
+        headers::drop_remora_aliases(req.headers_mut());
         Ok(())
     }
 }

@@ -101,6 +101,11 @@ fn classify(e: PoolError, pool: &Pool, metrics: &UpstreamMetrics) -> ProxyError 
     };
     let (result, err) = match kind {
         PoolError::Overloaded(limit) => return ProxyError::Overloaded(limit.as_str()),
+        // The caller's body broke (a bad chunk size, a reset mid-body): its fault, not the
+        // upstream's, so no attempt is counted against it and nothing is retried.
+        PoolError::Http(e) if caller_body_failed(e) => {
+            return ProxyError::BadRequest("malformed or aborted request body")
+        }
         PoolError::Tls(OriginateError::Mismatch(_)) => (
             AttemptResult::ConnectFailure,
             ProxyError::PeerIdentityMismatch {
@@ -126,6 +131,13 @@ fn classify(e: PoolError, pool: &Pool, metrics: &UpstreamMetrics) -> ProxyError 
     };
     metrics.attempt(result);
     err
+}
+
+/// Whether an exchange failed because the request body, read from the caller, failed: hyper
+/// reports a body error as a user error whose cause is the body's own error, and every body
+/// the proxy sends reads from the caller's connection, whose errors are hyper's too.
+fn caller_body_failed(e: &hyper::Error) -> bool {
+    e.is_user() && std::error::Error::source(e).is_some_and(|cause| cause.is::<hyper::Error>())
 }
 
 /// HTTP/1.1 needs `Host` and HTTP/2 an `:authority`; a caller that sent neither gets the

@@ -5,6 +5,7 @@ mod support;
 mod admin;
 mod config_errors;
 mod explain;
+mod hardening;
 mod mtls;
 mod netns;
 mod protocols;

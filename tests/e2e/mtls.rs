@@ -1277,3 +1277,32 @@ async fn another_sidecars_opaque_tcp_over_mtls_reaches_the_app_when_authorized()
     let denied = "remora_proxy_errors_total{direction=\"inbound\",reason=\"unauthorized\",route=\"\",service=\"app\"}";
     assert_eq!(count(&b, denied).await, 1.0);
 }
+
+#[tokio::test]
+async fn a_caller_can_neither_erase_nor_alias_its_verified_identity() {
+    let pki = Pki::new("identity-last");
+    let (web, api) = (pki.issue("web"), pki.issue("api"));
+    let app = echo("app").await;
+    let b = sidecar_b(&pki, &api, app.addr, "tls: strict").await;
+    let cfg = client_config(&pki.anchors(), Some(&web), &id("api"), &[b"http/1.1"]);
+    let stream = tls_connect(b.inbound(), cfg).await.unwrap();
+    let mut sender = h1_over(stream).await.unwrap();
+    let forged = [
+        // Listing the identity header as hop-by-hop used to remove the real one.
+        ("connection", "keep-alive, x-remora-client-id"),
+        ("x-remora-client-id", "spiffe://evil/forged"),
+        // What CGI and WSGI apps read as the same header.
+        ("x_remora_client_id", "spiffe://evil/forged"),
+        ("x_forwarded_for", "kept: not ours"),
+    ];
+    let r = h1_get(&mut sender, "/who", &forged).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.saw("x-remora-client-id", &id("web")), "{}", r.body);
+    assert!(!r.body.contains("spiffe://evil"), "{}", r.body);
+    assert!(!r.saw_header("x_remora_client_id"), "{}", r.body);
+    assert!(
+        r.saw_header("x_forwarded_for"),
+        "only aliases of ours go: {}",
+        r.body
+    );
+}

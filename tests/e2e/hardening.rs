@@ -1,0 +1,69 @@
+//! Hostile callers, through the real listeners: what they send is refused with its own
+//! status, counts against nobody upstream, and never reaches an app in a shape the app could
+//! misread.
+
+use crate::support::*;
+
+/// A route to `up` whose endpoint is ejected after 3 failures in a row.
+fn ejecting(up: &Upstream) -> String {
+    svc_config(
+        &[up.addr],
+        &[],
+        &[
+            "protocol: http1",
+            "outlier_detection: { consecutive_failures: 3, base_ejection: 1h, max_ejected_percent: 100 }",
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_malformed_request_body_is_the_callers_fault_and_ejects_nothing() {
+    let up = body_echo(None).await;
+    let p = proxy(&ejecting(&up)).await;
+    for bad in ["ZZ", "-5", "fffffffffffffffffffff"] {
+        for _ in 0..4 {
+            let req = format!(
+                "POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n{bad}\r\nabc\r\n0\r\n\r\n"
+            );
+            let out = raw(p.outbound(), req.as_bytes()).await;
+            assert!(
+                !out.contains(" 502 ") && !out.contains("upstream-reset"),
+                "{bad}: {out}"
+            );
+        }
+    }
+    let resets = "remora_upstream_attempts_total{result=\"reset\",service=\"s\"}";
+    assert_eq!(p.metric(resets).await, Some(0.0), "{}", p.metrics().await);
+    let ejected = format!(
+        "remora_endpoint_ejected{{endpoint=\"{}\",service=\"s\"}}",
+        up.addr
+    );
+    assert_eq!(p.metric(&ejected).await, Some(0.0));
+    // Everyone else is still served.
+    assert_eq!(get(p.outbound(), "svc", "/").await.status, 200);
+}
+
+#[tokio::test]
+async fn two_host_headers_are_refused_and_an_absolute_target_wins_over_host() {
+    let up = echo("u").await;
+    let p = proxy(&svc_config(&[up.addr], &[], &["protocol: http1"])).await;
+    let out = raw(
+        p.outbound(),
+        b"GET /x HTTP/1.1\r\nHost: svc\r\nHost: evil\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(up.requests(), 0);
+
+    let out = raw(
+        p.outbound(),
+        b"GET http://svc/x HTTP/1.1\r\nHost: evil\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("host: svc\n"),
+        "routed by svc, sent as svc: {out}"
+    );
+    assert!(!out.contains("evil"), "{out}");
+}
