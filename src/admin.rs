@@ -2,16 +2,23 @@
 //! the config is loaded, every listener is bound and the process is not draining),
 //! `/config` (the effective config as YAML), `POST /reload` (reload the file now) and
 //! `GET /reload` (the last reload's outcome).
+//!
+//! It listens where Prometheus scrapes, so it is closed to abuse: the control endpoints
+//! (`/reload`, `/config`, `/debug/route`) answer only loopback callers unless
+//! `admin.remote_control` says otherwise; it speaks HTTP/1.1 only, one request per
+//! connection, with a deadline for the request head from accept, and at most
+//! `MAX_CONNECTIONS` at once. At the cap, the oldest connection still waiting for its request
+//! head is closed to make room, so a flood of silent connections cannot keep a scrape out.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::{body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    net::TcpListener,
+    sync::{watch, Semaphore},
 };
-use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     body::ProxyBody,
@@ -27,36 +34,121 @@ pub async fn serve(
     reloader: Option<Arc<Reloader>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .keep_alive(false);
+    let builder = Arc::new(builder);
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let waiting = Arc::new(std::sync::Mutex::new(Waiting::default()));
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
             },
             _ = stop.changed() => return,
         };
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Full: the oldest silent connection makes room (its task ends, and with it
+                // its permit); with none silent, wait for an exchange to end.
+                evict_oldest_silent(&waiting);
+                let Ok(p) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                p
+            }
+        };
+        let id = {
+            let mut w = lock(&waiting);
+            w.next += 1;
+            w.next
+        };
         let (rt, reloader, builder) = (rt.clone(), reloader.clone(), builder.clone());
-        tokio::spawn(async move {
+        let served = waiting.clone();
+        let task = tokio::spawn(async move {
+            let _permit = permit;
             let svc = service_fn(move |req| {
+                // A request head came: no longer silent.
+                lock(&served).conns.retain(|(i, _)| *i != id);
                 let (rt, reloader) = (rt.clone(), reloader.clone());
-                async move { Ok::<_, Infallible>(handle(&rt, reloader.as_deref(), req).await) }
+                async move { Ok::<_, Infallible>(handle(&rt, reloader.as_deref(), peer, req).await) }
             });
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            // The whole exchange, not only the head, must end in time.
+            let serving = builder.serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, serving).await;
         });
+        let mut w = lock(&waiting);
+        w.conns.push_back((id, task.abort_handle()));
+        // Connections that ended silent leave their entries behind: drop them now and then.
+        if w.conns.len() > MAX_CONNECTIONS {
+            w.conns.retain(|(_, task)| !task.is_finished());
+        }
     }
+}
+
+/// Admin connections still waiting for their request head, oldest first.
+#[derive(Debug, Default)]
+struct Waiting {
+    next: u64,
+    conns: std::collections::VecDeque<(u64, tokio::task::AbortHandle)>,
+}
+
+/// Closes the oldest connection still waiting for its request head, if any.
+fn evict_oldest_silent(waiting: &std::sync::Mutex<Waiting>) {
+    let mut w = lock(waiting);
+    while let Some((_, task)) = w.conns.pop_front() {
+        if !task.is_finished() {
+            tracing::debug!("admin connection limit reached; closing the oldest silent one");
+            task.abort();
+            return;
+        }
+    }
+}
+
+fn lock(w: &std::sync::Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Admin connections open at once; past it, new ones are closed at once.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Time from accept to a complete request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time a whole admin exchange may take (a reload of a large file included).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether `peer` may use the control endpoints under the config in force.
+fn may_control(rt: &Runtime, peer: SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback() || rt.snapshot().admin_remote_control
+}
+
+fn forbidden(path: &str) -> Response<ProxyBody> {
+    text(
+        StatusCode::FORBIDDEN,
+        format!("{path} answers only callers on loopback (admin.remote_control: true opens it)\n"),
+    )
 }
 
 /// Answers one admin request.
 pub async fn handle(
     rt: &Runtime,
     reloader: Option<&Reloader>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let path = req.uri().path();
+    if matches!(path, "/reload" | "/config" | "/debug/route") && !may_control(rt, peer) {
+        return forbidden(path);
+    }
     if req.method() == Method::POST && path == "/reload" {
         return match reloader {
             Some(r) => match r.reload(Trigger::Admin).await {

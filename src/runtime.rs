@@ -82,6 +82,8 @@ pub struct Snapshot {
     pub shutdown: ShutdownSettings,
     /// Whether to write the access log.
     pub access_log: bool,
+    /// Whether non-loopback callers may use the admin control endpoints.
+    pub admin_remote_control: bool,
     /// Outbound routes, when configured.
     pub outbound: Option<Outbound>,
     /// Inbound app forwarding, when configured.
@@ -98,6 +100,7 @@ impl Snapshot {
         let startup = compiled.startup();
         let Compiled {
             effective,
+            admin_remote_control,
             shutdown,
             log,
             inbound,
@@ -172,6 +175,7 @@ impl Snapshot {
             startup,
             shutdown,
             access_log: log.access_log,
+            admin_remote_control,
             outbound,
             inbound,
             services,

@@ -47,6 +47,8 @@ pub struct Compiled {
     pub effective: String,
     /// Admin listener address.
     pub admin: SocketAddr,
+    /// Whether non-loopback callers may use the admin control endpoints.
+    pub admin_remote_control: bool,
     /// Protocol limits.
     pub limits: Limits,
     /// Graceful shutdown timing.
@@ -202,6 +204,7 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
     }
     let admin_file = c.part(&file.admin, "admin").cloned().unwrap_or_default();
     let admin = c.addr("admin.listen", &admin_file.listen);
+    let admin_remote_control = admin_file.remote_control;
     let limits_file = c.part(&file.limits, "limits").cloned().unwrap_or_default();
     if limits_file.max_header_bytes < 1024 {
         c.err("limits.max_header_bytes", "must be at least 1024".into());
@@ -336,6 +339,7 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
     let effective = serde_yaml::to_string(&file).unwrap_or_default();
     Ok(Compiled {
         admin,
+        admin_remote_control,
         limits: Limits {
             max_header_bytes: limits_file.max_header_bytes,
             header_read_timeout: limits_file.header_read_timeout.0,

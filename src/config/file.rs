@@ -88,12 +88,18 @@ pub struct AdminFile {
     /// Address to listen on. Default: `0.0.0.0:15090`.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// Whether callers that are not on loopback may use the control endpoints (`/reload`,
+    /// `/config`, `/debug/route`). Default: false; `/metrics`, `/ready` and `/live` are open
+    /// to every caller either way.
+    #[serde(default)]
+    pub remote_control: bool,
 }
 
 impl Default for AdminFile {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            remote_control: false,
         }
     }
 }

@@ -390,3 +390,25 @@ fn binary_exits_1_when_a_port_is_taken() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_flood_of_silent_connections_cannot_keep_a_scrape_out() {
+    let up = echo("u").await;
+    let p = proxy(&svc_config(&[up.addr], &[], &[])).await;
+    // More silent connections than the admin listener takes at once.
+    let mut silent = Vec::new();
+    for _ in 0..(remora::admin::MAX_CONNECTIONS + 50) {
+        silent.push(tokio::net::TcpStream::connect(p.admin).await.unwrap());
+    }
+    // Served well before the silent ones' head deadline frees anything.
+    let within = remora::admin::HEAD_TIMEOUT / 2;
+    let r = tokio::time::timeout(within, get(p.admin, "admin", "/ready"))
+        .await
+        .expect("a real client gets in while the flood holds on");
+    assert_eq!(r.status, 200);
+    let r = tokio::time::timeout(within, get(p.admin, "admin", "/metrics"))
+        .await
+        .expect("and again");
+    assert_eq!(r.status, 200);
+    drop(silent);
+}

@@ -589,3 +589,67 @@ services:
         "{line}"
     );
 }
+
+#[test]
+fn admin_control_endpoints_answer_only_loopback_unless_opened() {
+    let (Some(prometheus), Some(mut pod)) = (pod(), pod()) else {
+        return;
+    };
+    let dir = workdir("admin");
+    let (_, pod_ip) = link(&prometheus, &pod);
+    let config = sidecar("", "").replace(
+        "admin: { listen: 127.0.0.1:15090 }",
+        "admin: { listen: 0.0.0.0:15090 }",
+    );
+    start_sidecar(&mut pod, &dir, &config);
+    let status = |ns: &Netns, method: &str, url: &str| {
+        let out = ns.ok(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            method,
+            "--max-time",
+            "5",
+            url,
+        ]);
+        out.trim().to_owned()
+    };
+    let base = format!("http://{pod_ip}:15090");
+    // The scrape address stays open to the network...
+    assert_eq!(
+        status(&prometheus, "GET", &format!("{base}/metrics")),
+        "200"
+    );
+    assert_eq!(status(&prometheus, "GET", &format!("{base}/ready")), "200");
+    // ...its control endpoints do not.
+    for (method, path) in [
+        ("GET", "/config"),
+        ("POST", "/reload"),
+        ("GET", "/debug/route?url=http://x/"),
+    ] {
+        assert_eq!(
+            status(&prometheus, method, &format!("{base}{path}")),
+            "403",
+            "{method} {path}"
+        );
+    }
+    // On loopback they work.
+    assert_eq!(status(&pod, "GET", "http://127.0.0.1:15090/config"), "200");
+
+    // `admin.remote_control: true` opens them to the network.
+    let Some(mut open) = Netns::new().ok() else {
+        return;
+    };
+    let (_, open_ip) = link(&prometheus, &open);
+    let config = sidecar("", "").replace(
+        "admin: { listen: 127.0.0.1:15090 }",
+        "admin: { listen: 0.0.0.0:15090, remote_control: true }",
+    );
+    start_sidecar(&mut open, &dir, &config);
+    let url = format!("http://{open_ip}:15090/config");
+    assert_eq!(status(&prometheus, "GET", &url), "200");
+}
