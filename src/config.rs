@@ -67,7 +67,10 @@ pub fn load(path: &Path) -> Result<Compiled, ConfigError> {
 /// Reads and compiles the control file at `path`, returning the text it was made from too.
 pub fn load_with_text(path: &Path) -> Result<(String, Compiled), ConfigError> {
     let name = path.display().to_string();
-    match std::fs::read_to_string(path) {
+    let read = crate::files::read_bounded(path, crate::files::MAX_CONFIG_BYTES).and_then(|b| {
+        String::from_utf8(b).map_err(|_| "cannot read: the file is not UTF-8".to_owned())
+    });
+    match read {
         Ok(text) => parse(&name, &text).map(|c| (text, c)),
         Err(e) => Err(ConfigError {
             file: name,
@@ -75,10 +78,74 @@ pub fn load_with_text(path: &Path) -> Result<(String, Compiled), ConfigError> {
                 line: 1,
                 column: 1,
                 path: String::new(),
-                message: format!("cannot read the file: {e}"),
+                message: e,
             }],
         }),
     }
+}
+
+/// The deepest nesting a control file may have: a flow collection inside another (`[[[`),
+/// or columns of indentation and sequence dashes before a line's content. Real configs nest
+/// a few levels; a file that nests thousands deep is an attack on the parser's time.
+const MAX_FLOW_DEPTH: usize = 64;
+const MAX_INDENT: usize = 256;
+
+/// Refuses text too large or nested too deep to parse in bounded time and memory, before
+/// the YAML parser sees it.
+fn check_shape(text: &str) -> Option<Located> {
+    let at = |line: usize, column: usize, message: String| Located {
+        line,
+        column,
+        path: String::new(),
+        message,
+    };
+    if text.len() as u64 > crate::files::MAX_CONFIG_BYTES {
+        return Some(at(
+            1,
+            1,
+            format!(
+                "the file is {} bytes; at most {} are allowed",
+                text.len(),
+                crate::files::MAX_CONFIG_BYTES
+            ),
+        ));
+    }
+    let mut depth = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let lead = line
+            .bytes()
+            .take_while(|b| matches!(b, b' ' | b'-'))
+            .count();
+        if lead > MAX_INDENT {
+            return Some(at(
+                i + 1,
+                1,
+                format!("nested more than {MAX_INDENT} columns deep"),
+            ));
+        }
+        let mut quote = None;
+        for (j, b) in line.bytes().enumerate() {
+            match (quote, b) {
+                (Some(q), _) if b == q => quote = None,
+                (Some(_), _) => {}
+                (None, b'\'' | b'"') => quote = Some(b),
+                (None, b'#') if j == 0 || line.as_bytes()[j - 1] == b' ' => break,
+                (None, b'[' | b'{') => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Some(at(
+                            i + 1,
+                            j + 1,
+                            format!("brackets nested more than {MAX_FLOW_DEPTH} deep"),
+                        ));
+                    }
+                }
+                (None, b']' | b'}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    None
 }
 
 /// Parses and compiles control file text; `name` prefixes the error lines.
@@ -87,6 +154,9 @@ pub fn parse(name: &str, text: &str) -> Result<Compiled, ConfigError> {
         file: name.to_owned(),
         problems,
     };
+    if let Some(problem) = check_shape(text) {
+        return Err(fail(vec![problem]));
+    }
     let de = serde_yaml::Deserializer::from_str(text);
     let file: file::File = match serde_path_to_error::deserialize(de) {
         Ok(f) => f,

@@ -27,6 +27,7 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod explain;
+pub mod files;
 pub mod headers;
 pub mod iptables;
 pub mod metrics;

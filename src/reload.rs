@@ -36,6 +36,9 @@ use crate::{
 /// How often the file is checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// The longest a read of the control file may take (a file on a hung network mount).
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What started a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -157,8 +160,8 @@ impl Reloader {
         // Reading and compiling may take a while for a large file: keep it off the workers.
         let (text, compiled) = tokio::task::spawn_blocking(move || {
             let name = path.display().to_string();
-            let text =
-                std::fs::read(&path).map_err(|e| format!("{name}: cannot read the file: {e}"))?;
+            let text = crate::files::read_bounded(&path, crate::files::MAX_CONFIG_BYTES)
+                .map_err(|e| format!("{name}: {e}"))?;
             let utf8 = String::from_utf8_lossy(&text);
             let compiled = config::parse(&name, &utf8).map_err(|e| e.to_string())?;
             Ok::<_, String>((text, compiled))
@@ -199,15 +202,30 @@ impl Reloader {
 
     async fn poll_file(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut pending = None;
+        let mut refused = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
                 _ = stop.changed() => return,
             }
-            // A missing file (mid-swap) is skipped; the next poll sees the new one.
-            let Ok(text) = tokio::fs::read(&self.path).await else {
-                continue;
+            // A missing file (mid-swap) is skipped; the next poll sees the new one. One too
+            // large, or no regular file, is reported by one reload per new error.
+            let path = self.path.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                crate::files::read_bounded(&path, crate::files::MAX_CONFIG_BYTES)
+            });
+            let text = match tokio::time::timeout(READ_TIMEOUT, read).await {
+                Ok(Ok(Ok(text))) => text,
+                Ok(Ok(Err(e))) if !e.contains("No such file") => {
+                    if refused.as_ref() != Some(&e) {
+                        refused = Some(e);
+                        let _ = self.reload(Trigger::File).await;
+                    }
+                    continue;
+                }
+                _ => continue,
             };
+            refused = None;
             let d = digest(&text);
             if d == self.loaded.load(Ordering::Acquire) {
                 pending = None;

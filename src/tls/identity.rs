@@ -82,10 +82,12 @@ impl Identity {
     /// Reads and checks the files.
     pub fn load(files: &IdentityFiles) -> Result<Identity, IdentityError> {
         let read = |field: Field, path: &Path| {
-            std::fs::read(path).map_err(|e| IdentityError {
-                field,
-                path: path.to_owned(),
-                message: format!("cannot read: {e}"),
+            crate::files::read_bounded(path, crate::files::MAX_IDENTITY_BYTES).map_err(|message| {
+                IdentityError {
+                    field,
+                    path: path.to_owned(),
+                    message,
+                }
             })
         };
         let anchors = read(Field::TrustAnchors, &files.trust_anchors)?;

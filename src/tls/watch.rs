@@ -22,6 +22,28 @@ pub fn spawn(tls: &Arc<TlsContext>, period: Duration) {
     tokio::spawn(watch(weak, period));
 }
 
+/// The three identity files, each a bounded regular file, read off the workers within a
+/// deadline (a hung mount or a FIFO cannot stall rotation for good).
+async fn read_all(files: &super::IdentityFiles) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), String> {
+    let files = files.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let one = |p: &std::path::Path| {
+            crate::files::read_bounded(p, crate::files::MAX_IDENTITY_BYTES)
+                .map_err(|e| format!("{}: {e}", p.display()))
+        };
+        Ok::<_, String>((
+            one(&files.trust_anchors)?,
+            one(&files.certificate)?,
+            one(&files.private_key)?,
+        ))
+    });
+    match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("reading the identity files took more than 5s".into()),
+    }
+}
+
 async fn watch(tls: Weak<TlsContext>, period: Duration) {
     // The fingerprint seen at the previous read, the last one judged invalid, and whether
     // the last read failed (each trouble is reported once, not every second).
@@ -36,11 +58,7 @@ async fn watch(tls: Weak<TlsContext>, period: Duration) {
             continue;
         };
         let files = current.files().clone();
-        let read = tokio::try_join!(
-            tokio::fs::read(&files.trust_anchors),
-            tokio::fs::read(&files.certificate),
-            tokio::fs::read(&files.private_key),
-        );
+        let read = read_all(&files).await;
         let (anchors, cert, key) = match read {
             Ok(t) => t,
             Err(e) => {

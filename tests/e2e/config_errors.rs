@@ -154,3 +154,58 @@ fn a_log_level_that_is_no_level_is_an_error() {
 fn config_error_free(text: &str) -> bool {
     remora::config::parse("f.yaml", text).is_ok()
 }
+
+#[test]
+fn config_bombs_are_refused_before_the_parser_sees_them() {
+    let deep_flow = format!(
+        "version: 1\nx: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let e = config_error(&deep_flow);
+    assert!(
+        e.starts_with("f.yaml:2:68: brackets nested more than 64 deep"),
+        "{e}"
+    );
+
+    let deep_block = format!("version: 1\nx:\n{}a: 1\n", "- ".repeat(200));
+    let e = config_error(&deep_block);
+    assert!(
+        e.starts_with("f.yaml:3:1: nested more than 256 columns deep"),
+        "{e}"
+    );
+
+    let huge = format!("version: 1\n# {}\n", "x".repeat(5 * 1024 * 1024));
+    let e = config_error(&huge);
+    assert!(e.contains("bytes; at most 4194304 are allowed"), "{e}");
+}
+
+#[test]
+fn identity_files_must_be_small_regular_files() {
+    let dir = std::env::temp_dir().join(format!("remora-bounded-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo.crt");
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let big = dir.join("big.pem");
+    std::fs::write(&big, vec![b'a'; 2 * 1024 * 1024]).unwrap();
+    for (path, why) in [
+        ("/dev/zero".to_owned(), "not a regular file"),
+        (fifo.display().to_string(), "not a regular file"),
+        (big.display().to_string(), "more than the 1048576 allowed"),
+    ] {
+        let text = format!(
+            "version: 1\nidentity: {{ trust_anchors: \"{path}\", certificate: \"{path}\", private_key: \"{path}\" }}\noutbound: {{ listen: 127.0.0.1:0 }}\n"
+        );
+        let e = config_error(&text);
+        assert!(
+            e.contains("identity.trust_anchors") && e.contains(why),
+            "{path}: {e}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
