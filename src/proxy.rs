@@ -11,6 +11,7 @@ pub mod inbound;
 pub mod observe;
 pub mod orig_dst;
 pub mod outbound;
+pub mod paths;
 mod rescue;
 pub mod server;
 pub mod tcp;
@@ -70,6 +71,7 @@ impl Stacks {
                         metrics,
                         &shared.passthrough,
                         access_log,
+                        snapshot.paths,
                     )),
                     tcp: Some(TcpStack::outbound(
                         ob.tcp.clone(),
@@ -88,6 +90,7 @@ impl Stacks {
                         metrics,
                         &shared.passthrough,
                         access_log,
+                        snapshot.paths,
                     )),
                     tcp: Some(TcpStack::inbound(
                         ib.app.clone(),

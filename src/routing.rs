@@ -4,6 +4,7 @@
 
 pub mod bind;
 pub mod matcher;
+pub mod normalize;
 pub mod table;
 pub mod tcp;
 

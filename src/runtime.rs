@@ -21,6 +21,7 @@ use crate::{
     resilience::{rate_limit::Limit, RateLimiter},
     routing::{
         bind,
+        normalize::PathRules,
         tcp::{PortSet, TcpTable},
         RouteTable,
     },
@@ -84,6 +85,8 @@ pub struct Snapshot {
     pub access_log: bool,
     /// Whether non-loopback callers may use the admin control endpoints.
     pub admin_remote_control: bool,
+    /// How request paths are normalized.
+    pub paths: PathRules,
     /// Outbound routes, when configured.
     pub outbound: Option<Outbound>,
     /// Inbound app forwarding, when configured.
@@ -101,6 +104,7 @@ impl Snapshot {
         let Compiled {
             effective,
             admin_remote_control,
+            paths,
             shutdown,
             log,
             inbound,
@@ -176,6 +180,7 @@ impl Snapshot {
             shutdown,
             access_log: log.access_log,
             admin_remote_control,
+            paths,
             outbound,
             inbound,
             services,

@@ -23,6 +23,7 @@ use crate::{
     resilience::{rate_limit::Limit, retry::BudgetSpec},
     routing::{
         matcher::{anchored_regex, HostMatch, PathMatch, ValueMatch},
+        normalize::{EscapedSlashes, PathRules},
         tcp::{Cidr, PortSet, TcpRouteSpec},
         ActionSpec, HeaderEdits, Rewrite, RouteMatch, RouteSpec, Unmatched, WeightedService,
     },
@@ -49,6 +50,8 @@ pub struct Compiled {
     pub admin: SocketAddr,
     /// Whether non-loopback callers may use the admin control endpoints.
     pub admin_remote_control: bool,
+    /// How request paths are normalized.
+    pub paths: PathRules,
     /// Protocol limits.
     pub limits: Limits,
     /// Graceful shutdown timing.
@@ -340,6 +343,15 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
     Ok(Compiled {
         admin,
         admin_remote_control,
+        paths: PathRules {
+            normalize: limits_file.normalize_path,
+            merge_slashes: limits_file.merge_slashes,
+            escaped_slashes: match limits_file.escaped_slashes {
+                file::EscapedSlashesFile::Reject => EscapedSlashes::Reject,
+                file::EscapedSlashesFile::Keep => EscapedSlashes::Keep,
+                file::EscapedSlashesFile::Unescape => EscapedSlashes::Unescape,
+            },
+        },
         limits: Limits {
             max_header_bytes: limits_file.max_header_bytes,
             header_read_timeout: limits_file.header_read_timeout.0,

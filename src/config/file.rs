@@ -135,6 +135,34 @@ pub struct LimitsFile {
     /// Default: 1h.
     #[serde(default = "default_tcp_idle_timeout")]
     pub tcp_idle_timeout: HumanDuration,
+    /// Whether request paths are normalized (dot segments, unreserved escapes, backslashes)
+    /// before routing, authorization and forwarding. Default: true.
+    #[serde(default = "default_true")]
+    pub normalize_path: bool,
+    /// Whether `//` in a path becomes `/`. Default: false.
+    #[serde(default)]
+    pub merge_slashes: bool,
+    /// `reject` (400), `keep` or `unescape` an escaped slash (`%2F`, `%5C`) in a path.
+    /// Default: `reject`.
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashesFile,
+}
+
+/// `limits.escaped_slashes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashesFile {
+    /// 400 `malformed-request`.
+    #[default]
+    Reject,
+    /// Forwarded as they are.
+    Keep,
+    /// Decoded into `/`.
+    Unescape,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for LimitsFile {
@@ -146,6 +174,9 @@ impl Default for LimitsFile {
             idle_timeout: default_idle_timeout(),
             detect_timeout: default_detect_timeout(),
             tcp_idle_timeout: default_tcp_idle_timeout(),
+            normalize_path: true,
+            merge_slashes: false,
+            escaped_slashes: EscapedSlashesFile::Reject,
         }
     }
 }

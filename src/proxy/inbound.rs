@@ -11,6 +11,7 @@ use tower::{Service, ServiceBuilder};
 use super::{
     forward::{self, Prepare},
     observe::{Observe, ObserveLayer},
+    paths::{Normalize, NormalizeLayer},
 };
 use crate::{
     authorize::Authorizer,
@@ -23,6 +24,7 @@ use crate::{
         rate_limit::{RateLimit, RateLimitLayer},
         retry::{Retry, RetryLayer},
     },
+    routing::normalize::PathRules,
     runtime::Inbound,
     tls::{self, accept::ClientId},
     upstream::{Balance, Passthrough, PassthroughClient},
@@ -31,7 +33,8 @@ use crate::{
 pub use crate::headers::CLIENT_ID;
 
 /// The inbound listener's whole stack.
-pub type InboundStack = Observe<Guard<RateLimit<CircuitBreaker<Prepare<Retry<LocalApp>>>>>>;
+pub type InboundStack =
+    Observe<Normalize<Guard<RateLimit<CircuitBreaker<Prepare<Retry<LocalApp>>>>>>>;
 
 /// Assembles the inbound stack for a snapshot's inbound side, top to bottom.
 pub fn stack(
@@ -39,6 +42,7 @@ pub fn stack(
     metrics: &Metrics,
     pools: &Arc<Passthrough>,
     access_log: bool,
+    paths: PathRules,
 ) -> InboundStack {
     let d = Direction::Inbound;
     let rules = Arc::new(Rules {
@@ -51,6 +55,7 @@ pub fn stack(
             Some(s.app.name().clone()),
             access_log,
         ))
+        .layer(NormalizeLayer::new(paths))
         .layer_fn(|inner| Guard {
             rules: rules.clone(),
             inner,

@@ -14,6 +14,7 @@ use tower::{Service, ServiceBuilder};
 use super::{
     forward::{self, Forward, ResponseEdits, ResponseEditsLayer},
     observe::{Observe, ObserveLayer},
+    paths::{Normalize, NormalizeLayer},
 };
 use crate::{
     body::ProxyBody,
@@ -29,8 +30,8 @@ use crate::{
         retry::{Retry, RetryLayer},
     },
     routing::{
-        host_without_port, table::pick_weighted, ActionSpec, RequestView, Route, RouteTable,
-        Unmatched,
+        host_without_port, normalize::PathRules, table::pick_weighted, ActionSpec, RequestView,
+        Route, RouteTable, Unmatched,
     },
     upstream::{self, passthrough, Passthrough, PassthroughClient, Protocol},
 };
@@ -39,7 +40,7 @@ use crate::{
 const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The outbound listener's whole stack.
-pub type OutboundStack = Observe<Router>;
+pub type OutboundStack = Observe<Normalize<Router>>;
 /// One route's stack.
 type RouteStack = RateLimit<InjectFaults<ResponseEdits<Action>>>;
 /// One backend's stack under a route.
@@ -53,6 +54,7 @@ pub fn stack(
     metrics: &Metrics,
     pools: &Arc<Passthrough>,
     access_log: bool,
+    paths: PathRules,
 ) -> OutboundStack {
     let d = Direction::Outbound;
     let rate_limited = metrics.rate_limited(d);
@@ -97,6 +99,7 @@ pub fn stack(
             None,
             access_log,
         ))
+        .layer(NormalizeLayer::new(paths))
         .service(router)
 }
 

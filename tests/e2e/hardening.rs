@@ -67,3 +67,36 @@ async fn two_host_headers_are_refused_and_an_absolute_target_wins_over_host() {
     );
     assert!(!out.contains("evil"), "{out}");
 }
+
+#[tokio::test]
+async fn paths_are_normalized_before_authorization_and_forwarded_normalized() {
+    let app = echo("app").await;
+    let p = proxy(&format!(
+        "inbound:\n  listen: 127.0.0.1:0\n  app: \"{}\"\n  authorize:\n    - {{ unauthenticated: true, paths: [/public/*] }}\n",
+        app.addr
+    ))
+    .await;
+    let line =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n");
+    for path in [
+        "/public/../secret",
+        "/public/%2e%2e/secret",
+        "/public/%2E%2E/secret",
+        "/public/./../secret",
+        "/public/..\\secret",
+    ] {
+        let out = raw(p.inbound(), line(path).as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 403"), "{path}: {out}");
+    }
+    let out = raw(p.inbound(), line("/public/..%2fsecret").as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("malformed-request"), "{out}");
+    assert_eq!(app.requests(), 0, "nothing reached the app");
+
+    let out = raw(p.inbound(), line("/public/a/../%62?q=1").as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("x-path: /public/b"),
+        "forwarded normalized: {out}"
+    );
+}
