@@ -120,6 +120,8 @@ impl Compiled {
 pub struct Limits {
     /// Largest request header block in bytes.
     pub max_header_bytes: usize,
+    /// Most header fields in an HTTP/1.1 request.
+    pub max_headers: usize,
     /// Time to receive a complete request header block.
     pub header_read_timeout: Duration,
     /// Most concurrent downstream connections per listener.
@@ -211,6 +213,9 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
     let limits_file = c.part(&file.limits, "limits").cloned().unwrap_or_default();
     if limits_file.max_header_bytes < 1024 {
         c.err("limits.max_header_bytes", "must be at least 1024".into());
+    }
+    if !(1..=10_000).contains(&limits_file.max_headers) {
+        c.err("limits.max_headers", "must be 1 to 10000".into());
     }
     if limits_file.max_connections == 0 {
         c.err("limits.max_connections", "must be at least 1".into());
@@ -354,6 +359,7 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
         },
         limits: Limits {
             max_header_bytes: limits_file.max_header_bytes,
+            max_headers: limits_file.max_headers,
             header_read_timeout: limits_file.header_read_timeout.0,
             max_connections: limits_file.max_connections,
             idle_timeout: limits_file.idle_timeout.0,

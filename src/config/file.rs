@@ -115,6 +115,9 @@ pub struct LimitsFile {
     /// Largest request header block, in bytes; larger gets 431. Default: 65536.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// Most header fields in an HTTP/1.1 request; more gets 431. Default: 100.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
     /// Time a client has to send a complete request header block. Default: 10s.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: HumanDuration,
@@ -169,6 +172,7 @@ impl Default for LimitsFile {
     fn default() -> Self {
         Self {
             max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
             header_read_timeout: default_header_read_timeout(),
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
@@ -190,6 +194,9 @@ fn default_tcp_idle_timeout() -> HumanDuration {
 
 fn default_max_header_bytes() -> usize {
     65536
+}
+fn default_max_headers() -> usize {
+    100
 }
 fn default_header_read_timeout() -> HumanDuration {
     HumanDuration::secs(10)

@@ -283,6 +283,7 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(limits.header_read_timeout)
         // hyper answers 431 when the header block outgrows its read buffer.
         .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

@@ -80,6 +80,19 @@ pub async fn send(pool: &Pool, req: Req, metrics: &UpstreamMetrics) -> Result {
         }
         Err(e) => return Err(classify(e, pool, metrics)),
     };
+    // A status outside 1xx-5xx has no meaning a caller could act on: the upstream's fault.
+    if resp.status().as_u16() >= 600 {
+        metrics.attempt(AttemptResult::Reset);
+        return Err(ProxyError::Reset {
+            target: pool.target().to_string(),
+            source: format!("invalid response status {}", resp.status().as_u16()).into(),
+        });
+    }
+    // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3): hyper has de-chunked the
+    // body, so a length sent along would frame it wrongly for the caller.
+    if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     metrics.attempt(AttemptResult::Success);
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     if switching {

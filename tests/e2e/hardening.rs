@@ -100,3 +100,68 @@ async fn paths_are_normalized_before_authorization_and_forwarded_normalized() {
         "forwarded normalized: {out}"
     );
 }
+
+/// An upstream that answers every request with `response`, byte for byte.
+async fn raw_upstream(response: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(response).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstreams_framing_tricks_and_bogus_statuses_stop_at_the_proxy() {
+    let both = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let p = proxy(&svc_config(&[both], &[], &["protocol: http1"])).await;
+    let r = get(p.outbound(), "svc", "/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "hello");
+    assert_ne!(r.header("content-length"), Some("100"));
+
+    let bogus = raw_upstream(b"HTTP/1.1 999 Weird\r\nContent-Length: 0\r\n\r\n").await;
+    let p = proxy(&svc_config(&[bogus], &[], &["protocol: http1"])).await;
+    let r = get(p.outbound(), "svc", "/").await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(r.header("x-remora-error"), Some("upstream-reset"));
+}
+
+#[tokio::test]
+async fn the_header_count_limit_is_a_limits_key() {
+    let up = echo("u").await;
+    let p = proxy(&format!(
+        "limits: {{ max_headers: 20 }}\n{}",
+        svc_config(&[up.addr], &[], &[])
+    ))
+    .await;
+    let request = |n: usize| {
+        let mut r = String::from("GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n");
+        for i in 0..n {
+            r.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        r.push_str("\r\n");
+        r
+    };
+    assert!(raw(p.outbound(), request(10).as_bytes())
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let out = raw(p.outbound(), request(30).as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+}
