@@ -9,7 +9,10 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -241,9 +244,16 @@ impl Connection {
         H: Handler,
     {
         let peer = conn.peer;
+        let resets = Arc::new(Resets::default());
+        let counted = resets.clone();
         let svc = service_fn(move |req| {
             let fut = handler.clone().http(conn.clone(), req);
-            async move { Ok::<_, Infallible>(fut.await) }
+            let stream = InFlight::start(&counted);
+            async move {
+                let resp = fut.await;
+                stream.finish();
+                Ok::<_, Infallible>(resp)
+            }
         });
         let connection = self
             .builder
@@ -263,6 +273,12 @@ impl Connection {
                     break;
                 }
                 _ = self.stop.changed(), if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                _ = resets.abused.notified(), if !closing => {
+                    tracing::warn!(peer = %peer, "closing a connection whose caller reset most of its requests (HTTP/2 rapid reset)");
+                    self.errors.inc();
                     closing = true;
                     connection.as_mut().graceful_shutdown();
                 }
@@ -289,6 +305,47 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     b
+}
+
+/// Requests dropped unfinished on a connection (on HTTP/2, reset by the caller) before this
+/// many are tolerated whatever their share.
+const RESETS_TOLERATED: u64 = 100;
+
+/// How a connection's requests ended, against HTTP/2 rapid reset (CVE-2023-44487), spread out
+/// or not: once at least `RESETS_TOLERATED` requests were dropped unfinished and they are at
+/// least half of all, the connection is closed (GOAWAY), as Envoy's premature-reset check
+/// does. A dropped request's future is dropped with it, so its upstream request is cancelled.
+#[derive(Debug, Default)]
+struct Resets {
+    started: AtomicU64,
+    premature: AtomicU64,
+    abused: tokio::sync::Notify,
+}
+
+/// One request's place in `Resets`; dropped without `finish`, it counts as premature.
+struct InFlight(Option<Arc<Resets>>);
+
+impl InFlight {
+    fn start(resets: &Arc<Resets>) -> Self {
+        resets.started.fetch_add(1, Ordering::Relaxed);
+        InFlight(Some(resets.clone()))
+    }
+
+    fn finish(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            let premature = r.premature.fetch_add(1, Ordering::Relaxed) + 1;
+            let started = r.started.load(Ordering::Relaxed);
+            if premature >= RESETS_TOLERATED && premature * 2 >= started {
+                r.abused.notify_one();
+            }
+        }
+    }
 }
 
 /// A TCP stream that records activity for the idle timeout.

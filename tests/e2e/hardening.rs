@@ -165,3 +165,53 @@ async fn the_header_count_limit_is_a_limits_key() {
     let out = raw(p.outbound(), request(30).as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
 }
+
+#[tokio::test]
+async fn http2_rapid_reset_closes_the_connection_and_spares_everyone_else() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let up = slow("slow", std::time::Duration::from_secs(2)).await;
+    let p = proxy(&svc_config(&[up.addr], &[], &[])).await;
+    let tcp = tokio::net::TcpStream::connect(p.outbound()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Full<bytes::Bytes>,
+    >(TokioExecutor::new(), TokioIo::new(tcp))
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    // HEADERS then RST_STREAM a moment later, over and over.
+    let mut sent = 0;
+    for _ in 0..300 {
+        if sender.ready().await.is_err() {
+            break;
+        }
+        let req = http::Request::get("http://svc/")
+            .body(Default::default())
+            .unwrap();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(2),
+            sender.send_request(req),
+        )
+        .await;
+        sent += 1;
+    }
+    assert!(
+        sent < 300,
+        "the connection was closed before all {sent} resets"
+    );
+    tokio::time::timeout(DEADLINE, conn)
+        .await
+        .expect("the abusive connection ends")
+        .unwrap()
+        .ok();
+    // Others are served as ever.
+    let ok = send_h2(
+        p.outbound(),
+        http::Request::get("http://svc/")
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+}
