@@ -57,7 +57,8 @@ impl Stacks {
     /// Assembles the stacks `snapshot` describes, bound to what outlives it in `shared`.
     pub fn build(snapshot: &Snapshot, shared: &Shared) -> Self {
         let (metrics, access_log) = (&shared.metrics, snapshot.access_log);
-        let tcp_idle = snapshot.startup.limits.tcp_idle_timeout;
+        let limits = snapshot.startup.limits;
+        let tcp_idle = (limits.tcp_idle_timeout, limits.header_read_timeout);
         let unconfigured = |d| Side {
             http: Stack::unconfigured(metrics.request(d, "", ""), access_log),
             tcp: None,

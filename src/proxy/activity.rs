@@ -12,7 +12,7 @@ use std::{
 
 use tokio::time::Instant;
 
-/// When a connection last read or wrote, in milliseconds since it opened.
+/// When a connection last read or wrote, in milliseconds since it opened, plus one (0: never).
 #[derive(Debug, Clone)]
 pub struct Activity(Arc<(Instant, AtomicU64)>);
 
@@ -25,14 +25,29 @@ impl Activity {
     /// Records that bytes moved now.
     pub fn touch(&self) {
         let (opened, last) = &*self.0;
-        last.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        last.store(opened.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+    }
+
+    /// Whether any byte moved yet.
+    pub fn ever(&self) -> bool {
+        self.0 .1.load(Ordering::Relaxed) != 0
+    }
+
+    /// Resolves once no byte moved within `first` of opening, or, after one did, nothing
+    /// moved for `timeout`.
+    pub async fn idle_or_silent(&self, first: Duration, timeout: Duration) {
+        tokio::time::sleep_until(self.0 .0 + first).await;
+        if self.ever() {
+            self.idle(timeout).await;
+        }
     }
 
     /// Resolves once nothing was read or written for `timeout`.
     pub async fn idle(&self, timeout: Duration) {
         let (opened, last) = &*self.0;
         loop {
-            let deadline = *opened + Duration::from_millis(last.load(Ordering::Relaxed)) + timeout;
+            let since = last.load(Ordering::Relaxed).saturating_sub(1);
+            let deadline = *opened + Duration::from_millis(since) + timeout;
             if Instant::now() >= deadline {
                 return;
             }

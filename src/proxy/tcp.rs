@@ -56,6 +56,8 @@ struct Inner {
     authorizer: Option<Arc<Authorizer>>,
     unmatched: TcpMetrics,
     idle_timeout: Duration,
+    /// No byte either way this long after proxying began: closed (`limits.header_read_timeout`).
+    silent_timeout: Duration,
     access_log: bool,
 }
 
@@ -66,6 +68,8 @@ enum Close {
     Done,
     /// Nothing moved for the idle timeout.
     Idle,
+    /// No byte moved either way at all.
+    Silent,
     /// A read or write failed (a reset).
     Reset,
     /// No target could be reached.
@@ -77,6 +81,7 @@ impl Close {
         match self {
             Close::Done => "done",
             Close::Idle => "idle-timeout",
+            Close::Silent => "silent",
             Close::Reset => "reset",
             Close::Failed(reason) => reason,
         }
@@ -88,7 +93,7 @@ impl TcpStack {
     pub fn outbound(
         routes: Arc<TcpTable>,
         metrics: &Metrics,
-        idle_timeout: Duration,
+        (idle_timeout, silent_timeout): (Duration, Duration),
         access_log: bool,
     ) -> Self {
         Self(Arc::new(Inner {
@@ -98,6 +103,7 @@ impl TcpStack {
             authorizer: None,
             unmatched: metrics.tcp(Direction::Outbound, "", ""),
             idle_timeout,
+            silent_timeout,
             access_log,
         }))
     }
@@ -107,7 +113,7 @@ impl TcpStack {
         app: Arc<Service>,
         authorizer: Option<Arc<Authorizer>>,
         metrics: &Metrics,
-        idle_timeout: Duration,
+        (idle_timeout, silent_timeout): (Duration, Duration),
         access_log: bool,
     ) -> Self {
         Self(Arc::new(Inner {
@@ -117,6 +123,7 @@ impl TcpStack {
             app: Some(app),
             authorizer,
             idle_timeout,
+            silent_timeout,
             access_log,
         }))
     }
@@ -132,8 +139,14 @@ impl TcpStack {
         let _open = metrics.opened();
         let (close, upstream, sent, received) = match self.connect(&conn, route).await {
             Ok(up) => {
-                let (close, sent, received) =
-                    pipe(downstream, up.stream, metrics, self.0.idle_timeout).await;
+                let (close, sent, received) = pipe(
+                    downstream,
+                    up.stream,
+                    metrics,
+                    self.0.idle_timeout,
+                    self.0.silent_timeout,
+                )
+                .await;
                 (close, Some(up.addr), sent, received)
             }
             Err(reason) => {
@@ -300,13 +313,17 @@ async fn to_service(service: &Service) -> Result<Upstream, &'static str> {
     Err(reason)
 }
 
-/// Copies both ways until both sides have finished or `idle` passes with nothing moving.
+/// Copies both ways until both sides have finished, `idle` passes with nothing moving, or
+/// `silent` passes without a byte either way: a silent caller and a silent server have
+/// nothing to say to each other, and a flood of such connections must not hold the
+/// listener's connection slots for the whole idle timeout.
 /// Returns how it ended and the bytes sent upstream and received from it.
 async fn pipe<D>(
     downstream: D,
     upstream: Stream,
     metrics: &TcpMetrics,
     idle: Duration,
+    silent: Duration,
 ) -> (Close, u64, u64)
 where
     D: AsyncRead + AsyncWrite + Unpin,
@@ -324,7 +341,9 @@ where
         r = tokio::io::copy_bidirectional(&mut down, &mut up) => {
             if r.is_ok() { Close::Done } else { Close::Reset }
         }
-        _ = activity.idle(idle) => Close::Idle,
+        _ = activity.idle_or_silent(silent.min(idle), idle) => {
+            if activity.ever() { Close::Idle } else { Close::Silent }
+        }
     };
     (close, up.sent, up.received)
 }

@@ -238,3 +238,21 @@ services:
         assert!(e.contains(want), "missing {want:?} in:\n{e}");
     }
 }
+
+#[tokio::test]
+async fn a_silent_connection_to_a_silent_app_is_closed() {
+    let app = tcp_app(b"").await;
+    let p = proxy(&format!(
+        "limits: {{ detect_timeout: 200ms, header_read_timeout: 300ms, tcp_idle_timeout: 1h }}\ninbound:\n  listen: 127.0.0.1:0\n  app: \"{app}\"\n"
+    ))
+    .await;
+    // Neither side says a word: closed after header_read_timeout, not the hour.
+    let mut s = TcpStream::connect(p.inbound()).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
+        .await
+        .expect("closed before the deadline");
+    assert_eq!(rest, b"");
+    let open = "remora_tcp_connections_open{direction=\"inbound\"}";
+    wait_until(|| async { p.metric(open).await == Some(0.0) }).await;
+}
