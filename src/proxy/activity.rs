@@ -28,6 +28,11 @@ impl Activity {
         last.store(opened.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
     }
 
+    /// How long ago the connection opened.
+    pub fn age(&self) -> Duration {
+        self.0 .0.elapsed()
+    }
+
     /// Whether any byte moved yet.
     pub fn ever(&self) -> bool {
         self.0 .1.load(Ordering::Relaxed) != 0

@@ -96,12 +96,26 @@ pub async fn serve<H: Handler>(
     let detections =
         Arc::new(Detected::ALL.map(|p| metrics.detections(meta.direction, p.as_str())));
     let mut stop = life.stop.clone();
+    let silent = Arc::new(std::sync::Mutex::new(Silent::default()));
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
-            _ = stop.changed() => break,
-            _ = accept_stop.changed() => break,
+        // Room for one more: at the cap, wait for a connection to end, or for the oldest one
+        // that has been silent for a while to be closed to make room, so a flood of silent
+        // connections cannot keep real clients out.
+        let permit = loop {
+            if let Ok(p) = permits.clone().try_acquire_owned() {
+                break Some(p);
+            }
+            if silent_lock(&silent).evict_oldest() {
+                continue;
+            }
+            tokio::select! {
+                p = permits.clone().acquire_owned() => break Some(p.expect("semaphore is never closed")),
+                _ = tokio::time::sleep(SILENT_AGE) => {}
+                _ = stop.changed() => break None,
+                _ = accept_stop.changed() => break None,
+            }
         };
+        let Some(permit) = permit else { break };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(pair) => pair,
@@ -135,19 +149,75 @@ pub async fn serve<H: Handler>(
             open.clone(),
             tls.clone(),
         );
-        tokio::spawn(async move {
+        let activity = connection.activity.clone();
+        let task = tokio::spawn(async move {
             let _permit = permit;
             let _drained = drained;
-            open.inc();
+            let _open = Open::new(open);
             connection.run(stream, conn, handler, tls).await;
-            open.dec();
         });
+        silent_lock(&silent).push(activity, task.abort_handle(), limits.max_connections);
     }
     tracing::debug!(
         direction = meta.direction.as_str(),
         "listener stopped accepting"
     );
     listener
+}
+
+/// How long a connection must have been silent before it may be closed to make room: a real
+/// client's first bytes arrive well within it.
+const SILENT_AGE: Duration = Duration::from_millis(500);
+
+/// Connections that have not moved a byte yet, oldest first: the ones evicted at the cap.
+#[derive(Default)]
+struct Silent(std::collections::VecDeque<(Activity, tokio::task::AbortHandle)>);
+
+impl Silent {
+    fn push(&mut self, activity: Activity, task: tokio::task::AbortHandle, cap: usize) {
+        self.0.push_back((activity, task));
+        if self.0.len() > cap {
+            self.0.retain(|(a, t)| !a.ever() && !t.is_finished());
+        }
+    }
+
+    /// Ends the oldest connection silent for at least `SILENT_AGE`; false when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        while let Some((activity, task)) = self.0.front() {
+            if activity.ever() || task.is_finished() {
+                self.0.pop_front();
+                continue;
+            }
+            if activity.age() < SILENT_AGE {
+                return false;
+            }
+            tracing::debug!("connection limit reached; closing the oldest silent connection");
+            task.abort();
+            self.0.pop_front();
+            return true;
+        }
+        false
+    }
+}
+
+fn silent_lock(s: &std::sync::Mutex<Silent>) -> std::sync::MutexGuard<'_, Silent> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Holds a connection in the open-connections gauge, also when its task is aborted.
+struct Open(prometheus::IntGauge);
+
+impl Open {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// What serving one accepted connection needs.
@@ -204,6 +274,12 @@ impl Connection {
             }
         };
         self.detections[found as usize].inc();
+        // Timed out mid-way through what could still be HTTP or TLS (a slowloris, a dripped
+        // preface): a slow client, not a server-first protocol, so it is closed.
+        if found == Detected::Timeout && !prefix.is_empty() {
+            tracing::debug!(peer = %peer, "closing a connection too slow to send its first request");
+            return;
+        }
         let io = Prefixed::new(prefix, io);
         match found {
             Detected::Tls if mode != Mode::Disabled => {

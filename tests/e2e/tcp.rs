@@ -256,3 +256,44 @@ async fn a_silent_connection_to_a_silent_app_is_closed() {
     let open = "remora_tcp_connections_open{direction=\"inbound\"}";
     wait_until(|| async { p.metric(open).await == Some(0.0) }).await;
 }
+
+#[tokio::test]
+async fn a_client_too_slow_to_finish_its_first_request_line_is_closed_not_proxied() {
+    let app = tcp_app(b"").await;
+    let p = proxy(&inbound_to(app, "")).await;
+    // A slowloris: the start of a request line, then nothing (as a dripped preface would).
+    let mut s = TcpStream::connect(p.inbound()).await.unwrap();
+    s.write_all(b"GET /index").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
+        .await
+        .expect("closed before the deadline");
+    assert_eq!(rest, b"");
+    let timeout = "remora_protocol_detections_total{direction=\"inbound\",protocol=\"timeout\"}";
+    assert_eq!(p.metric(timeout).await, Some(1.0));
+    let conns = "remora_tcp_connections_total{direction=\"inbound\",route=\"\",service=\"app\"}";
+    assert_eq!(p.metric(conns).await, Some(0.0), "never proxied to the app");
+}
+
+#[tokio::test]
+async fn a_flood_of_silent_connections_cannot_keep_a_real_client_out() {
+    let up = echo("app").await;
+    let p = proxy(&format!(
+        "limits: {{ max_connections: 20, detect_timeout: 1h }}\ninbound:\n  listen: 127.0.0.1:0\n  app: \"{}\"\n",
+        up.addr
+    ))
+    .await;
+    // Twice the listener's cap, all silent, and detection would wait an hour for them.
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(TcpStream::connect(p.inbound()).await.unwrap());
+    }
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        get(p.inbound(), "app", "/"),
+    )
+    .await
+    .expect("a real client is served while the flood holds on");
+    assert_eq!(r.status, 200);
+    drop(silent);
+}
