@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Silent-connection flood: COUNT connections that never send a byte, against Remora's inbound
+# listener (in front of nginx). Prints Remora's RSS before, during and after the flood, and
+# how long a real request took while the flood held on.
+#
+#   benches/flood.sh               # 20,000 silent connections (installs nginx when missing)
+#   COUNT=50000 benches/flood.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+COUNT=${COUNT:-20000}
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need nginx; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+fi
+cargo build --release --quiet
+ulimit -n $(( COUNT * 2 + 1024 )) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if (( $(ulimit -n) < COUNT * 2 + 100 )); then COUNT=$(( ($(ulimit -n) - 200) / 2 )); echo "open-file limit: $COUNT connections" >&2; fi
+
+source benches/common.sh
+read -r UP IN ADMIN < <(free_ports 3)
+start_upstream "$UP" 1
+cat > "$work/r.yaml" <<YAML
+version: 1
+admin: { listen: 127.0.0.1:$ADMIN }
+log: { level: warn, format: json }
+inbound: { listen: 127.0.0.1:$IN, app: 127.0.0.1:$UP }
+YAML
+target/release/remora run --workers 1 --config "$work/r.yaml" > "$work/r.log" 2>&1 & pids+=($!); r_pid=$!
+wait_port "$UP"; wait_port "$IN"; wait_port "$ADMIN"
+rss() { awk '/VmRSS/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$r_pid/status"; }
+curl -s -o /dev/null "http://127.0.0.1:$IN/" -H 'host: app'
+echo "RSS before: $(rss)"
+
+python3 - "$IN" "$COUNT" "$r_pid" <<'PY'
+import socket, subprocess, sys, time
+port, count, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+socks = []
+for _ in range(count):
+    s = socket.socket()
+    s.setblocking(False)
+    try:
+        s.connect(("127.0.0.1", port))
+    except BlockingIOError:
+        pass
+    socks.append(s)
+time.sleep(1)
+rss = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]
+print(f"RSS during the flood ({count} silent connections): {int(rss) / 1024:.1f} MiB")
+start = time.time()
+out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30",
+                      "-H", "host: app", f"http://127.0.0.1:{port}/"], capture_output=True, text=True)
+print(f"a real request during the flood: {out.stdout} in {time.time() - start:.3f} s")
+for s in socks:
+    s.close()
+PY
+sleep 3
+echo "RSS 3 s after the flood: $(rss)"
