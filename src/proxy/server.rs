@@ -235,7 +235,9 @@ struct Connection {
 impl Connection {
     /// One connection, top to bottom: original destination → protocol detection (unless its
     /// port is opaque) → TLS termination (inbound, a caller opening with a handshake) → HTTP,
-    /// or opaque TCP for anything that is not HTTP.
+    /// or opaque TCP for anything that is not HTTP. The handshake and the HTTP connection are
+    /// boxed: inline, their state would make every connection's task several KiB larger while
+    /// it waits in detection, silent ones included.
     async fn run<H: Handler>(
         self,
         stream: TcpStream,
@@ -288,21 +290,21 @@ impl Connection {
                     return;
                 };
                 let timeout = self.handshake_timeout;
-                if let Some((io, id)) = t.handshake(io, config, peer, timeout).await {
+                if let Some((io, id)) = Box::pin(t.handshake(io, config, peer, timeout)).await {
                     conn.tls = true;
                     conn.client_id = Some(id);
                     // Another sidecar's opaque TCP, by ALPN; else HTTP (`h2` or HTTP/1.1).
                     if io.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_TCP) {
                         handler.tcp(conn, Box::new(io)).await;
                     } else {
-                        self.serve(io, conn, handler).await;
+                        Box::pin(self.serve(io, conn, handler)).await;
                     }
                 }
             }
             found if found.is_http() => {
                 // Served, so that the inbound stack answers 400 `mtls-required`.
                 refuse(&tls);
-                self.serve(io, conn, handler).await;
+                Box::pin(self.serve(io, conn, handler)).await;
             }
             _ => {
                 if !refuse(&tls) {

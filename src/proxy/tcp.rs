@@ -338,7 +338,7 @@ where
         received: 0,
     };
     let close = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut down, &mut up) => {
+        r = copy(&mut down, &mut up) => {
             if r.is_ok() { Close::Done } else { Close::Reset }
         }
         _ = activity.idle_or_silent(silent.min(idle), idle) => {
@@ -346,6 +346,29 @@ where
         }
     };
     (close, up.sent, up.received)
+}
+
+/// Both ways, as `copy_bidirectional`, but its 16 KiB of buffers are allocated only once a
+/// first byte moved: until then each side is read into a small buffer of the future's own,
+/// so a silent connection (a flood of them) costs a fraction of the memory.
+async fn copy<D>(down: &mut D, up: &mut Metered) -> io::Result<()>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut from_down, mut from_up) = ([0u8; 256], [0u8; 256]);
+    tokio::select! {
+        r = down.read(&mut from_down) => {
+            let n = r?;
+            up.write_all(&from_down[..n]).await?;
+        }
+        r = up.read(&mut from_up) => {
+            let n = r?;
+            down.write_all(&from_up[..n]).await?;
+        }
+    }
+    // A side that ended at once (a read of 0) ends again in the copy, which passes it on.
+    tokio::io::copy_bidirectional(down, up).await.map(|_| ())
 }
 
 /// The upstream connection, counting bytes into the metrics as they move.
