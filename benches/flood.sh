@@ -32,9 +32,13 @@ rss() { awk '/VmRSS/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$r_pid/status"; }
 curl -s -o /dev/null "http://127.0.0.1:$IN/" -H 'host: app'
 echo "RSS before: $(rss)"
 
-python3 - "$IN" "$COUNT" "$r_pid" <<'PY'
-import socket, subprocess, sys, time
-port, count, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+python3 - "$IN" "$COUNT" "$r_pid" "$ADMIN" <<'PY'
+import socket, subprocess, sys, time, urllib.request
+port, count, pid, admin = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+def open_conns():
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics").read().decode()
+    return next(float(l.split()[1]) for l in text.splitlines()
+                if l.startswith('remora_connections_open{direction="inbound"}'))
 socks = []
 for _ in range(count):
     s = socket.socket()
@@ -44,7 +48,15 @@ for _ in range(count):
     except BlockingIOError:
         pass
     socks.append(s)
-time.sleep(1)
+# Until Remora has accepted them all (its open connections stop growing).
+last, deadline = -1, time.time() + 60
+while time.time() < deadline:
+    time.sleep(1)
+    n = open_conns()
+    if n == last:
+        break
+    last = n
+print(f"Remora holds {int(last)} open inbound connections")
 rss = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]
 print(f"RSS during the flood ({count} silent connections): {int(rss) / 1024:.1f} MiB")
 start = time.time()
