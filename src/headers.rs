@@ -164,21 +164,41 @@ pub fn authority<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a s
 /// sends under this name is removed first.
 pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-remora-client-id");
 
-/// Removes headers whose names, with `_` read as `-`, are `x-remora-*` names: CGI and WSGI
-/// apps (and nginx with `underscores_in_headers`) read `X_Remora_Client_Id` as the real
-/// header, so a caller could forge an identity through it. Only custom names can hold `_`.
-pub fn drop_remora_aliases(headers: &mut HeaderMap) {
-    let aliases: Vec<HeaderName> = headers
+/// What happens to a request header whose name holds `_` (`limits.headers_with_underscores`,
+/// like Envoy's `headers_with_underscores_action`). CGI and WSGI apps read `X_Forwarded_For`
+/// and `X-Forwarded-For` as the same header, so such names can smuggle a header past checks
+/// made on the other spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Underscores {
+    /// Forwarded, except those that alias an `x-remora-*` header, which are always dropped.
+    #[default]
+    Allow,
+    /// Every one is dropped.
+    Drop,
+    /// The request is refused (400).
+    Reject,
+}
+
+/// Applies `mode` to `headers` and always removes names that, with `_` read as `-`, are
+/// `x-remora-*` names (a caller could forge `X_Remora_Client_Id`). Only custom names can
+/// hold `_`, so a request without them costs one pass over its names.
+pub fn check_underscores(headers: &mut HeaderMap, mode: Underscores) -> Result<(), ProxyError> {
+    let alias = |s: &str| s.len() > 9 && s[..9].replace('_', "-") == "x-remora-";
+    let flagged: Vec<HeaderName> = headers
         .keys()
         .filter(|n| {
             let s = n.as_str();
-            s.contains('_') && s.len() > 9 && s[..9].replace('_', "-") == "x-remora-"
+            s.contains('_') && (mode != Underscores::Allow || alias(s))
         })
         .cloned()
         .collect();
-    for name in aliases {
+    if mode == Underscores::Reject && flagged.iter().any(|n| !alias(n.as_str())) {
+        return Err(ProxyError::BadRequest("header name with an underscore"));
+    }
+    for name in flagged {
         headers.remove(name);
     }
+    Ok(())
 }
 
 /// Refuses a request whose `Host` is given more than once (RFC 9112 §3.2: a 400).

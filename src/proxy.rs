@@ -91,7 +91,7 @@ impl Stacks {
                         metrics,
                         &shared.passthrough,
                         access_log,
-                        snapshot.paths,
+                        (snapshot.paths, limits.underscores),
                     )),
                     tcp: Some(TcpStack::inbound(
                         ib.app.clone(),

@@ -122,6 +122,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most header fields in an HTTP/1.1 request.
     pub max_headers: usize,
+    /// What a request header with `_` in its name gets (inbound).
+    pub underscores: crate::headers::Underscores,
     /// Time to receive a complete request header block.
     pub header_read_timeout: Duration,
     /// Most concurrent downstream connections per listener.
@@ -360,6 +362,11 @@ pub fn compile(file: File, base: Option<&Path>) -> Result<Compiled, Vec<Problem>
         limits: Limits {
             max_header_bytes: limits_file.max_header_bytes,
             max_headers: limits_file.max_headers,
+            underscores: match limits_file.headers_with_underscores {
+                file::UnderscoresFile::Allow => crate::headers::Underscores::Allow,
+                file::UnderscoresFile::Drop => crate::headers::Underscores::Drop,
+                file::UnderscoresFile::Reject => crate::headers::Underscores::Reject,
+            },
             header_read_timeout: limits_file.header_read_timeout.0,
             max_connections: limits_file.max_connections,
             idle_timeout: limits_file.idle_timeout.0,

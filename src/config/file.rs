@@ -118,6 +118,10 @@ pub struct LimitsFile {
     /// Most header fields in an HTTP/1.1 request; more gets 431. Default: 100.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
+    /// Inbound request headers with `_` in their names: `allow` (those aliasing `x-remora-*`
+    /// are dropped all the same), `drop` or `reject` (400). Default: `allow`.
+    #[serde(default)]
+    pub headers_with_underscores: UnderscoresFile,
     /// Time a client has to send a complete request header block. Default: 10s.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: HumanDuration,
@@ -151,6 +155,19 @@ pub struct LimitsFile {
     pub escaped_slashes: EscapedSlashesFile,
 }
 
+/// `limits.headers_with_underscores`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoresFile {
+    /// Forwarded (aliases of `x-remora-*` dropped).
+    #[default]
+    Allow,
+    /// Dropped.
+    Drop,
+    /// 400 `malformed-request`.
+    Reject,
+}
+
 /// `limits.escaped_slashes`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -173,6 +190,7 @@ impl Default for LimitsFile {
         Self {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
+            headers_with_underscores: UnderscoresFile::Allow,
             header_read_timeout: default_header_read_timeout(),
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),

@@ -42,12 +42,13 @@ pub fn stack(
     metrics: &Metrics,
     pools: &Arc<Passthrough>,
     access_log: bool,
-    paths: PathRules,
+    (paths, underscores): (PathRules, headers::Underscores),
 ) -> InboundStack {
     let d = Direction::Inbound;
     let rules = Arc::new(Rules {
         tls: s.tls,
         authorizer: s.authorizer.clone(),
+        underscores,
     });
     ServiceBuilder::new()
         .layer(ObserveLayer::new(
@@ -111,6 +112,7 @@ pub struct Guard<S> {
 struct Rules {
     tls: tls::Mode,
     authorizer: Option<Arc<Authorizer>>,
+    underscores: headers::Underscores,
 }
 
 impl<S> Service<Req> for Guard<S>
@@ -147,7 +149,7 @@ impl Rules {
         // inserts it, after hop-by-hop stripping, so no `Connection` header can remove it),
         // nor under a name a WSGI or CGI app would read as it (`x_remora_client_id`).
         req.headers_mut().remove(CLIENT_ID);
-        headers::drop_remora_aliases(req.headers_mut());
+        headers::check_underscores(req.headers_mut(), self.underscores)?;
         Ok(())
     }
 }

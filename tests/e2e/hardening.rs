@@ -215,3 +215,24 @@ async fn http2_rapid_reset_closes_the_connection_and_spares_everyone_else() {
     .await;
     assert_eq!(ok.status, 200);
 }
+
+#[tokio::test]
+async fn headers_with_underscores_follow_the_configured_action() {
+    let app = echo("app").await;
+    let req = b"GET / HTTP/1.1\r\nhost: app\r\nx_custom: 1\r\nx_remora_client_id: spiffe://forged\r\nconnection: close\r\n\r\n";
+    for (action, want_status, custom_seen) in [
+        ("allow", "HTTP/1.1 200", true),
+        ("drop", "HTTP/1.1 200", false),
+        ("reject", "HTTP/1.1 400", false),
+    ] {
+        let p = proxy(&format!(
+            "limits: {{ headers_with_underscores: {action} }}\ninbound:\n  listen: 127.0.0.1:0\n  app: \"{}\"\n",
+            app.addr
+        ))
+        .await;
+        let out = raw(p.inbound(), req).await;
+        assert!(out.starts_with(want_status), "{action}: {out}");
+        assert_eq!(out.contains("x_custom"), custom_seen, "{action}: {out}");
+        assert!(!out.contains("forged"), "{action}: {out}");
+    }
+}
