@@ -214,25 +214,11 @@ pub fn link(a: &Netns, b: &Netns) -> (String, String) {
         format!("va{n}x{}", std::process::id() % 10000),
         format!("vb{n}x{}", std::process::id() % 10000),
     );
-    let out = Command::new("ip")
-        .args(["link", "add", &va, "type", "veth", "peer", "name", &vb])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    host(&[
+        "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
+    ]);
     for (dev, ns) in [(&va, a), (&vb, b)] {
-        let out = Command::new("ip")
-            .args(["link", "set", dev, "netns", &ns.name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        host(&["ip", "link", "set", dev, "netns", &ns.name]);
     }
     let (ip_a, ip_b) = (format!("10.{n}.0.1"), format!("10.{n}.0.2"));
     let (v6_a, v6_b) = (format!("fd77:{n}::1"), format!("fd77:{n}::2"));
@@ -264,6 +250,28 @@ pub fn link(a: &Netns, b: &Netns) -> (String, String) {
 pub fn v6_of(ip_b: &str) -> String {
     let n = ip_b.split('.').nth(1).unwrap();
     format!("fd77:{n}::2")
+}
+
+/// Runs `args` in the test's own (root) namespace; fails the test unless it succeeds.
+pub fn host(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Development certificates for `ids` in `dir` (`remora certs`), owned by the proxy's uid so
+/// that sidecars running as it can read the 0600 keys, as in a pod.
+pub fn dev_certs(dir: &Path, ids: &[&str]) {
+    let dir = dir.to_str().unwrap();
+    host(&[&[remora(), "certs", "-o", dir][..], ids].concat());
+    let owner = format!("{0}:{0}", PROXY_UID);
+    host(&["chown", "-R", &owner, dir]);
 }
 
 /// A directory for one test's files, readable by the proxy's uid.

@@ -326,28 +326,13 @@ fn two_sidecars_talk_mtls_transparently() {
     let dir = workdir("mesh");
     let (_, api_ip) = link(&web, &api);
     let certs = dir.join("certs");
-    let out = std::process::Command::new(remora())
-        .args([
-            "certs",
-            "-o",
-            certs.to_str().unwrap(),
+    netns::dev_certs(
+        &certs,
+        &[
             "spiffe://mesh.test/ns/shop/sa/web",
             "spiffe://mesh.test/ns/shop/sa/api",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    // Private keys are 0600; the sidecars run as the proxy's uid, as in a pod.
-    let owner = format!("{0}:{0}", netns::PROXY_UID);
-    let chown = std::process::Command::new("chown")
-        .args(["-R", &owner, certs.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(chown.success());
     let identity = |name: &str| {
         format!(
             "identity:\n  trust_anchors: {0}/ca.crt\n  certificate: {0}/{name}.crt\n  private_key: {0}/{name}.key\n",
@@ -435,20 +420,7 @@ fn https_the_app_originates_passes_through_untouched() {
     let dir = workdir("https");
     let (_, server_ip) = link(&client, &server);
     let certs = dir.join("certs");
-    let out = std::process::Command::new(remora())
-        .args([
-            "certs",
-            "-o",
-            certs.to_str().unwrap(),
-            "spiffe://outside.test/site",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    netns::dev_certs(&certs, &["spiffe://outside.test/site"]);
     let (crt, key) = (certs.join("site.crt"), certs.join("site.key"));
     server.spawn(
         &[
