@@ -23,6 +23,9 @@ pub enum ProxyError {
     /// The request is malformed (downstream's fault).
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
+    /// The request carries more header fields than `limits.max_headers` (downstream's fault).
+    #[error("request has more header fields than limits.max_headers")]
+    TooManyHeaders,
     /// The chosen service has no endpoint to send to.
     #[error("service {service} has no healthy endpoints")]
     NoEndpoints {
@@ -90,6 +93,7 @@ impl ProxyError {
             | ProxyError::Reset { .. }
             | ProxyError::PeerIdentityMismatch { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Unauthorized { .. } => StatusCode::FORBIDDEN,
+            ProxyError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::FaultInjected(status) => *status,
@@ -102,6 +106,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no-route",
             ProxyError::Loop => "proxy-loop",
             ProxyError::BadRequest(_) => "malformed-request",
+            ProxyError::TooManyHeaders => "too-many-headers",
             ProxyError::NoEndpoints { .. } => "no-healthy-endpoints",
             ProxyError::Overloaded(_) => "overloaded",
             ProxyError::Connect { .. } => "upstream-connect-failure",
@@ -120,6 +125,7 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::BadRequest(_)
+                | ProxyError::TooManyHeaders
                 | ProxyError::NoRoute
                 | ProxyError::Loop
                 | ProxyError::RateLimited(_)

@@ -1,17 +1,18 @@
 //! The data path's listeners: the accept loop and connection handling (`server`), each
 //! direction's stack (`outbound`, `inbound`) and [`Stacks`], both assembled from a config
 //! snapshot, the layers only they use (`observe`: metrics, rescue and the access log;
-//! `forward`: request preparation and the forwarding path every backend shares), and
+//! `forward`: request preparation and the forwarding path every backend shares; `hygiene`:
+//! what every request must satisfy before routing), and
 //! `rescue`, the one place an error becomes a response.
 
 mod activity;
 pub mod detect;
 pub mod forward;
+pub mod hygiene;
 pub mod inbound;
 pub mod observe;
 pub mod orig_dst;
 pub mod outbound;
-pub mod paths;
 mod rescue;
 pub mod server;
 pub mod tcp;
@@ -59,6 +60,10 @@ impl Stacks {
         let (metrics, access_log) = (&shared.metrics, snapshot.access_log);
         let limits = snapshot.startup.limits;
         let tcp_idle = (limits.tcp_idle_timeout, limits.header_read_timeout);
+        let hygiene = hygiene::Rules {
+            paths: snapshot.paths,
+            max_headers: limits.max_headers,
+        };
         let unconfigured = |d| Side {
             http: Stack::unconfigured(metrics.request(d, "", ""), access_log),
             tcp: None,
@@ -72,7 +77,7 @@ impl Stacks {
                         metrics,
                         &shared.passthrough,
                         access_log,
-                        snapshot.paths,
+                        hygiene,
                     )),
                     tcp: Some(TcpStack::outbound(
                         ob.tcp.clone(),
@@ -91,7 +96,7 @@ impl Stacks {
                         metrics,
                         &shared.passthrough,
                         access_log,
-                        (snapshot.paths, limits.underscores),
+                        (hygiene, limits.underscores),
                     )),
                     tcp: Some(TcpStack::inbound(
                         ib.app.clone(),

@@ -120,7 +120,7 @@ impl Compiled {
 pub struct Limits {
     /// Largest request header block in bytes.
     pub max_header_bytes: usize,
-    /// Most header fields in an HTTP/1.1 request.
+    /// Most header fields in a request.
     pub max_headers: usize,
     /// What a request header with `_` in its name gets (inbound).
     pub underscores: crate::headers::Underscores,

@@ -115,7 +115,7 @@ pub struct LimitsFile {
     /// Largest request header block, in bytes; larger gets 431. Default: 65536.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
-    /// Most header fields in an HTTP/1.1 request; more gets 431. Default: 100.
+    /// Most header fields in a request (HTTP/1.1 and HTTP/2); more gets 431. Default: 100.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
     /// Inbound request headers with `_` in their names: `allow` (those aliasing `x-remora-*`

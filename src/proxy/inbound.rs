@@ -10,8 +10,8 @@ use tower::{Service, ServiceBuilder};
 
 use super::{
     forward::{self, Prepare},
+    hygiene::{self, Hygiene, HygieneLayer},
     observe::{Observe, ObserveLayer},
-    paths::{Normalize, NormalizeLayer},
 };
 use crate::{
     authorize::Authorizer,
@@ -24,7 +24,6 @@ use crate::{
         rate_limit::{RateLimit, RateLimitLayer},
         retry::{Retry, RetryLayer},
     },
-    routing::normalize::PathRules,
     runtime::Inbound,
     tls::{self, accept::ClientId},
     upstream::{Balance, Passthrough, PassthroughClient},
@@ -34,7 +33,7 @@ pub use crate::headers::CLIENT_ID;
 
 /// The inbound listener's whole stack.
 pub type InboundStack =
-    Observe<Normalize<Guard<RateLimit<CircuitBreaker<Prepare<Retry<LocalApp>>>>>>>;
+    Observe<Hygiene<Guard<RateLimit<CircuitBreaker<Prepare<Retry<LocalApp>>>>>>>;
 
 /// Assembles the inbound stack for a snapshot's inbound side, top to bottom.
 pub fn stack(
@@ -42,7 +41,7 @@ pub fn stack(
     metrics: &Metrics,
     pools: &Arc<Passthrough>,
     access_log: bool,
-    (paths, underscores): (PathRules, headers::Underscores),
+    (hygiene, underscores): (hygiene::Rules, headers::Underscores),
 ) -> InboundStack {
     let d = Direction::Inbound;
     let rules = Arc::new(Rules {
@@ -56,7 +55,7 @@ pub fn stack(
             Some(s.app.name().clone()),
             access_log,
         ))
-        .layer(NormalizeLayer::new(paths))
+        .layer(HygieneLayer::new(hygiene))
         .layer_fn(|inner| Guard {
             rules: rules.clone(),
             inner,
@@ -131,7 +130,6 @@ where
 
 impl Rules {
     fn admit(&self, req: &mut Req) -> Result<(), ProxyError> {
-        headers::check_framing(req.headers())?;
         let conn = req.ctx.conn().clone();
         // Also catches connections accepted in plaintext before a reload made the mode strict.
         if self.tls == tls::Mode::Strict && !conn.tls {

@@ -13,8 +13,8 @@ use tower::{Service, ServiceBuilder};
 
 use super::{
     forward::{self, Forward, ResponseEdits, ResponseEditsLayer},
+    hygiene::{self, Hygiene, HygieneLayer},
     observe::{Observe, ObserveLayer},
-    paths::{Normalize, NormalizeLayer},
 };
 use crate::{
     body::ProxyBody,
@@ -30,8 +30,8 @@ use crate::{
         retry::{Retry, RetryLayer},
     },
     routing::{
-        host_without_port, normalize::PathRules, table::pick_weighted, ActionSpec, RequestView,
-        Route, RouteTable, Unmatched,
+        host_without_port, table::pick_weighted, ActionSpec, RequestView, Route, RouteTable,
+        Unmatched,
     },
     upstream::{self, passthrough, Passthrough, PassthroughClient, Protocol},
 };
@@ -40,7 +40,7 @@ use crate::{
 const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The outbound listener's whole stack.
-pub type OutboundStack = Observe<Normalize<Router>>;
+pub type OutboundStack = Observe<Hygiene<Router>>;
 /// One route's stack.
 type RouteStack = RateLimit<InjectFaults<ResponseEdits<Action>>>;
 /// One backend's stack under a route.
@@ -54,7 +54,7 @@ pub fn stack(
     metrics: &Metrics,
     pools: &Arc<Passthrough>,
     access_log: bool,
-    paths: PathRules,
+    hygiene: hygiene::Rules,
 ) -> OutboundStack {
     let d = Direction::Outbound;
     let rate_limited = metrics.rate_limited(d);
@@ -99,7 +99,7 @@ pub fn stack(
             None,
             access_log,
         ))
-        .layer(NormalizeLayer::new(paths))
+        .layer(HygieneLayer::new(hygiene))
         .service(router)
 }
 
@@ -182,7 +182,6 @@ impl Service<Req> for Router {
 impl Router {
     fn route(&self, req: Req) -> Result<BoxFuture, ProxyError> {
         let r = &*self.0;
-        headers::check_framing(req.headers())?;
         let ctx = &req.ctx;
         if req.method() == Method::CONNECT {
             // A tunnel's contents are opaque to routes: only passthrough applies.

@@ -164,6 +164,38 @@ async fn the_header_count_limit_is_a_limits_key() {
         .starts_with("HTTP/1.1 200"));
     let out = raw(p.outbound(), request(30).as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+
+    // The same limit holds for an HTTP/2 caller (hyper counts fields for HTTP/1.1 only).
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect(p.outbound()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Empty<bytes::Bytes>,
+    >(TokioExecutor::new(), TokioIo::new(tcp))
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let h2 = |n: usize| {
+        let mut b = http::Request::get("http://svc/");
+        for i in 0..n {
+            b = b.header(format!("x-h{i}"), "v");
+        }
+        b.body(http_body_util::Empty::new()).unwrap()
+    };
+    let many = sender.send_request(h2(30)).await.unwrap();
+    assert_eq!(many.status(), 431);
+    assert_eq!(
+        many.headers().get("x-remora-error").unwrap(),
+        "too-many-headers"
+    );
+    let few = sender.send_request(h2(10)).await.unwrap();
+    assert_eq!(few.status(), 200, "the connection still serves");
+    assert_eq!(
+        up.requests(),
+        2,
+        "the refused requests never reached the upstream"
+    );
 }
 
 #[tokio::test]
