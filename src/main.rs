@@ -230,7 +230,7 @@ fn main() -> ExitCode {
                 }
             };
             tracing::info!(workers, "starting");
-            runtime.block_on(async move {
+            let code = runtime.block_on(async move {
                 let listeners = match app::Listeners::bind(&compiled).await {
                     Ok(l) => l,
                     Err(e) => {
@@ -244,7 +244,12 @@ fn main() -> ExitCode {
                 };
                 app::run(compiled, listeners, Some(source), app::stop_signal()).await;
                 ExitCode::SUCCESS
-            })
+            });
+            // Drained and stopped: a reload still compiling on a blocking thread (or a read
+            // stuck on a dead file system) must not hold the exit up, as dropping the runtime
+            // would, waiting for it.
+            runtime.shutdown_background();
+            code
         }
     }
 }

@@ -39,6 +39,11 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// The longest a read of the control file may take (a file on a hung network mount).
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest reading and compiling the control file may take on a reload. A file under the
+/// size and nesting caps compiles in about a second at worst (20,000 routes); one that takes
+/// longer is refused, and no reload starts until its compile has ended.
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// What started a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -101,8 +106,10 @@ pub struct Reloader {
     path: PathBuf,
     rt: Arc<Runtime>,
     listeners: Arc<dyn Listeners>,
-    /// One reload at a time.
-    serial: Mutex<()>,
+    /// The longest a reload's read and compile may take (`COMPILE_TIMEOUT`).
+    compile_timeout: Duration,
+    /// One reload at a time; holds the compile of one that ran out of time until it ends.
+    serial: Mutex<Option<tokio::task::AbortHandle>>,
     /// Hash of the content last read by a reload (or at start).
     loaded: AtomicU64,
     status: ArcSwap<Status>,
@@ -120,7 +127,8 @@ impl Reloader {
             path,
             rt,
             listeners,
-            serial: Mutex::new(()),
+            compile_timeout: COMPILE_TIMEOUT,
+            serial: Mutex::new(None),
             loaded: AtomicU64::new(digest(loaded_text)),
             status: ArcSwap::from_pointee(Status {
                 at: SystemTime::now(),
@@ -137,8 +145,19 @@ impl Reloader {
 
     /// Reads, validates and publishes the file. `Err` lists every problem; nothing changed.
     pub async fn reload(&self, trigger: Trigger) -> Result<Changes, String> {
-        let _one_at_a_time = self.serial.lock().await;
-        let result = self.try_reload().await;
+        let mut overdue = self.serial.lock().await;
+        tracing::debug!(%trigger, "config reload started");
+        let result = match overdue.as_ref() {
+            Some(compile) if !compile.is_finished() => Err(format!(
+                "{}: the compile of an earlier reload, refused for taking longer than {:?}, is still running",
+                self.path.display(),
+                self.compile_timeout
+            )),
+            _ => {
+                *overdue = None;
+                self.try_reload(&mut overdue).await
+            }
+        };
         let ok = result.is_ok();
         self.rt.shared.metrics.reload(ok);
         match &result {
@@ -155,19 +174,32 @@ impl Reloader {
         result
     }
 
-    async fn try_reload(&self) -> Result<Changes, String> {
+    async fn try_reload(
+        &self,
+        overdue: &mut Option<tokio::task::AbortHandle>,
+    ) -> Result<Changes, String> {
         let path = self.path.clone();
         // Reading and compiling may take a while for a large file: keep it off the workers.
-        let (text, compiled) = tokio::task::spawn_blocking(move || {
+        let mut compile = tokio::task::spawn_blocking(move || {
             let name = path.display().to_string();
             let text = crate::files::read_bounded(&path, crate::files::MAX_CONFIG_BYTES)
                 .map_err(|e| format!("{name}: {e}"))?;
             let utf8 = String::from_utf8_lossy(&text);
             let compiled = config::parse(&name, &utf8).map_err(|e| e.to_string())?;
             Ok::<_, String>((text, compiled))
-        })
-        .await
-        .map_err(|e| format!("reload task failed: {e}"))??;
+        });
+        let (text, compiled) = match tokio::time::timeout(self.compile_timeout, &mut compile).await
+        {
+            Ok(done) => done.map_err(|e| format!("reload task failed: {e}"))??,
+            Err(_) => {
+                *overdue = Some(compile.abort_handle());
+                return Err(format!(
+                    "{}: reading and compiling took longer than {:?}",
+                    self.path.display(),
+                    self.compile_timeout
+                ));
+            }
+        };
         self.loaded.store(digest(&text), Ordering::Release);
 
         let current = self.rt.snapshot();
@@ -401,6 +433,53 @@ services:
 
     fn snap(text: &str, shared: &Shared, previous: Option<&Snapshot>) -> Snapshot {
         Snapshot::build(config::parse("t.yaml", text).unwrap(), shared, previous)
+    }
+
+    /// Listeners that bind nothing and take what they are given.
+    #[derive(Debug)]
+    struct NoListeners;
+
+    impl Listeners for NoListeners {
+        fn prepare<'a>(&'a self, _: &'a config::Startup) -> BoxFuture<'a, Result<Plan, String>> {
+            Box::pin(async { Ok(Plan(Box::new(()))) })
+        }
+        fn publish(&self, _: Snapshot) {}
+        fn commit(&self, _: Plan) -> BoxFuture<'_, Vec<String>> {
+            Box::pin(async { Vec::new() })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_compile_past_its_deadline_is_refused_and_holds_off_the_next_reload() {
+        let path = std::env::temp_dir().join(format!("remora-slow-{}.yaml", std::process::id()));
+        let mut big = String::from("version: 1\nservices:\n");
+        for i in 0..2_000 {
+            big.push_str(&format!(
+                "  s{i}: {{ endpoints: [\"127.0.0.1:{}\"] }}\n",
+                1000 + i
+            ));
+        }
+        std::fs::write(&path, &big).unwrap();
+        let rt = Runtime::new(config::parse("t.yaml", BASE).unwrap());
+        let mut reloader = Reloader::new(path.clone(), BASE.as_bytes(), rt, Arc::new(NoListeners));
+        Arc::get_mut(&mut reloader).unwrap().compile_timeout = Duration::from_micros(1);
+
+        let e = reloader.reload(Trigger::Admin).await.unwrap_err();
+        assert!(e.contains("took longer than"), "{e}");
+        let e = reloader.reload(Trigger::Admin).await.unwrap_err();
+        assert!(e.contains("is still running"), "{e}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !reloader.serial.lock().await.as_ref().unwrap().is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the overdue compile ends"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Err(e) = reloader.reload(Trigger::Admin).await {
+            assert!(!e.contains("is still running"), "{e}");
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[tokio::test]

@@ -352,6 +352,48 @@ outbound:
 }
 
 #[test]
+fn sigterm_is_not_held_up_by_a_reload_still_compiling() {
+    let small = "version: 1\nadmin: { listen: 127.0.0.1:0 }\nlog: { format: json, level: debug }\nshutdown: { grace: 0s, drain_timeout: 1s }\noutbound: { listen: 127.0.0.1:0 }\n";
+    let cfg = temp_config("slow-reload", small);
+    // A big file (3 MiB, 20,000 routes and services, under the 4 MiB cap) that takes seconds
+    // to compile in a test build.
+    let mut big = small.replace("outbound: { listen: 127.0.0.1:0 }\n", "services:\n");
+    for i in 0..20_000 {
+        big.push_str(&format!(
+            "  s{i}: {{ endpoints: [127.0.0.1:{}] }}\n",
+            1000 + i
+        ));
+    }
+    big.push_str("outbound:\n  listen: 127.0.0.1:0\n  routes:\n");
+    for i in 0..20_000 {
+        big.push_str(&format!("    - {{ name: r{i}, match: {{ host: h{i}, path: {{ prefix: /v{i}/ }} }}, backends: [{{ service: s{i} }}] }}\n"));
+    }
+    let big_file = temp_config("slow-reload-big", &big);
+    let started = std::time::Instant::now();
+    let out = remora().arg("check").arg(&big_file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let compile = started.elapsed();
+
+    let run = Running::start(&cfg);
+    std::fs::write(&cfg, &big).unwrap();
+    run.signal("-HUP");
+    run.line_with(&["config reload started"]);
+    let stopping = std::time::Instant::now();
+    run.signal("-TERM");
+    let mut run = run;
+    assert_eq!(run.wait_exit(), Some(0));
+    let stop = stopping.elapsed();
+    assert!(
+        stop * 2 < compile,
+        "SIGTERM took {stop:?} while the reload's compile takes {compile:?}"
+    );
+}
+
+#[test]
 fn binary_reloads_on_sighup() {
     let config = |body: &str| {
         format!(
