@@ -34,7 +34,7 @@ wait_port() {
 start_upstream() {
   cat > "$work/upstream.conf" <<NGX
 worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.err warn;
-events { worker_connections 4096; }
+events { worker_connections ${UPSTREAM_CONNECTIONS:-4096}; }
 http {
   access_log off;
   keepalive_requests 1000000;

@@ -13,20 +13,20 @@ need() { command -v "$1" >/dev/null 2>&1; }
 if ! need nginx; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
 fi
-cargo build --release --quiet
+[ -n "${REMORA_BIN:-}" ] || cargo build --release --quiet
 ulimit -n $(( COUNT * 2 + 1024 )) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 if (( $(ulimit -n) < COUNT * 2 + 100 )); then COUNT=$(( ($(ulimit -n) - 200) / 2 )); echo "open-file limit: $COUNT connections" >&2; fi
 
 source benches/common.sh
 read -r UP IN ADMIN < <(free_ports 3)
-start_upstream "$UP" 1
+UPSTREAM_CONNECTIONS=$(( COUNT + 1024 )) start_upstream "$UP" 1
 cat > "$work/r.yaml" <<YAML
 version: 1
 admin: { listen: 127.0.0.1:$ADMIN }
 log: { level: warn, format: json }
 inbound: { listen: 127.0.0.1:$IN, app: 127.0.0.1:$UP }
 YAML
-target/release/remora run --workers 1 --config "$work/r.yaml" > "$work/r.log" 2>&1 & pids+=($!); r_pid=$!
+"${REMORA_BIN:-target/release/remora}" run --workers 1 --config "$work/r.yaml" > "$work/r.log" 2>&1 & pids+=($!); r_pid=$!
 wait_port "$UP"; wait_port "$IN"; wait_port "$ADMIN"
 rss() { awk '/VmRSS/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$r_pid/status"; }
 curl -s -o /dev/null "http://127.0.0.1:$IN/" -H 'host: app'
@@ -68,3 +68,6 @@ for s in socks:
 PY
 sleep 3
 echo "RSS 3 s after the flood: $(rss)"
+sleep 12
+open=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^remora_connections_open\{direction="inbound"\}/ { print $2 }')
+echo "RSS 15 s after the flood: $(rss) ($open connections still open)"

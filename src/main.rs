@@ -359,3 +359,9 @@ fn route_test(file: &std::path::Path, cases: &std::path::Path) -> ExitCode {
         }
     }
 }
+
+/// jemalloc, not glibc's allocator: after a burst (a flood of connections, a large reload)
+/// glibc keeps the freed memory fragmented in its heap, so RSS stays at the peak; jemalloc,
+/// with the background purging `.cargo/config.toml` turns on, returns it within seconds.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

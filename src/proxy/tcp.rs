@@ -264,7 +264,8 @@ impl Upstream {
             })?;
         let stream = match tls {
             None => Stream::Plain(tcp),
-            Some(tls) => match tls.connect(tcp, Alpn::Tcp, timeout).await {
+            // Boxed: the handshake's state would otherwise sit in every connection's future.
+            Some(tls) => match Box::pin(tls.connect(tcp, Alpn::Tcp, timeout)).await {
                 Ok(s) if s.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_TCP) => {
                     Stream::Tls(Box::new(s))
                 }
@@ -356,7 +357,7 @@ where
     D: AsyncRead + AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut from_down, mut from_up) = ([0u8; 256], [0u8; 256]);
+    let (mut from_down, mut from_up) = ([0u8; 64], [0u8; 64]);
     tokio::select! {
         r = down.read(&mut from_down) => {
             let n = r?;
@@ -419,5 +420,30 @@ impl AsyncWrite for Metered {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An opaque connection's future, held for its whole life (a flood of silent ones
+    /// included): the upstream TLS handshake is boxed and the copy buffers are allocated
+    /// only once a byte moves, so it stays small.
+    #[tokio::test]
+    async fn an_opaque_connection_waiting_for_bytes_costs_about_a_kib() {
+        let metrics = crate::metrics::Metrics::new().tcp(Direction::Inbound, "", "");
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let second = Duration::from_secs(1);
+        let connect = std::mem::size_of_val(&Upstream::over(addr, second, None, None));
+        assert!(connect < 1024, "connecting takes {connect} bytes");
+        let (down, _) = tokio::io::duplex(64);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let pipe = pipe(down, Stream::Plain(up), &metrics, second, second);
+        let size = std::mem::size_of_val(&pipe);
+        assert!(size < 1200, "copying takes {size} bytes");
     }
 }
