@@ -1,7 +1,7 @@
 //! Property tests over inputs a hostile peer or a careless editor controls: the control-file
-//! loader, protocol detection and header hygiene. Each runs a fixed number of cases from a
-//! fixed seed (the same cases on every run, so a failure reproduces); `REMORA_PROPERTY_CASES`
-//! runs more by hand, e.g. `REMORA_PROPERTY_CASES=200000 cargo test --test properties`.
+//! loader, protocol detection, path normalization and header hygiene. Each runs a fixed
+//! number of cases from a fixed seed (the same cases on every run, so a failure
+//! reproduces); `REMORA_PROPERTY_CASES` runs more by hand, e.g. `REMORA_PROPERTY_CASES=200000 cargo test --test properties`.
 
 use http::{header::HeaderName, HeaderMap, HeaderValue};
 use remora::{headers, proxy::detect};
@@ -173,6 +173,62 @@ fn no_hop_by_hop_header_survives_stripping() {
             if before.contains_key(kept) && !listed.contains(&kept) {
                 assert!(h.contains_key(kept), "{kept} lost: {before:?}");
             }
+        }
+    }
+}
+
+#[test]
+fn a_normalized_path_is_normal_and_has_no_way_back_up() {
+    use remora::routing::normalize::{EscapedSlashes, PathRules};
+    let pieces: [&str; 16] = [
+        "/", "a", "b", ".", "..", "%2e", "%2E", "%2f", "%5c", "\\", "%41", "%zz", "%", "//", "%7e",
+        "x.y",
+    ];
+    let mut rng = Rng(0x5eed_cafe_f00d_0004);
+    for _ in 0..cases(20_000) {
+        let mut path = String::from("/");
+        for _ in 0..rng.below(12) {
+            path.push_str(pieces[rng.below(pieces.len())]);
+        }
+        let rules = PathRules {
+            normalize: true,
+            merge_slashes: rng.below(2) == 0,
+            escaped_slashes: [
+                EscapedSlashes::Reject,
+                EscapedSlashes::Keep,
+                EscapedSlashes::Unescape,
+            ][rng.below(3)],
+        };
+        let normal = match rules.apply(&path) {
+            Ok(None) => path.clone(),
+            Ok(Some(p)) => p,
+            Err(_) => continue,
+        };
+        let ctx = || format!("{path:?} ({rules:?}) became {normal:?}");
+        assert!(normal.starts_with('/'), "{}", ctx());
+        assert_eq!(rules.apply(&normal), Ok(None), "not idempotent: {}", ctx());
+        let segments: Vec<&str> = normal.split('/').collect();
+        assert!(
+            !segments.iter().any(|s| *s == "." || *s == ".."),
+            "a dot segment is left: {}",
+            ctx()
+        );
+        let lower = normal.to_ascii_lowercase();
+        assert!(
+            !lower.contains("%2e") && !lower.contains("%41"),
+            "{}",
+            ctx()
+        );
+        assert!(!normal.contains('\\'), "{}", ctx());
+        if rules.merge_slashes {
+            assert!(!normal.contains("//"), "{}", ctx());
+        }
+        if rules.escaped_slashes != EscapedSlashes::Keep {
+            assert!(
+                !lower.contains("%2f") && !lower.contains("%5c"),
+                "{}",
+                ctx()
+            );
         }
     }
 }
