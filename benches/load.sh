@@ -9,7 +9,7 @@
 # fixed body on core 1); the load generator runs on core 1. HTTP/1.1 keep-alive load comes
 # from wrk, HTTP/2 (prior knowledge, upstream HTTP/1.1 for every proxy) from h2load. Prints
 # requests/s, p50 and p99 per proxy, Remora's ratios, and Remora's resident memory idle and
-# after load. Everything listens on 127.0.0.1 on ports picked free at start.
+# after load; then, for each proxy, the memory each of HOLD idle keep-alive connections costs. Everything listens on 127.0.0.1 on ports picked free at start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +18,7 @@ ROUNDS=${ROUNDS:-3}             # runs of each, interleaved; medians are reporte
 CONNS=${CONNS:-50}              # wrk connections
 H2_CONNS=${H2_CONNS:-10}        # h2load connections
 H2_STREAMS=${H2_STREAMS:-10}    # concurrent streams per h2 connection
+HOLD=${HOLD:-1000}              # idle keep-alive connections held for the memory figures
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 
@@ -27,6 +28,7 @@ if ! need wrk || ! need h2load || ! need nginx || ! need haproxy; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client nginx-light haproxy >/dev/null
 fi
 cargo build --release --quiet
+ulimit -n $(( HOLD * 4 + 4096 )) 2>/dev/null || true
 
 source benches/common.sh
 read -r UP REMORA_PORT NGINX_H1 NGINX_H2 HAPROXY_PORT ADMIN BASE_PORT BASE_ADMIN < <(free_ports 8)
@@ -89,7 +91,8 @@ http {
 }
 NGX
 taskset -c "$PROXY_CPU" nginx -c "$work/nginx.conf" -p "$work" &
-pids+=($!)
+nginx_pid=$!
+pids+=($nginx_pid)
 
 # --- HAProxy (detects h2c prior knowledge on an HTTP frontend) ---
 cat > "$work/haproxy.cfg" <<HAP
@@ -109,7 +112,8 @@ backend be
   server up 127.0.0.1:$UP maxconn 1000
 HAP
 taskset -c "$PROXY_CPU" haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.log" 2>&1 &
-pids+=($!)
+haproxy_pid=$!
+pids+=($haproxy_pid)
 
 for p in $UP $REMORA_PORT $NGINX_H1 $NGINX_H2 $HAPROXY_PORT $ADMIN; do wait_port "$p"; done
 if [ -n "$BASELINE_BIN" ]; then wait_port "$BASE_PORT"; fi
@@ -168,6 +172,12 @@ for round in $(seq "$ROUNDS"); do
 done
 loaded_rss=$(rss_kb "$remora_pid")
 
+# Memory per idle keep-alive connection: HOLD connections, one request each, then idle.
+# nginx's figure is its worker's (the master only forks it).
+hold_remora=$(python3 benches/hold.py "$REMORA_PORT" bench "$HOLD" "$remora_pid")
+hold_nginx=$(python3 benches/hold.py "$NGINX_H1" bench "$HOLD" $(pgrep -P "$nginx_pid"))
+hold_haproxy=$(python3 benches/hold.py "$HAPROXY_PORT" bench "$HOLD" "$haproxy_pid")
+
 python3 - "$idle_rss" "$loaded_rss" \
   "direct_h1=${R[direct_h1]}" "remora_h1=${R[remora_h1]}" "remora_h1_policies=${R[remora_h1_policies]}" \
   "nginx_h1=${R[nginx_h1]}" "haproxy_h1=${R[haproxy_h1]}" \
@@ -202,3 +212,11 @@ ratio = r["remora_h1_policies"][0] / r["remora_h1"][0]
 print(f"remora route with retry, budget, breaker and outlier detection / plain route h1 req/s: {ratio:.2f}x")
 print(f"\nremora RSS idle: {idle / 1024:.1f} MiB, after load: {loaded / 1024:.1f} MiB")
 PY
+printf '\n%d idle keep-alive connections (one request each, then held):\n' "$HOLD"
+printf '%-10s%16s%16s%20s\n' proxy "RSS before" "RSS held" "bytes/connection"
+for p in remora nginx haproxy; do
+  v="hold_$p"
+  read -r before held per <<< "${!v}"
+  awk -v p="$p" -v b="$before" -v h="$held" -v n="$per" \
+    'BEGIN { printf "%-10s%12.1f MiB%12.1f MiB%20d\n", p, b / 1024, h / 1024, n }'
+done

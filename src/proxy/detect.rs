@@ -189,6 +189,10 @@ impl<IO: AsyncRead> AsyncRead for Prefixed<IO> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // An emptied `Bytes` still holds detection's whole buffer: let it go.
+                *this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         this.inner.poll_read(cx, buf)
