@@ -415,7 +415,8 @@ impl Metrics {
     pub fn request(&self, direction: Direction, route: &str, service: &str) -> RequestMetrics {
         let labels = [direction.as_str(), route, service];
         RequestMetrics(Arc::new(RequestInner {
-            duration: self.duration.with_label_values(&labels),
+            duration: OnceLock::new(),
+            durations: self.duration.clone(),
             codes: Default::default(),
             extra: Default::default(),
             vec: self.requests.clone(),
@@ -425,9 +426,11 @@ impl Metrics {
 
     /// Handles for upstream attempts to `service`.
     pub fn upstream(&self, service: &str) -> UpstreamMetrics {
-        UpstreamMetrics(Arc::new(
-            AttemptResult::ALL.map(|r| self.attempts.with_label_values(&[service, r.as_str()])),
-        ))
+        UpstreamMetrics(Arc::new(UpstreamInner {
+            vec: self.attempts.clone(),
+            service: service.into(),
+            results: Default::default(),
+        }))
     }
 
     /// The accepted-connections counter of a listener.
@@ -454,15 +457,13 @@ impl Metrics {
 
     /// Circuit breaker handles for a service.
     pub fn breaker(&self, service: &str) -> BreakerMetrics {
-        BreakerMetrics {
-            open: self.breaker_open.with_label_values(&[service]),
-            overflow_requests: self
-                .breaker_overflows
-                .with_label_values(&[service, "max_requests"]),
-            overflow_pending: self
-                .breaker_overflows
-                .with_label_values(&[service, "max_pending_requests"]),
-        }
+        BreakerMetrics(Arc::new(BreakerInner {
+            open_vec: self.breaker_open.clone(),
+            overflow_vec: self.breaker_overflows.clone(),
+            service: service.into(),
+            open: OnceLock::new(),
+            overflows: Default::default(),
+        }))
     }
 
     /// Mirror counters of a route: sent, failed, dropped.
@@ -537,7 +538,9 @@ pub struct RequestMetrics(Arc<RequestInner>);
 
 #[derive(Debug)]
 struct RequestInner {
-    duration: Histogram,
+    /// Created at the first request: a route no request took has no series to keep.
+    duration: OnceLock<Histogram>,
+    durations: HistogramVec,
     codes: [OnceLock<IntCounter>; COMMON_CODES.len()],
     /// Uncommon codes, each claiming a slot on first use (0 = free).
     extra: [(AtomicU16, OnceLock<IntCounter>); EXTRA_CODES],
@@ -552,7 +555,15 @@ impl RequestMetrics {
     /// Records one answered request.
     pub fn record(&self, status: StatusCode, elapsed: Duration) {
         let inner = &*self.0;
-        inner.duration.observe(elapsed.as_secs_f64());
+        inner
+            .duration
+            .get_or_init(|| {
+                let [d, r, s] = &inner.labels;
+                inner
+                    .durations
+                    .with_label_values(&[d.as_str(), r.as_str(), s.as_str()])
+            })
+            .observe(elapsed.as_secs_f64());
         let code = status.as_u16();
         match COMMON_CODES.binary_search(&code) {
             Ok(i) => inner.codes[i].get_or_init(|| inner.counter(code)).inc(),
@@ -604,15 +615,76 @@ fn code_str(code: u16) -> CodeStr {
     ])
 }
 
-/// Metric handles of one service's breaker.
+/// Metric handles of one service's breaker, created when it first refuses a request: a
+/// service whose breaker never tripped has no series to keep.
 #[derive(Debug, Clone)]
-pub struct BreakerMetrics {
-    /// 1 while a limit is saturated.
-    pub open: IntGauge,
-    /// Requests refused over `max_requests`.
-    pub overflow_requests: IntCounter,
-    /// Requests refused over `max_pending_requests`.
-    pub overflow_pending: IntCounter,
+pub struct BreakerMetrics(Arc<BreakerInner>);
+
+#[derive(Debug)]
+struct BreakerInner {
+    open_vec: IntGaugeVec,
+    overflow_vec: IntCounterVec,
+    service: Box<str>,
+    open: OnceLock<IntGauge>,
+    /// `max_requests`, `max_pending_requests`.
+    overflows: [OnceLock<IntCounter>; 2],
+}
+
+/// The limit a breaker refused a request over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerLimit {
+    /// `max_requests`.
+    Requests,
+    /// `max_pending_requests`.
+    Pending,
+}
+
+impl BreakerMetrics {
+    /// Counts a request refused over `limit`, and marks the breaker open.
+    pub fn overflow(&self, limit: BreakerLimit) {
+        let inner = &*self.0;
+        let name = match limit {
+            BreakerLimit::Requests => "max_requests",
+            BreakerLimit::Pending => "max_pending_requests",
+        };
+        inner.overflows[limit as usize]
+            .get_or_init(|| {
+                inner
+                    .overflow_vec
+                    .with_label_values(&[&*inner.service, name])
+            })
+            .inc();
+        self.set_open(true);
+    }
+
+    /// Marks the breaker open (a limit is saturated) or closed. Closing one that never
+    /// opened creates no series.
+    pub fn set_open(&self, open: bool) {
+        let inner = &*self.0;
+        let gauge = if open {
+            inner
+                .open
+                .get_or_init(|| inner.open_vec.with_label_values(&[&*inner.service]))
+        } else {
+            match inner.open.get() {
+                Some(g) => g,
+                None => return,
+            }
+        };
+        gauge.set(i64::from(open));
+    }
+
+    /// Requests refused over `limit` so far.
+    pub fn overflows(&self, limit: BreakerLimit) -> u64 {
+        self.0.overflows[limit as usize]
+            .get()
+            .map_or(0, |c| c.get())
+    }
+
+    /// Whether the breaker is marked open.
+    pub fn is_open(&self) -> bool {
+        self.0.open.get().is_some_and(|g| g.get() == 1)
+    }
 }
 
 /// Pre-resolved fault counters for one route.
@@ -624,14 +696,28 @@ pub struct FaultMetrics {
     pub abort: IntCounter,
 }
 
-/// Pre-resolved attempt counters for one service.
+/// Attempt counters for one service, each created at its first attempt.
 #[derive(Debug, Clone)]
-pub struct UpstreamMetrics(Arc<[IntCounter; 4]>);
+pub struct UpstreamMetrics(Arc<UpstreamInner>);
+
+#[derive(Debug)]
+struct UpstreamInner {
+    vec: IntCounterVec,
+    service: Box<str>,
+    results: [OnceLock<IntCounter>; AttemptResult::ALL.len()],
+}
 
 impl UpstreamMetrics {
     /// Counts one attempt.
     pub fn attempt(&self, result: AttemptResult) {
-        self.0[result as usize].inc();
+        let inner = &*self.0;
+        inner.results[result as usize]
+            .get_or_init(|| {
+                inner
+                    .vec
+                    .with_label_values(&[&*inner.service, result.as_str()])
+            })
+            .inc();
     }
 }
 

@@ -225,11 +225,23 @@ impl Reloader {
         Ok(changes)
     }
 
-    /// Starts the file poller and the SIGHUP handler; both end when `stop` turns true.
+    /// Starts the file poller and the SIGHUP handler; both end when `stop` turns true. The
+    /// handler is installed before this returns, so a SIGHUP from then on reloads (one
+    /// arriving before would end the process, SIGHUP's default).
     pub fn spawn_triggers(self: &Arc<Self>, stop: watch::Receiver<bool>) {
         tokio::spawn(self.clone().poll_file(stop.clone()));
         #[cfg(unix)]
-        tokio::spawn(self.clone().on_sighup(stop));
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::hangup()) {
+                Ok(hup) => {
+                    tokio::spawn(self.clone().on_sighup(hup, stop));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot install the SIGHUP handler; reload with POST /reload");
+                }
+            }
+        }
     }
 
     async fn poll_file(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
@@ -271,15 +283,11 @@ impl Reloader {
     }
 
     #[cfg(unix)]
-    async fn on_sighup(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot install the SIGHUP handler; reload with POST /reload");
-                return;
-            }
-        };
+    async fn on_sighup(
+        self: Arc<Self>,
+        mut hup: tokio::signal::unix::Signal,
+        mut stop: watch::Receiver<bool>,
+    ) {
         loop {
             tokio::select! {
                 Some(()) = hup.recv() => { let _ = self.reload(Trigger::Signal).await; }

@@ -15,7 +15,7 @@ use std::sync::{
 use tokio::sync::Notify;
 use tower::{Layer, Service};
 
-pub use crate::metrics::BreakerMetrics;
+pub use crate::metrics::{BreakerLimit, BreakerMetrics};
 use crate::{
     body::{Place, Release},
     context::{stack_service, BoxFuture, Req, Stage},
@@ -99,8 +99,7 @@ impl Breaker {
         let before = self.requests.fetch_add(1, Ordering::AcqRel);
         if before >= self.limits.max_requests {
             self.requests.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.overflow_requests.inc();
-            self.metrics.open.set(1);
+            self.metrics.overflow(BreakerLimit::Requests);
             return Err(Overflow::Requests);
         }
         Ok(Place::new(self.clone()))
@@ -111,7 +110,7 @@ impl Breaker {
         let mut n = self.connections.load(Ordering::Acquire);
         loop {
             if n >= self.limits.max_connections {
-                self.metrics.open.set(1);
+                self.metrics.set_open(true);
                 return None;
             }
             match self.connections.compare_exchange_weak(
@@ -132,8 +131,7 @@ impl Breaker {
         let before = self.pending.fetch_add(1, Ordering::AcqRel);
         if before >= self.limits.max_pending_requests {
             self.pending.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.overflow_pending.inc();
-            self.metrics.open.set(1);
+            self.metrics.overflow(BreakerLimit::Pending);
             return Err(Overflow::Pending);
         }
         Ok(PendingPermit(self.clone()))
@@ -153,7 +151,7 @@ impl Breaker {
         let saturated = self.requests.load(Ordering::Acquire) >= self.limits.max_requests
             || self.connections.load(Ordering::Acquire) >= self.limits.max_connections;
         if !saturated {
-            self.metrics.open.set(0);
+            self.metrics.set_open(false);
         }
     }
 }
@@ -240,16 +238,10 @@ where
 
 #[cfg(test)]
 mod tests {
-    use prometheus::{IntCounter, IntGauge};
-
     use super::*;
 
     fn metrics() -> BreakerMetrics {
-        BreakerMetrics {
-            open: IntGauge::new("o", "o").unwrap(),
-            overflow_requests: IntCounter::new("r", "r").unwrap(),
-            overflow_pending: IntCounter::new("p", "p").unwrap(),
-        }
+        crate::metrics::Metrics::new().breaker("svc")
     }
 
     #[test]
@@ -265,10 +257,10 @@ mod tests {
         let p1 = b.admit().unwrap();
         let _p2 = b.admit().unwrap();
         assert_eq!(b.admit().unwrap_err(), Overflow::Requests);
-        assert_eq!(m.overflow_requests.get(), 1);
-        assert_eq!(m.open.get(), 1);
+        assert_eq!(m.overflows(BreakerLimit::Requests), 1);
+        assert!(m.is_open());
         drop(p1);
-        assert_eq!(m.open.get(), 0);
+        assert!(!m.is_open());
         assert!(b.admit().is_ok());
     }
 
@@ -287,7 +279,7 @@ mod tests {
         assert!(b.reserve_connection().is_none());
         let waiting = b.wait_slot().unwrap();
         assert_eq!(b.wait_slot().unwrap_err(), Overflow::Pending);
-        assert_eq!(m.overflow_pending.get(), 1);
+        assert_eq!(m.overflows(BreakerLimit::Pending), 1);
         let notified = b.connection_closed();
         drop(slot);
         notified.await;
@@ -330,7 +322,7 @@ mod tests {
             "{err}"
         );
         assert_eq!(mock.calls(), 1);
-        assert_eq!(m.overflow_requests.get(), 1);
+        assert_eq!(m.overflows(BreakerLimit::Requests), 1);
         drop(_held);
         let req = request("GET", "/", "");
         let ctx = req.ctx.clone();

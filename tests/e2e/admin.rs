@@ -263,6 +263,8 @@ impl Running {
         }
         running.admin = admin.unwrap();
         running.outbound = outbound.unwrap();
+        // Signals are handled from here on (SIGHUP before would end the process).
+        running.line_with(&["\"message\":\"ready\""]);
         running
     }
 

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Fleet-scale control file: ROUTES routes over as many services (2 endpoints each), the size a
+# sidecar of a large mesh carries. Prints how long `remora check` takes, the time from start
+# to `/ready`, anonymous memory at start, how long `POST /reload` of a one-line change takes
+# (median and worst of RELOADS), and anonymous memory every RELOADS/10 reloads (it should
+# stay flat).
+#
+#   benches/fleet.sh                 # 1,000 routes, 100 reloads
+#   ROUTES=5000 RELOADS=40 benches/fleet.sh
+#   REMORA_BIN=/tmp/old/remora benches/fleet.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUTES=${ROUTES:-1000}
+RELOADS=${RELOADS:-100}
+[ -n "${REMORA_BIN:-}" ] || cargo build --release --quiet
+bin=${REMORA_BIN:-target/release/remora}
+
+source benches/common.sh
+read -r OUT ADMIN < <(free_ports 2)
+
+# The control file; $1 is the one value each reload changes.
+write_config() {
+  python3 - "$ROUTES" "$OUT" "$ADMIN" "$1" > "$work/fleet.yaml.new" <<'PY'
+import sys
+routes, out, admin, generation = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+print("version: 1")
+print(f"admin: {{ listen: 127.0.0.1:{admin} }}")
+print("log: { level: warn, format: json }")
+print(f"outbound:\n  listen: 127.0.0.1:{out}\n  unmatched: reject\n  routes:")
+for i in range(routes):
+    print(f"    - name: r{i}")
+    print(f"      match: {{ host: svc{i}.ns.svc.cluster.local, path: {{ prefix: /api/v{i % 7}/ }} }}")
+    print(f"      backends: [{{ service: s{i} }}]")
+    print(f"      timeout: {2 + i % 3}s")
+    if i == 0:
+        print(f"      request_headers: {{ set: {{ x-generation: \"{generation}\" }} }}")
+    if i % 4 == 0:
+        print("      retry: { attempts: 2, on: [connect-failure, reset] }")
+print("services:")
+for i in range(routes):
+    a, b = 10 + i // 250, i % 250
+    print(f"  s{i}:")
+    print(f"    endpoints: [\"10.{a}.{b}.1:8080\", \"10.{a}.{b}.2:8080\"]")
+    if i % 3 == 0:
+        print("    outlier_detection: { consecutive_failures: 5, base_ejection: 30s }")
+PY
+  mv "$work/fleet.yaml.new" "$work/fleet.yaml"
+}
+write_config 0
+
+ms_since() { python3 -c "import time,sys; print(round((time.time() - float(sys.argv[1])) * 1000))" "$1"; }
+now() { python3 -c 'import time; print(time.time())'; }
+
+start=$(now)
+"$bin" check "$work/fleet.yaml" > /dev/null
+echo "check of $ROUTES routes and $ROUTES services: $(ms_since "$start") ms"
+
+start=$(now)
+"$bin" run --workers 1 --config "$work/fleet.yaml" > "$work/remora.log" 2>&1 & pids+=($!); pid=$!
+python3 - "$ADMIN" <<'PY'
+import sys, time, urllib.request
+deadline = time.time() + 30
+while time.time() < deadline:
+    try:
+        if urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/ready", timeout=1).status == 200:
+            break
+    except Exception:
+        time.sleep(0.002)
+else:
+    sys.exit("never ready")
+PY
+echo "start to /ready: $(ms_since "$start") ms"
+anon() { awk '/RssAnon/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$pid/status"; }
+echo "anonymous memory at start: $(anon)"
+
+python3 - "$ADMIN" "$RELOADS" "$pid" "$work" "$ROUTES" "$OUT" <<'PY'
+import statistics, subprocess, sys, time, urllib.request
+admin, reloads, pid, work, routes, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+def anon():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("RssAnon"):
+            return int(line.split()[1]) / 1024
+text = open(f"{work}/fleet.yaml").read()
+times, memory = [], []
+for n in range(1, reloads + 1):
+    # The one-line change, written in place of the file (as an editor would).
+    changed = text.replace('x-generation: "0"', f'x-generation: "{n}"')
+    with open(f"{work}/fleet.yaml.new", "w") as f:
+        f.write(changed)
+    subprocess.run(["mv", f"{work}/fleet.yaml.new", f"{work}/fleet.yaml"], check=True)
+    req = urllib.request.Request(f"http://127.0.0.1:{admin}/reload", method="POST")
+    t = time.time()
+    body = urllib.request.urlopen(req, timeout=30).read().decode()
+    times.append((time.time() - t) * 1000)
+    if "r0" not in body:
+        sys.exit(f"reload {n} did not report the change: {body}")
+    if n % max(1, reloads // 10) == 0:
+        memory.append(f"{anon():.1f}")
+print(f"POST /reload of a one-line change: median {statistics.median(times):.1f} ms, worst {max(times):.1f} ms over {reloads}")
+print(f"anonymous memory every {max(1, reloads // 10)} reloads (MiB): {' '.join(memory)}")
+PY
