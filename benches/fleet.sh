@@ -99,4 +99,6 @@ for n in range(1, reloads + 1):
         memory.append(f"{anon():.1f}")
 print(f"POST /reload of a one-line change: median {statistics.median(times):.1f} ms, worst {max(times):.1f} ms over {reloads}")
 print(f"anonymous memory every {max(1, reloads // 10)} reloads (MiB): {' '.join(memory)}")
+time.sleep(5)
+print(f"anonymous memory 5 s after the last reload: {anon():.1f} MiB")
 PY

@@ -180,7 +180,12 @@ pub async fn handle(
         "/ready" if rt.is_ready() => text(StatusCode::OK, "ready\n"),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/config" => {
-            let mut resp = text(StatusCode::OK, rt.snapshot().effective.clone());
+            // Rendering a large file takes as long as compiling it: off the workers.
+            let effective = rt.snapshot().effective.clone();
+            let yaml = tokio::task::spawn_blocking(move || effective.render())
+                .await
+                .unwrap_or_default();
+            let mut resp = text(StatusCode::OK, yaml);
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/yaml"),

@@ -14,7 +14,7 @@ mod position;
 use std::{fmt, path::Path};
 
 pub use compile::{
-    Compiled, InboundSpec, Limits, OutboundSpec, Problem, ShutdownSettings, Startup,
+    Compiled, Effective, InboundSpec, Limits, OutboundSpec, Problem, ShutdownSettings, Startup,
 };
 use position::{Pos, PositionIndex};
 
@@ -180,7 +180,7 @@ pub fn parse(name: &str, text: &str) -> Result<Compiled, ConfigError> {
             }]));
         }
     };
-    compile::compile(file, Path::new(name).parent()).map_err(|problems| {
+    compile::compile(file, text, Path::new(name).parent()).map_err(|problems| {
         let index = PositionIndex::build(text);
         let mut located: Vec<Located> = problems.into_iter().map(|p| locate(&index, p)).collect();
         located.sort_by_key(|l| (l.line, l.column));

@@ -71,8 +71,8 @@ pub struct Inbound {
 /// One compiled config bound to live services.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// The effective config as YAML, for `/config`.
-    pub effective: String,
+    /// The effective config, for `/config`.
+    pub effective: crate::config::Effective,
     /// The inbound section as compiled, to tell what a reload changed.
     pub inbound_spec: Option<InboundSpec>,
     /// The identity's files and fingerprint, to tell what a reload changed.
@@ -314,6 +314,6 @@ services:
             &route.targets[1].service,
             &next.services["two"]
         ));
-        assert!(next.effective.contains("max_connections: 10000"));
+        assert!(next.effective.render().contains("max_connections: 10000"));
     }
 }
