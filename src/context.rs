@@ -29,6 +29,54 @@ use crate::{
     tls::accept::ClientId,
 };
 
+/// A connection's byte stream, whatever is underneath.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// The caller's side of an upgrade (a WebSocket after `101`, a tunnel after `CONNECT`), in
+/// the request's extensions: hyper's own on HTTP/2, or the socket the listener hands over
+/// once hyper's HTTP/1.1 connection gave it back.
+/// (Clone, as extensions must be; only one clone gets the stream.)
+#[derive(Debug, Clone)]
+pub enum DownstreamUpgrade {
+    /// hyper completes it (HTTP/2 `CONNECT`).
+    Hyper(hyper::upgrade::OnUpgrade),
+    /// The listener sends the socket, with the bytes already read after the request.
+    Parked(Arc<Mutex<Option<Handover>>>),
+}
+
+/// Where the listener sends an upgraded caller's socket.
+pub type Handover = tokio::sync::oneshot::Receiver<Box<dyn Io>>;
+
+impl DownstreamUpgrade {
+    /// One the listener will complete by sending the socket on the returned sender.
+    pub fn parked() -> (tokio::sync::oneshot::Sender<Box<dyn Io>>, Self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            tx,
+            DownstreamUpgrade::Parked(Arc::new(Mutex::new(Some(rx)))),
+        )
+    }
+
+    /// The caller's stream once the upgrade is done.
+    pub async fn ready(self) -> std::result::Result<Box<dyn Io>, crate::error::BoxError> {
+        match self {
+            DownstreamUpgrade::Hyper(on) => Ok(Box::new(hyper_util::rt::TokioIo::new(on.await?))),
+            DownstreamUpgrade::Parked(slot) => {
+                let rx = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                Ok(rx.ok_or("upgrade already taken")?.await?)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for dyn Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Io")
+    }
+}
+
 /// A request on its way through the stack: the HTTP request (which it derefs to) and its
 /// context.
 #[derive(Debug)]

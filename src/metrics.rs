@@ -87,6 +87,7 @@ pub struct Metrics {
     connections_open: IntGaugeVec,
     connections: IntCounterVec,
     connection_errors: IntCounterVec,
+    connections_parked: IntGaugeVec,
     reloads: IntCounterVec,
     last_reload_success: prometheus::Gauge,
     rate_limited: IntCounterVec,
@@ -153,6 +154,14 @@ impl Metrics {
             Opts::new(
                 "remora_connections_open",
                 "Downstream connections open, by listener.",
+            ),
+            &["direction"],
+        )
+        .expect("valid metric");
+        let connections_parked = IntGaugeVec::new(
+            Opts::new(
+                "remora_connections_parked",
+                "HTTP/1.1 keep-alive connections idle between requests, holding no HTTP state.",
             ),
             &["direction"],
         )
@@ -314,6 +323,7 @@ impl Metrics {
             Box::new(duration.clone()),
             Box::new(attempts.clone()),
             Box::new(connections_open.clone()),
+            Box::new(connections_parked.clone()),
             Box::new(connections.clone()),
             Box::new(connection_errors.clone()),
             Box::new(build_info),
@@ -345,6 +355,7 @@ impl Metrics {
             .expect("process collector registers once");
         for d in [Direction::Inbound, Direction::Outbound] {
             connections_open.with_label_values(&[d.as_str()]);
+            connections_parked.with_label_values(&[d.as_str()]);
             connections.with_label_values(&[d.as_str()]);
             rate_limited.with_label_values(&[d.as_str()]);
             connection_errors.with_label_values(&[d.as_str()]);
@@ -359,6 +370,7 @@ impl Metrics {
             duration,
             attempts,
             connections_open,
+            connections_parked,
             connections,
             connection_errors,
             reloads,
@@ -441,6 +453,12 @@ impl Metrics {
     /// The open-connections gauge of a listener.
     pub fn connections_open(&self, direction: Direction) -> IntGauge {
         self.connections_open
+            .with_label_values(&[direction.as_str()])
+    }
+
+    /// The parked-connections gauge of a listener.
+    pub fn connections_parked(&self, direction: Direction) -> IntGauge {
+        self.connections_parked
             .with_label_values(&[direction.as_str()])
     }
 

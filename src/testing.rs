@@ -141,7 +141,7 @@ pub fn connect_failure() -> ProxyError {
     }
 }
 
-/// An `OnUpgrade`, as hyper puts on a request that asks to upgrade.
-pub fn on_upgrade() -> hyper::upgrade::OnUpgrade {
-    hyper::upgrade::on(Request::new(()))
+/// A `DownstreamUpgrade`, as the listener puts on a request that asks to upgrade.
+pub fn on_upgrade() -> crate::context::DownstreamUpgrade {
+    crate::context::DownstreamUpgrade::Hyper(hyper::upgrade::on(Request::new(())))
 }

@@ -172,6 +172,11 @@ impl<IO> Prefixed<IO> {
         Self { prefix, inner }
     }
 
+    /// The bytes not read yet, and the stream underneath.
+    pub fn into_parts(self) -> (Bytes, IO) {
+        (self.prefix, self.inner)
+    }
+
     /// The stream underneath.
     pub fn get_ref(&self) -> &IO {
         &self.inner

@@ -13,12 +13,12 @@
 
 use std::sync::Arc;
 
+use crate::context::DownstreamUpgrade;
 use http::{
     header,
     uri::{Authority, PathAndQuery, Scheme},
     HeaderValue, Request, Uri, Version,
 };
-use hyper::upgrade::OnUpgrade;
 use tower::{Layer, Service, ServiceBuilder};
 
 use crate::{
@@ -166,7 +166,7 @@ fn prepare(
     let (mut parts, body) = req.into_parts();
     let upgrade = headers::is_upgrade(parts.version, &parts.method, &parts.headers);
     if !upgrade {
-        parts.extensions.remove::<OnUpgrade>();
+        parts.extensions.remove::<DownstreamUpgrade>();
     }
     // The caller's protocol: a sidecar's HTTP/2 hop may stand for HTTP/1.1. Only an mTLS
     // caller is asked; hop-by-hop stripping removes the header from every request.

@@ -7,8 +7,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::context::DownstreamUpgrade;
 use http::{header, Method, Response};
-use hyper_util::rt::TokioIo;
 use tower::{Service, ServiceBuilder};
 
 use super::{
@@ -254,11 +254,15 @@ async fn connect_tunnel(r: Arc<RouterInner>, mut req: Req) -> crate::context::Re
         }
     };
     r.passthrough_upstream.attempt(AttemptResult::Success);
-    let on_upgrade = hyper::upgrade::on(&mut req.http);
+    let Some(on_upgrade) = req.extensions_mut().remove::<DownstreamUpgrade>() else {
+        return Err(ProxyError::BadRequest(
+            "CONNECT without a connection to tunnel",
+        ));
+    };
     tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let (mut down, mut up) = (TokioIo::new(upgraded), upstream);
+        match on_upgrade.ready().await {
+            Ok(mut down) => {
+                let mut up = upstream;
                 if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
                     tracing::debug!(%authority, error = %e, "tunnel ended with an error");
                 }

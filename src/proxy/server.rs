@@ -1,28 +1,21 @@
 //! The accept loop shared by the data listeners: a connection limit, the original
 //! destination of a redirected connection, protocol detection (TLS, HTTP/1.1, HTTP/2 prior
 //! knowledge, or opaque TCP, which goes to the handler's TCP path), TLS termination where
-//! configured, header limits, an idle timeout, and graceful drain when the process stops.
+//! configured, then HTTP (`http_conn`: header limits, an idle timeout, parking of idle
+//! HTTP/1.1 connections, and graceful drain when the process stops) or opaque TCP.
 
 use std::{
-    convert::Infallible,
     future::Future,
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
 use http::{Request, Response};
-use hyper::{body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
-};
+use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -33,7 +26,7 @@ use tokio::{
 use super::{
     activity::Activity,
     detect::{self, Detected, Prefixed},
-    orig_dst, ConnMeta,
+    http_conn, orig_dst, ConnMeta,
 };
 use crate::{
     body::ProxyBody,
@@ -53,7 +46,7 @@ pub struct Lifecycle {
 
 /// What a data listener serves its connections with; the wiring implements it over the
 /// stacks in force, read once per request or connection.
-pub trait Handler: Clone + Send + Sync + 'static {
+pub trait Handler: Clone + Send + Sync + Unpin + 'static {
     /// Answers an HTTP request (on a clone of the handler, so the answer borrows nothing).
     fn http(
         self,
@@ -68,10 +61,7 @@ pub trait Handler: Clone + Send + Sync + 'static {
     fn opaque_port(&self, port: u16) -> bool;
 }
 
-/// A connection's byte stream, whatever is underneath.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub use crate::context::Io;
 
 /// Accepts connections on `listener` until `life.stop` or `accept_stop`, serving each with
 /// `handler`, and hands the listener back. `accept_stop` ends only this accept loop (a reload
@@ -88,11 +78,12 @@ pub async fn serve<H: Handler>(
     tls: Option<Arc<Terminator>>,
     handler: H,
 ) -> TcpListener {
-    let builder = Arc::new(builder(&limits));
+    let builders = Arc::new(http_conn::Builders::new(&limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let open = metrics.connections_open(meta.direction);
     let accepted = metrics.connections_accepted(meta.direction);
     let errors = metrics.connection_errors(meta.direction);
+    let parked = metrics.connections_parked(meta.direction);
     let detections =
         Arc::new(Detected::ALL.map(|p| metrics.detections(meta.direction, p.as_str())));
     let mut stop = life.stop.clone();
@@ -134,9 +125,10 @@ pub async fn serve<H: Handler>(
         let local = stream.local_addr().unwrap_or(meta.local);
         let conn = ConnMeta::plain(peer, local, meta.direction);
         let connection = Connection {
-            builder: builder.clone(),
+            builders: builders.clone(),
             stop: life.stop.clone(),
             errors: errors.clone(),
+            parked: parked.clone(),
             idle_timeout: limits.idle_timeout,
             detect_timeout: limits.detect_timeout,
             handshake_timeout: limits.header_read_timeout,
@@ -226,9 +218,10 @@ impl Drop for Open {
 
 /// What serving one accepted connection needs.
 struct Connection {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<http_conn::Builders>,
     stop: watch::Receiver<bool>,
     errors: IntCounter,
+    parked: prometheus::IntGauge,
     idle_timeout: Duration,
     detect_timeout: Duration,
     handshake_timeout: Duration,
@@ -296,7 +289,7 @@ impl Connection {
             found if found.is_http() => {
                 // Served, so that the inbound stack answers 400 `mtls-required`.
                 refuse(&tls);
-                Box::pin(self.serve(io, conn, handler)).await;
+                Box::pin(self.serve(io, found == Detected::Http2, conn, handler)).await;
             }
             _ => {
                 if !refuse(&tls) {
@@ -322,121 +315,33 @@ impl Connection {
         };
         conn.tls = true;
         conn.client_id = Some(id);
-        if io.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_TCP) {
-            handler.tcp(conn, Box::new(io)).await;
-        } else {
-            self.serve(io, conn, handler).await;
+        match io.get_ref().1.alpn_protocol() {
+            Some(crate::tls::ALPN_TCP) => handler.tcp(conn, Box::new(io)).await,
+            alpn => {
+                let h2 = alpn == Some(crate::tls::ALPN_H2);
+                self.serve(io, h2, conn, handler).await;
+            }
         }
     }
 
-    /// Serves HTTP on `io` until the peer closes, the process stops (gracefully) or the
-    /// connection idles out.
-    async fn serve<IO, H>(mut self, io: IO, conn: ConnMeta, handler: H)
+    /// Serves HTTP/2 (`h2`) or HTTP/1.1 on `io` until the peer closes, the process stops
+    /// (gracefully) or the connection idles out.
+    async fn serve<IO, H>(self, io: IO, h2: bool, conn: ConnMeta, handler: H)
     where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        IO: Io + 'static,
         H: Handler,
     {
-        let peer = conn.peer;
-        let resets = Arc::new(Resets::default());
-        let counted = resets.clone();
-        let svc = service_fn(move |req| {
-            let fut = handler.clone().http(conn.clone(), req);
-            let stream = InFlight::start(&counted);
-            async move {
-                let resp = fut.await;
-                stream.finish();
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        let connection = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), svc);
-        tokio::pin!(connection);
-        let mut closing = *self.stop.borrow();
-        if closing {
-            connection.as_mut().graceful_shutdown();
-        }
-        loop {
-            tokio::select! {
-                res = connection.as_mut() => {
-                    if let Err(e) = res {
-                        self.errors.inc();
-                        tracing::debug!(peer = %peer, error = %e, "connection error");
-                    }
-                    break;
-                }
-                _ = self.stop.changed(), if !closing => {
-                    closing = true;
-                    connection.as_mut().graceful_shutdown();
-                }
-                _ = resets.abused.notified(), if !closing => {
-                    tracing::warn!(peer = %peer, "closing a connection whose caller reset most of its requests (HTTP/2 rapid reset)");
-                    self.errors.inc();
-                    closing = true;
-                    connection.as_mut().graceful_shutdown();
-                }
-                _ = self.activity.idle(self.idle_timeout), if !closing => {
-                    tracing::debug!(peer = %peer, "closing idle connection");
-                    closing = true;
-                    connection.as_mut().graceful_shutdown();
-                }
-            }
-        }
-    }
-}
-
-fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // hyper answers 431 when the header block outgrows its read buffer.
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    b
-}
-
-/// Requests dropped unfinished on a connection (on HTTP/2, reset by the caller) before this
-/// many are tolerated whatever their share.
-const RESETS_TOLERATED: u64 = 100;
-
-/// How a connection's requests ended, against HTTP/2 rapid reset (CVE-2023-44487), spread out
-/// or not: once at least `RESETS_TOLERATED` requests were dropped unfinished and they are at
-/// least half of all, the connection is closed (GOAWAY), as Envoy's premature-reset check
-/// does. A dropped request's future is dropped with it, so its upstream request is cancelled.
-#[derive(Debug, Default)]
-struct Resets {
-    started: AtomicU64,
-    premature: AtomicU64,
-    abused: tokio::sync::Notify,
-}
-
-/// One request's place in `Resets`; dropped without `finish`, it counts as premature.
-struct InFlight(Option<Arc<Resets>>);
-
-impl InFlight {
-    fn start(resets: &Arc<Resets>) -> Self {
-        resets.started.fetch_add(1, Ordering::Relaxed);
-        InFlight(Some(resets.clone()))
-    }
-
-    fn finish(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let Some(r) = self.0.take() {
-            let premature = r.premature.fetch_add(1, Ordering::Relaxed) + 1;
-            let started = r.started.load(Ordering::Relaxed);
-            if premature >= RESETS_TOLERATED && premature * 2 >= started {
-                r.abused.notify_one();
-            }
+        let session = http_conn::Session {
+            stop: self.stop,
+            errors: self.errors,
+            parked: self.parked,
+            idle_timeout: self.idle_timeout,
+            activity: self.activity,
+        };
+        if h2 {
+            http_conn::serve_h2(&self.builders, session, io, conn, handler).await;
+        } else {
+            http_conn::serve_h1(&self.builders, session, io, conn, handler).await;
         }
     }
 }
@@ -565,9 +470,10 @@ mod tests {
         let limits = crate::config::parse("t", config).unwrap().startup().limits;
         let counter = || IntCounter::new("x", "x").unwrap();
         let connection = Connection {
-            builder: Arc::new(builder(&limits)),
+            builders: Arc::new(http_conn::Builders::new(&limits)),
             stop: watch::channel(false).1,
             errors: counter(),
+            parked: prometheus::IntGauge::new("p", "p").unwrap(),
             idle_timeout: limits.idle_timeout,
             detect_timeout: limits.detect_timeout,
             handshake_timeout: limits.header_read_timeout,

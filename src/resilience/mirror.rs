@@ -12,11 +12,11 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::context::DownstreamUpgrade;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::upgrade::OnUpgrade;
 use prometheus::IntCounter;
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
@@ -142,7 +142,7 @@ where
     fn call(&mut self, mut req: Req) -> BoxFuture {
         if let Some(shadow) = &self.shadow {
             // An upgraded connection cannot be copied.
-            if req.extensions().get::<OnUpgrade>().is_none() && shadow.policy.hit() {
+            if req.extensions().get::<DownstreamUpgrade>().is_none() && shadow.policy.hit() {
                 copy(shadow, &mut req);
             }
         }

@@ -15,9 +15,9 @@ mod policy;
 
 use std::{sync::Arc, time::Duration};
 
+use crate::context::DownstreamUpgrade;
 use http::{header, Request};
 use http_body_util::BodyExt;
-use hyper::upgrade::OnUpgrade;
 use prometheus::IntCounter;
 use tokio::time::Instant;
 use tower::{Layer, Service};
@@ -108,7 +108,7 @@ where
         if let Some(budget) = &self.cfg.budget {
             budget.request();
         }
-        let upgrade = req.extensions().get::<OnUpgrade>().is_some();
+        let upgrade = req.extensions().get::<DownstreamUpgrade>().is_some();
         match &self.cfg.policy {
             Some(p) if p.attempts > 1 && !upgrade => {
                 Box::pin(retrying(self.cfg.clone(), self.inner.clone(), req, timeout))

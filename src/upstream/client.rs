@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use http::{header, uri::Authority, HeaderValue, Uri, Version};
 use hyper::upgrade::OnUpgrade;
+
+use crate::context::DownstreamUpgrade;
 use hyper_util::rt::TokioIo;
 use tower::Service;
 
@@ -69,7 +71,7 @@ impl Service<Req> for Balance {
 pub async fn send(pool: &Pool, req: Req, metrics: &UpstreamMetrics) -> Result {
     let timeout = req.try_timeout;
     let mut req = req.http;
-    let on_upgrade = req.extensions_mut().remove::<OnUpgrade>();
+    let on_upgrade = req.extensions_mut().remove::<DownstreamUpgrade>();
     fill_authority(&mut req, pool)?;
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let (mut resp, lease) = match pool.send(req, deadline).await {
@@ -197,16 +199,17 @@ pub fn endpoint_health(result: &Result) -> Option<bool> {
 }
 
 /// Copies bytes both ways between an upgraded caller and upstream until either side closes.
-fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
+fn tunnel(downstream: DownstreamUpgrade, upstream: OnUpgrade) {
     tokio::spawn(async move {
-        let (down, up) = match tokio::try_join!(downstream, upstream) {
+        let upstream = async { upstream.await.map_err(crate::error::BoxError::from) };
+        let (mut down, up) = match tokio::try_join!(downstream.ready(), upstream) {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");
                 return;
             }
         };
-        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+        let mut up = TokioIo::new(up);
         if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
             tracing::debug!(error = %e, "upgraded connection ended with an error");
         }

@@ -601,3 +601,77 @@ async fn every_caller_protocol_reaches_every_upstream_protocol_with_the_default_
         }
     }
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_parked_and_serves_on_even_an_upgrade() {
+    let (up, ws) = (echo("u").await, ws_echo().await);
+    let p = proxy(&format!(
+        "outbound:\n  listen: 127.0.0.1:0\n  routes:\n    - {{ name: r, match: {{ host: svc }}, backends: [{{ service: s }}] }}\n    - {{ name: w, match: {{ host: ws }}, backends: [{{ service: w }}] }}\nservices:\n  s: {{ endpoints: [\"{}\"] }}\n  w: {{ endpoints: [\"{}\"] }}\n",
+        up.addr, ws.addr
+    ))
+    .await;
+    let parked = "remora_connections_parked{direction=\"outbound\"}";
+    let stream = tokio::net::TcpStream::connect(p.outbound()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let get = |host: &str| {
+        Request::get("/x")
+            .header("host", host)
+            .body(Full::<Bytes>::default())
+            .unwrap()
+    };
+    for round in 0..2 {
+        let resp = sender.send_request(get("svc")).await.unwrap();
+        assert_eq!(resp.status(), 200, "round {round}");
+        assert!(
+            resp.headers().get("connection").is_none(),
+            "kept alive: {:?}",
+            resp.headers()
+        );
+        resp.into_body().collect().await.unwrap();
+        // Quiet with nothing in flight: parked, and counted so.
+        wait_until(|| async { p.metric(parked).await == Some(1.0) }).await;
+    }
+    // The same connection, parked, now upgrades: the socket goes to the tunnel.
+    let req = Request::get("/chat")
+        .header("host", "ws")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    assert_eq!(p.metric(parked).await, Some(0.0));
+    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    for msg in [&b"after parking"[..], b"and again"] {
+        echo_through(&mut io, msg).await;
+    }
+    assert_eq!(up.requests(), 2);
+}
+
+#[tokio::test]
+async fn a_long_request_is_not_parked_and_keeps_its_connection() {
+    let up = slow("slow", Duration::from_millis(1500)).await;
+    let p = proxy(&route_to(up.addr, "auto")).await;
+    let stream = tokio::net::TcpStream::connect(p.outbound()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = Request::get("/")
+            .header("host", "svc")
+            .body(Full::<Bytes>::default());
+        let resp = sender.send_request(req.unwrap()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.headers().get("connection").is_none(),
+            "a request quiet for longer than the parking delay keeps the connection alive"
+        );
+        resp.into_body().collect().await.unwrap();
+    }
+}
