@@ -6,8 +6,8 @@
 Opens COUNT connections to 127.0.0.1:PORT, sends one HTTP/1.1 keep-alive request on each
 (`Host: HOST`) and reads its whole response, then holds them all open and idle. Prints
 "rss_before_kb rss_held_kb bytes_per_connection" where RSS is the sum over the PIDs (a
-proxy's worker processes), read before the first connection and one second after the last
-response. Bounded: every socket operation has a 10 s timeout.
+proxy's worker processes), read before the first connection and three seconds after the
+last response. Bounded: every socket operation has a 10 s timeout.
 """
 import socket
 import sys
@@ -57,7 +57,8 @@ def main():
         s.sendall(request)
         read_response(s)
         socks.append(s)
-    time.sleep(1)
+    # Long enough for an idle connection to settle (Remora parks one after 1 s quiet).
+    time.sleep(3)
     held = rss_kb(pids)
     print(before, held, round((held - before) * 1024 / count))
     for s in socks:

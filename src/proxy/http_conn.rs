@@ -271,11 +271,14 @@ async fn quiet(requests: &Requests, activity: &Activity) {
         let finished = requests.finished.notified();
         tokio::pin!(finished);
         finished.as_mut().enable();
-        if requests.active.load(Ordering::Acquire) == 0 {
+        // SeqCst with the ending request's two steps: one side sees the other.
+        requests.waiting.store(true, Ordering::SeqCst);
+        if requests.active.load(Ordering::SeqCst) == 0 {
             break;
         }
         finished.await;
     }
+    requests.waiting.store(false, Ordering::Release);
     activity.idle(PARK_AFTER).await;
 }
 
@@ -345,8 +348,10 @@ struct Requests {
     started: AtomicU64,
     premature: AtomicU64,
     abused: tokio::sync::Notify,
-    /// Notified when the last request in flight ends.
+    /// Notified when the last request in flight ends, if `waiting` says anyone listens (most
+    /// requests end with nobody waiting: no lock taken then).
     finished: tokio::sync::Notify,
+    waiting: std::sync::atomic::AtomicBool,
 }
 
 /// One request's place in `Requests`; dropped without `finish`, it counts as premature.
@@ -367,7 +372,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let r = &self.0;
-        if r.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if r.active.fetch_sub(1, Ordering::SeqCst) == 1 && r.waiting.load(Ordering::SeqCst) {
             r.finished.notify_waiters();
         }
         if !self.1 {
