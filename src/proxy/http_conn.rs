@@ -53,7 +53,7 @@ use crate::{
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// The most a parked connection reads of its next request before hyper takes over.
-const PARKED_READ: usize = 512;
+const PARKED_READ: usize = 64;
 
 /// hyper's servers, configured from `limits`.
 pub struct Builders {
@@ -134,24 +134,14 @@ pub async fn serve_h1<IO, H>(
     let upgrade = Arc::new(Mutex::new(None));
     let mut io = Prefixed::new(Bytes::new(), io);
     loop {
-        let svc = service(
-            handler.clone(),
-            conn.clone(),
-            requests.clone(),
-            Some(upgrade.clone()),
-        );
-        let mut connection = builders.h1.serve_connection(TokioIo::new(io), svc);
-        let ended = drive(&mut s, &requests, conn.peer, true, &mut connection).await;
-        let parts = connection.into_parts();
-        // hyper read `read_buf` from the stream, ahead of what the stream still holds.
-        let (rest, stream) = parts.io.into_inner().into_parts();
-        let ahead = join(parts.read_buf, rest);
-        // An upgrade answered with 101: the caller's side goes to the tunnel.
-        if let Some(tx) = lock(&upgrade).take() {
-            let _ = tx.send(Box::new(Prefixed::new(ahead, stream)));
+        // Boxed: hyper's connection state is allocated only while it serves, so a parked
+        // connection's future holds none of it.
+        let round = Box::pin(serve_h1_round(
+            builders, &mut s, &requests, &upgrade, io, &conn, &handler,
+        ));
+        let Some((ended, ahead, mut stream)) = round.await else {
             return;
-        }
-        let mut stream = stream;
+        };
         if matches!(ended, Ended::Closed) {
             let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
             return;
@@ -167,6 +157,41 @@ pub async fn serve_h1<IO, H>(
         };
         io = Prefixed::new(next, stream);
     }
+}
+
+/// One hyper HTTP/1.1 connection on `io`, until it ends or is wound up: how it ended, the
+/// bytes read past its last request, and the stream; `None` when an upgrade took the stream.
+async fn serve_h1_round<IO, H>(
+    builders: &Builders,
+    s: &mut Session,
+    requests: &Arc<Requests>,
+    upgrade: &Arc<UpgradeSlot>,
+    io: Prefixed<IO>,
+    conn: &ConnMeta,
+    handler: &H,
+) -> Option<(Ended, Bytes, IO)>
+where
+    IO: Io + 'static,
+    H: Handler,
+{
+    let svc = service(
+        handler.clone(),
+        conn.clone(),
+        requests.clone(),
+        Some(upgrade.clone()),
+    );
+    let mut connection = builders.h1.serve_connection(TokioIo::new(io), svc);
+    let ended = drive(s, requests, conn.peer, true, &mut connection).await;
+    let parts = connection.into_parts();
+    // hyper read `read_buf` from the stream, ahead of what the stream still holds.
+    let (rest, stream) = parts.io.into_inner().into_parts();
+    let ahead = join(parts.read_buf, rest);
+    // An upgrade answered with 101: the caller's side goes to the tunnel.
+    if let Some(tx) = lock(upgrade).take() {
+        let _ = tx.send(Box::new(Prefixed::new(ahead, stream)));
+        return None;
+    }
+    Some((ended, ahead, stream))
 }
 
 /// Waits on a parked connection for its next bytes; `None` when it closed, idled out or the
@@ -439,4 +464,46 @@ fn service<H: Handler>(
             Ok::<_, Infallible>(resp)
         }) as Answer
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone)]
+    struct Nothing;
+
+    impl Handler for Nothing {
+        async fn http(self, _: ConnMeta, _: Request<Incoming>) -> Response<ProxyBody> {
+            Response::new(ProxyBody::empty())
+        }
+        fn tcp(&self, _: ConnMeta, _: Box<dyn Io>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+            Box::pin(async {})
+        }
+        fn opaque_port(&self, _: u16) -> bool {
+            false
+        }
+    }
+
+    /// A parked connection holds its `serve_h1` future (and the task around it) and nothing
+    /// else: hyper's state lives in a box only while it serves.
+    #[test]
+    fn a_parked_connection_holds_under_a_kib_of_future() {
+        let config = "version: 1\noutbound: { listen: 127.0.0.1:0 }\n";
+        let limits = crate::config::parse("t", config).unwrap().startup().limits;
+        let builders = Builders::new(&limits);
+        let session = Session {
+            stop: watch::channel(false).1,
+            errors: IntCounter::new("x", "x").unwrap(),
+            parked: prometheus::IntGauge::new("p", "p").unwrap(),
+            idle_timeout: limits.idle_timeout,
+            activity: Activity::new(),
+        };
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let conn = ConnMeta::plain(addr, addr, crate::metrics::Direction::Inbound);
+        let (io, _) = tokio::io::duplex(64);
+        let serve = serve_h1(&builders, session, io, conn, Nothing);
+        let size = std::mem::size_of_val(&serve);
+        assert!(size < 1024, "serving HTTP/1.1 holds {size} bytes");
+    }
 }
