@@ -1306,3 +1306,23 @@ async fn a_caller_can_neither_erase_nor_alias_its_verified_identity() {
         r.body
     );
 }
+
+#[tokio::test]
+async fn an_idle_mtls_keep_alive_connection_is_parked_and_serves_on() {
+    let pki = Pki::new("parked");
+    let (web, api) = (pki.issue("web"), pki.issue("api"));
+    let app = echo("app").await;
+    let b = sidecar_b(&pki, &api, app.addr, "tls: strict").await;
+    let config = client_config(&pki.anchors(), Some(&web), &id("api"), &[b"http/1.1"]);
+    let stream = tls_connect(b.inbound(), config).await.unwrap();
+    let mut sender = h1_over(stream).await.unwrap();
+    let parked = "remora_connections_parked{direction=\"inbound\"}";
+    for round in 0..3 {
+        let r = h1_get(&mut sender, "/x", &[]).await.unwrap();
+        assert_eq!(r.status, 200, "round {round}: {}", r.body);
+        assert!(r.saw("x-remora-client-id", &id("web")), "{}", r.body);
+        wait_until(|| async { b.metric(parked).await == Some(1.0) }).await;
+    }
+    // One TLS session throughout: parking kept the connection and its TLS state.
+    assert_eq!(count(&b, &handshakes("inbound", "success")).await, 1.0);
+}
