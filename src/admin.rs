@@ -73,7 +73,9 @@ pub async fn serve(
         };
         let (rt, reloader, builder) = (rt.clone(), reloader.clone(), builder.clone());
         let served = waiting.clone();
-        let task = tokio::spawn(async move {
+        let evict = Arc::new(tokio::sync::Notify::new());
+        let evicted = evict.clone();
+        tokio::spawn(async move {
             let _permit = permit;
             let svc = service_fn(move |req| {
                 // A request head came: no longer silent.
@@ -83,13 +85,17 @@ pub async fn serve(
             });
             // The whole exchange, not only the head, must end in time.
             let serving = builder.serve_connection(TokioIo::new(stream), svc);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, serving).await;
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, serving) => {}
+                _ = evicted.notified() => {}
+            }
         });
         let mut w = lock(&waiting);
-        w.conns.push_back((id, task.abort_handle()));
-        // Connections that ended silent leave their entries behind: drop them now and then.
+        w.conns.push_back((id, evict));
+        // Connections that ended silent leave their entries behind (a `Notify` each, not
+        // their tasks): drop them now and then.
         if w.conns.len() > MAX_CONNECTIONS {
-            w.conns.retain(|(_, task)| !task.is_finished());
+            w.conns.retain(|(_, evict)| Arc::strong_count(evict) > 1);
         }
     }
 }
@@ -98,16 +104,17 @@ pub async fn serve(
 #[derive(Debug, Default)]
 struct Waiting {
     next: u64,
-    conns: std::collections::VecDeque<(u64, tokio::task::AbortHandle)>,
+    /// Each with the `Notify` that closes it; its task holds the other clone while it runs.
+    conns: std::collections::VecDeque<(u64, Arc<tokio::sync::Notify>)>,
 }
 
 /// Closes the oldest connection still waiting for its request head, if any.
 fn evict_oldest_silent(waiting: &std::sync::Mutex<Waiting>) {
     let mut w = lock(waiting);
-    while let Some((_, task)) = w.conns.pop_front() {
-        if !task.is_finished() {
+    while let Some((_, evict)) = w.conns.pop_front() {
+        if Arc::strong_count(&evict) > 1 {
             tracing::debug!("admin connection limit reached; closing the oldest silent one");
-            task.abort();
+            evict.notify_one();
             return;
         }
     }
