@@ -470,20 +470,7 @@ fn service<H: Handler>(
 mod tests {
     use super::*;
 
-    #[derive(Clone)]
-    struct Nothing;
-
-    impl Handler for Nothing {
-        async fn http(self, _: ConnMeta, _: Request<Incoming>) -> Response<ProxyBody> {
-            Response::new(ProxyBody::empty())
-        }
-        fn tcp(&self, _: ConnMeta, _: Box<dyn Io>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-            Box::pin(async {})
-        }
-        fn opaque_port(&self, _: u16) -> bool {
-            false
-        }
-    }
+    use crate::proxy::server::tests::Nothing;
 
     /// A parked connection holds its `serve_h1` future (and the task around it) and nothing
     /// else: hyper's state lives in a box only while it serves.

@@ -411,11 +411,12 @@ pub fn local_addr(l: &TcpListener) -> SocketAddr {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// A handler that answers every request with an empty 200 (for tests of the listener).
     #[derive(Clone)]
-    struct Nothing;
+    pub(crate) struct Nothing;
 
     impl Handler for Nothing {
         async fn http(self, _: ConnMeta, _: Request<Incoming>) -> Response<ProxyBody> {
