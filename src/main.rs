@@ -231,6 +231,8 @@ fn main() -> ExitCode {
             };
             tracing::info!(workers, "starting");
             let code = runtime.block_on(async move {
+                // Before anything is bound: from here on, SIGTERM stops gracefully.
+                let stop = app::stop_signal();
                 let listeners = match app::Listeners::bind(&compiled).await {
                     Ok(l) => l,
                     Err(e) => {
@@ -242,7 +244,7 @@ fn main() -> ExitCode {
                     path,
                     text: text.into_bytes(),
                 };
-                app::run(compiled, listeners, Some(source), app::stop_signal()).await;
+                app::run(compiled, listeners, Some(source), stop).await;
                 ExitCode::SUCCESS
             });
             // Drained and stopped: a reload still compiling on a blocking thread (or a read
