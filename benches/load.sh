@@ -8,7 +8,7 @@
 # Each proxy runs pinned to core 0 in front of the same upstream (nginx answering a small
 # fixed body on core 1); the load generator runs on core 1. HTTP/1.1 keep-alive load comes
 # from wrk, HTTP/2 (prior knowledge, upstream HTTP/1.1 for every proxy) from h2load. Prints
-# requests/s, p50 and p99 per proxy, Remora's ratios, and Remora's resident memory idle and
+# requests/s, p50, p99 and CPU µs per request per proxy, Remora's ratios, and Remora's resident memory idle and
 # after load; then, for each proxy, the memory each of HOLD idle keep-alive connections costs. Everything listens on 127.0.0.1 on ports picked free at start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,7 +73,8 @@ if [ -n "$BASELINE_BIN" ]; then
   sed -e "s/127.0.0.1:$REMORA_PORT/127.0.0.1:$BASE_PORT/" -e "s/127.0.0.1:$ADMIN/127.0.0.1:$BASE_ADMIN/" \
     "$work/remora.yaml" > "$work/baseline.yaml"
   TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" "$BASELINE_BIN" run --config "$work/baseline.yaml" > "$work/baseline.log" 2>&1 &
-  pids+=($!)
+  base_pid=$!
+  pids+=($base_pid)
 fi
 
 # --- nginx as the proxy (HTTP/1.1 and h2c need separate listeners in nginx) ---
@@ -121,19 +122,48 @@ if [ -n "$BASELINE_BIN" ]; then wait_port "$BASE_PORT"; fi
 rss_kb() { awk '/VmRSS/ { print $2 }' "/proc/$1/status"; }
 idle_rss=$(rss_kb "$remora_pid")
 
-# wrk: prints "rps p50_ms p99_ms" (host header "bench" unless a second argument says otherwise)
-h1() {
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: ${2:-bench}" "http://127.0.0.1:$1/" |
-    wrk_figures
+# The processes serving each port, for CPU per request (nginx: its worker).
+declare -A PIDS_OF
+PIDS_OF[$REMORA_PORT]=$remora_pid
+PIDS_OF[$HAPROXY_PORT]=$haproxy_pid
+PIDS_OF[$NGINX_H1]=$(pgrep -P "$nginx_pid" | tr '\n' ' ')
+PIDS_OF[$NGINX_H2]=${PIDS_OF[$NGINX_H1]}
+if [ -n "$BASELINE_BIN" ]; then PIDS_OF[$BASE_PORT]=$base_pid; fi
+CLK_TCK=$(getconf CLK_TCK)
+# CPU time (user + system, in clock ticks) the processes serving port $1 used so far.
+cpu_ticks() {
+  local t=0 p
+  for p in ${PIDS_OF[$1]:-}; do
+    t=$(( t + $(awk '{ print $14 + $15 }' "/proc/$p/stat") ))
+  done
+  echo "$t"
+}
+# Appends µs of the port's CPU per request to "rps p50 p99", given the ticks before.
+with_cpu() {
+  local port=$1 before=$2 figures after
+  read -r figures
+  after=$(cpu_ticks "$port")
+  awk -v f="$figures" -v t=$(( after - before )) -v hz="$CLK_TCK" -v d="$DURATION" \
+    'BEGIN { split(f, a, " "); cpu = (a[1] > 0) ? t / hz * 1e6 / (a[1] * d) : 0; print f, cpu }'
 }
 
-# h2load: prints "rps p50_ms p99_ms" from its per-request log
+# wrk: prints "rps p50_ms p99_ms cpu_us" (host header "bench" unless a second argument says
+# otherwise; cpu_us is 0 for a port with no process of ours behind it)
+h1() {
+  local before
+  before=$(cpu_ticks "$1")
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: ${2:-bench}" "http://127.0.0.1:$1/" |
+    wrk_figures | with_cpu "$1" "$before"
+}
+
+# h2load: prints "rps p50_ms p99_ms cpu_us" from its per-request log
 h2() {
-  local log="$work/h2load-$1.log"
+  local log="$work/h2load-$1.log" before
+  before=$(cpu_ticks "$1")
   rm -f "$log"
   taskset -c "$LOAD_CPU" h2load -D "$DURATION" -c "$H2_CONNS" -m "$H2_STREAMS" -t1 \
     -H ":authority: bench" --log-file="$log" "http://127.0.0.1:$1/" > "$work/h2load-$1.out"
-  python3 - "$log" "$work/h2load-$1.out" <<'PY'
+  { python3 - "$log" "$work/h2load-$1.out" <<'PY'
 import re, sys
 lat = sorted(int(l.split("\t")[2]) for l in open(sys.argv[1]) if l.strip())
 out = open(sys.argv[2]).read()
@@ -144,6 +174,7 @@ if bad and int(bad.group(1)): print("warning: %s failed requests" % bad.group(1)
 pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0
 print(rps, pct(0.50), pct(0.99))
 PY
+  } | with_cpu "$1" "$before"
 }
 
 printf '\nRemora %s; %ss per run; proxies pinned to CPU %s, load and upstream on CPU %s\n' \
@@ -191,15 +222,15 @@ r = {}
 for a in sys.argv[3:]:
     k, v = a.split("=")
     runs = [tuple(map(float, x.split())) for x in v.split(";") if x.strip()]
-    r[k] = tuple(statistics.median(run[i] for run in runs) for i in range(3))
+    r[k] = tuple(statistics.median(run[i] for run in runs) for i in range(4))
 print("\nper round (req/s):")
 for a in sys.argv[3:]:
     k, v = a.split("=")
     print(f"  {k:<20}" + " ".join(f"{float(x.split()[0]):>9.0f}" for x in v.split(";") if x.strip()))
 print(f"\nmedians of {len(sys.argv[3].split(';')) - 1} interleaved runs each")
-print(f"{'run':<20}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
-for k, (rps, p50, p99) in r.items():
-    print(f"{k:<20}{rps:>12.0f}{p50:>10.3f}{p99:>10.3f}")
+print(f"{'run':<20}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'CPU µs/req':>12}")
+for k, (rps, p50, p99, cpu) in r.items():
+    print(f"{k:<20}{rps:>12.0f}{p50:>10.3f}{p99:>10.3f}{cpu:>12.1f}")
 print()
 for proto in ("h1", "h2"):
     for other in ("nginx", "haproxy"):
@@ -209,6 +240,10 @@ for proto in ("h1", "h2"):
     if f"baseline_{proto}" in r:
         ratio = r[f"remora_{proto}"][0] / r[f"baseline_{proto}"][0]
         print(f"remora/baseline build {proto} req/s: {ratio:.2f}x")
+for proto in ("h1", "h2"):
+    best = min(r[f"nginx_{proto}"][3], r[f"haproxy_{proto}"][3])
+    if best > 0:
+        print(f"remora CPU per {proto} request / the better of nginx and HAProxy: {r[f'remora_{proto}'][3] / best:.2f}x")
 ratio = r["remora_h1_policies"][0] / r["remora_h1"][0]
 print(f"remora route with retry, budget, breaker and outlier detection / plain route h1 req/s: {ratio:.2f}x")
 print(f"\nremora RSS idle: {idle / 1024:.1f} MiB, after load: {loaded / 1024:.1f} MiB")
