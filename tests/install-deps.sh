@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, from Debian's packages and
-# PyPI: the `openssl` command line (a non-Rust TLS client), and for the transparent-mode
-# tests (network namespaces, real iptables rules) iproute2, iptables (nft and legacy),
-# curl, redis (server and redis-cli), nats-server, and the nats-py client. Installs only
-# what is missing; does nothing when everything is there.
+# PyPI: a C compiler and make for the build (ring, jemalloc), the `openssl` command line (a
+# non-Rust TLS client), and for the transparent-mode tests (network namespaces, real
+# iptables rules) iproute2, iptables (nft and legacy), curl, redis (server and redis-cli),
+# nats-server, and the nats-py client. Installs only what is missing; does nothing when
+# everything is there.
 set -euo pipefail
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -20,6 +21,9 @@ need redis-server redis-server
 need redis-cli redis-tools
 need nats-server nats-server
 need setpriv util-linux
+# The build itself: ring compiles C, jemalloc runs configure and make.
+need cc gcc
+need make make
 if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
