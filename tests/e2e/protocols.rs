@@ -635,15 +635,7 @@ async fn an_idle_keep_alive_connection_is_parked_and_serves_on_even_an_upgrade()
         wait_until(|| async { p.metric(parked).await == Some(1.0) }).await;
     }
     // The same connection, parked, now upgrades: the socket goes to the tunnel.
-    let req = Request::get("/chat")
-        .header("host", "ws")
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .header("sec-websocket-version", "13")
-        .body(Full::<Bytes>::default())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
+    let resp = sender.send_request(upgrade_request("ws")).await.unwrap();
     assert_eq!(resp.status(), 101);
     assert_eq!(p.metric(parked).await, Some(0.0));
     let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());

@@ -255,6 +255,18 @@ pub async fn ws_echo() -> Upstream {
     .await
 }
 
+/// A WebSocket upgrade request for `host` (the RFC 6455 example key).
+pub fn upgrade_request(host: &str) -> Request<Full<Bytes>> {
+    Request::get("/chat")
+        .header("host", host)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .body(Full::<Bytes>::default())
+        .unwrap()
+}
+
 /// Opens a WebSocket upgrade to `host` through `addr`; returns the 101 response's headers
 /// and the upgraded connection.
 pub async fn open_upgrade(
@@ -266,15 +278,7 @@ pub async fn open_upgrade(
         .await
         .unwrap();
     tokio::spawn(conn.with_upgrades());
-    let req = Request::get("/chat")
-        .header("host", host)
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .header("sec-websocket-version", "13")
-        .body(Full::<Bytes>::default())
-        .unwrap();
-    let resp = tokio::time::timeout(DEADLINE, sender.send_request(req))
+    let resp = tokio::time::timeout(DEADLINE, sender.send_request(upgrade_request(host)))
         .await
         .unwrap()
         .unwrap();
