@@ -9,8 +9,9 @@ use http::{
 
 use crate::error::ProxyError;
 
-/// Hop-by-hop headers that are never forwarded (besides those `Connection` lists).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// Hop-by-hop headers that are never forwarded (besides those `Connection` lists), in the
+/// order of their bits in [`hop_bit`]'s answer.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     // Ours: it describes one sidecar-to-sidecar hop.
     ORIG_PROTO,
@@ -20,6 +21,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::PROXY_AUTHORIZATION,
     header::TRANSFER_ENCODING,
 ];
+const TE_BIT: u16 = 1 << 7;
+const UPGRADE_BIT: u16 = 1 << 8;
 
 /// Refuses framing that two parsers could read differently (request smuggling):
 /// `Content-Length` together with `Transfer-Encoding`, or differing `Content-Length`s.
@@ -59,18 +62,24 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers. With `upgrade`, keeps `Upgrade` and sends `Connection: upgrade`.
 /// `TE: trailers` is kept (gRPC needs it); other `TE` values are dropped.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages carry none of these: one pass over the names (standard names compare as
-    // enum tags) is cheaper than a lookup for each.
-    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names (standard ones compare as enum tags) finds which hop-by-hop
+    // headers are present; only those are looked up again. Most requests carry none, and most
+    // responses only `Connection: keep-alive`, so this is one lookup where a removal of each
+    // name was ten.
+    let present = headers.keys().fold(0, |bits, name| bits | hop_bit(name));
+    if present == 0 && !upgrade {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present & 1 != 0 {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            // `keep-alive` is in HOP_BY_HOP: removed below when present.
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in listed {
             if !(upgrade && name == header::UPGRADE) {
@@ -78,13 +87,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             }
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
-    if let Some(te) = headers.get(header::TE) {
-        let trailers = te.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+    if present & TE_BIT != 0 {
+        let trailers = headers.get(header::TE).is_some_and(|te| {
+            te.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
         });
         if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -94,13 +107,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & UPGRADE_BIT != 0 {
         headers.remove(header::UPGRADE);
     }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == header::TE || name == header::UPGRADE
+/// The bit of a hop-by-hop header's name: its index in [`HOP_BY_HOP`], or `TE_BIT` or
+/// `UPGRADE_BIT`; 0 for an end-to-end header.
+fn hop_bit(name: &HeaderName) -> u16 {
+    if name == header::TE {
+        return TE_BIT;
+    }
+    if name == header::UPGRADE {
+        return UPGRADE_BIT;
+    }
+    HOP_BY_HOP
+        .iter()
+        .position(|h| h == name)
+        .map_or(0, |i| 1 << i)
 }
 
 /// The caller's address as an `x-forwarded-for` entry; made once per connection, so a request

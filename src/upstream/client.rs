@@ -4,7 +4,7 @@
 //! `send` is the one place a request meets a pool: it counts the attempt, classifies a
 //! failure into the error the caller sees, and tunnels an upgraded connection.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use http::{header, uri::Authority, HeaderValue, Uri, Version};
 use hyper::upgrade::OnUpgrade;
@@ -69,12 +69,11 @@ impl Service<Req> for Balance {
 /// response headers. A request that names no authority gets the pool's target as one. The
 /// response's hop-by-hop headers are removed.
 pub async fn send(pool: &Pool, req: Req, metrics: &UpstreamMetrics) -> Result {
-    let timeout = req.try_timeout;
-    let mut req = req.http;
-    let on_upgrade = req.extensions_mut().remove::<DownstreamUpgrade>();
-    fill_authority(&mut req, pool)?;
+    // Taken apart before the first await, so the future keeps only the parts it needs (a
+    // request held across an await would make it hundreds of bytes larger, and it is moved).
+    let (http, on_upgrade, timeout) = outgoing(req, pool)?;
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let (mut resp, lease) = match pool.send(req, deadline).await {
+    let (mut resp, lease) = match pool.send(http, deadline).await {
         Ok(pair) => pair,
         Err(PoolError::Timeout) => {
             metrics.attempt(AttemptResult::Timeout);
@@ -104,6 +103,22 @@ pub async fn send(pool: &Pool, req: Req, metrics: &UpstreamMetrics) -> Result {
     }
     headers::strip_hop_by_hop(resp.headers_mut(), switching);
     Ok(resp.map(|body| ProxyBody::upstream(body, lease)))
+}
+
+/// The HTTP request to send (with an authority), the caller's upgrade, and the try's timeout.
+type Outgoing = (
+    http::Request<ProxyBody>,
+    Option<DownstreamUpgrade>,
+    Option<Duration>,
+);
+
+/// Takes `req` apart into what [`send`] sends and keeps.
+fn outgoing(req: Req, pool: &Pool) -> std::result::Result<Outgoing, ProxyError> {
+    let timeout = req.try_timeout;
+    let mut http = req.http;
+    let on_upgrade = http.extensions_mut().remove::<DownstreamUpgrade>();
+    fill_authority(&mut http, pool)?;
+    Ok((http, on_upgrade, timeout))
 }
 
 /// The caller's error for a failed exchange, with the attempt counted by its kind.

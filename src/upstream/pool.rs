@@ -227,13 +227,14 @@ impl Pool {
     /// future is large, and wrapping it would copy it on every request.
     pub async fn send(
         &self,
-        req: Request<ProxyBody>,
+        mut req: Request<ProxyBody>,
         deadline: Option<Instant>,
     ) -> Result<(Response<Incoming>, Option<Lease>), PoolError> {
-        let mut req = req;
         if req.version() == Version::HTTP_2 {
             if !(self.inner.negotiate && self.lacks_http2()) {
-                match self.send_http2(req, deadline).await {
+                // Boxed, like the translations below: HTTP/2's state would otherwise make the
+                // future of every HTTP/1.1 request larger too, and futures are moved.
+                match Box::pin(self.send_http2(req, deadline)).await {
                     Ok(resp) => return Ok((resp, None)),
                     Err((PoolError::NoHttp2, Some(unsent))) => req = unsent,
                     Err((e, _)) => return Err(e),
@@ -336,10 +337,9 @@ impl Pool {
     /// of it was sent and the peer turned out not to speak HTTP/2 (`NoHttp2`).
     async fn send_http2(
         &self,
-        req: Request<ProxyBody>,
+        mut req: Request<ProxyBody>,
         deadline: Option<Instant>,
     ) -> Result<Response<Incoming>, (PoolError, Option<Request<ProxyBody>>)> {
-        let mut req = req;
         let mut failed = None;
         loop {
             let shared = match within(deadline, self.http2_sender(failed)).await {
