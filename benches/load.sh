@@ -19,6 +19,9 @@ CONNS=${CONNS:-50}              # wrk connections
 H2_CONNS=${H2_CONNS:-10}        # h2load connections
 H2_STREAMS=${H2_STREAMS:-10}    # concurrent streams per h2 connection
 HOLD=${HOLD:-1000}              # idle keep-alive connections held for the memory figures
+OPEN_RATES=${OPEN_RATES:-"1000 5000"}  # fixed request rates of the open-loop runs (oha)
+OPEN_SECS=${OPEN_SECS:-10}      # seconds per open-loop run
+OPEN_CONNS=${OPEN_CONNS:-32}    # oha connections
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 
@@ -26,6 +29,10 @@ need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need h2load || ! need nginx || ! need haproxy; then
   echo "installing wrk, h2load, nginx, haproxy" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client nginx-light haproxy >/dev/null
+fi
+if ! need oha; then
+  echo "installing oha (cargo install oha, a few minutes)" >&2
+  cargo install oha --locked --quiet
 fi
 cargo build --release --quiet
 # Room for the held connections (raised only: HAProxy sizes itself to the limit it finds).
@@ -138,12 +145,13 @@ cpu_ticks() {
   done
   echo "$t"
 }
-# Appends µs of the port's CPU per request to "rps p50 p99", given the ticks before.
+# Appends µs of the port's CPU per request to "rps p50 p99", given the ticks before (and the
+# run's seconds, when not DURATION).
 with_cpu() {
-  local port=$1 before=$2 figures after
+  local port=$1 before=$2 secs=${3:-$DURATION} figures after
   read -r figures
   after=$(cpu_ticks "$port")
-  awk -v f="$figures" -v t=$(( after - before )) -v hz="$CLK_TCK" -v d="$DURATION" \
+  awk -v f="$figures" -v t=$(( after - before )) -v hz="$CLK_TCK" -v d="$secs" \
     'BEGIN { split(f, a, " "); cpu = (a[1] > 0) ? t / hz * 1e6 / (a[1] * d) : 0; print f, cpu }'
 }
 
@@ -177,6 +185,29 @@ PY
   } | with_cpu "$1" "$before"
 }
 
+# oha, open loop at a fixed rate of $2 req/s with latency correction (a late request counts
+# from when it should have been sent): prints "rps p50_ms p99_ms cpu_us".
+open_loop() {
+  local before
+  before=$(cpu_ticks "$1")
+  taskset -c "$LOAD_CPU" oha -z "${OPEN_SECS}s" -q "$2" -c "$OPEN_CONNS" --latency-correction \
+    --no-tui $OHA_JSON -H "Host: bench" "http://127.0.0.1:$1/" > "$work/oha-$1.json"
+  python3 - "$work/oha-$1.json" <<'PY' | with_cpu "$1" "$before" "$OPEN_SECS"
+import json, sys
+r = json.load(open(sys.argv[1]))
+codes = r.get("statusCodeDistribution", {})
+# Requests still in flight when the run's time is up are cut off by oha, not failed.
+errors = {e: n for e, n in r.get("errorDistribution", {}).items() if "deadline" not in e}
+bad = sum(n for c, n in codes.items() if not c.startswith("2")) + sum(errors.values())
+if errors: print("oha errors: %s" % errors, file=sys.stderr)
+if bad: print("warning: %d failed requests" % bad, file=sys.stderr)
+p = r["latencyPercentiles"]
+print(r["summary"]["requestsPerSec"], p["p50"] * 1000, p["p99"] * 1000)
+PY
+}
+# oha's JSON flag changed name between releases.
+if oha --help | grep -q -- --output-format; then OHA_JSON="--output-format json"; else OHA_JSON="-j"; fi
+
 printf '\nRemora %s; %ss per run; proxies pinned to CPU %s, load and upstream on CPU %s\n' \
   "$(target/release/remora --version | awk '{print $2}')" "$DURATION" "$PROXY_CPU" "$LOAD_CPU"
 
@@ -197,12 +228,21 @@ for round in $(seq "$ROUNDS"); do
   R[remora_h2]+="$(h2 "$REMORA_PORT");"
   R[haproxy_h2]+="$(h2 "$HAPROXY_PORT");"
   R[nginx_h2]+="$(h2 "$NGINX_H2");"
+  for rate in $OPEN_RATES; do
+    for who in direct:$UP remora:$REMORA_PORT nginx:$NGINX_H1 haproxy:$HAPROXY_PORT; do
+      R[${who%%:*}_open$rate]+="$(open_loop "${who#*:}" "$rate");"
+    done
+  done
   if [ -n "$BASELINE_BIN" ]; then
     R[baseline_h1]+="$(h1 "$BASE_PORT");"
     R[baseline_h2]+="$(h2 "$BASE_PORT");"
+    for rate in $OPEN_RATES; do R[baseline_open$rate]+="$(open_loop "$BASE_PORT" "$rate");"; done
   fi
 done
 loaded_rss=$(rss_kb "$remora_pid")
+# Peak RSS over the load runs (VmHWM), before the held connections below.
+hwm_kb() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '/VmHWM/ { print $2 }' "/proc/$p/status") )); done; echo "$t"; }
+peaks="remora=$(hwm_kb "$remora_pid") nginx=$(hwm_kb $(pgrep -P "$nginx_pid")) haproxy=$(hwm_kb "$haproxy_pid")"
 
 # Memory per idle keep-alive connection: HOLD connections, one request each, then idle.
 # nginx's figure is its worker's (the master only forks it).
@@ -210,11 +250,14 @@ hold_remora=$(python3 benches/hold.py "$REMORA_PORT" bench "$HOLD" "$remora_pid"
 hold_nginx=$(python3 benches/hold.py "$NGINX_H1" bench "$HOLD" $(pgrep -P "$nginx_pid"))
 hold_haproxy=$(python3 benches/hold.py "$HAPROXY_PORT" bench "$HOLD" "$haproxy_pid")
 
+open_args=()
+for k in "${!R[@]}"; do case $k in *_open*) open_args+=("$k=${R[$k]}") ;; esac; done
 python3 - "$idle_rss" "$loaded_rss" \
   "direct_h1=${R[direct_h1]}" "remora_h1=${R[remora_h1]}" "remora_h1_policies=${R[remora_h1_policies]}" \
   "nginx_h1=${R[nginx_h1]}" "haproxy_h1=${R[haproxy_h1]}" \
   "remora_h2=${R[remora_h2]}" "nginx_h2=${R[nginx_h2]}" "haproxy_h2=${R[haproxy_h2]}" \
-  ${BASELINE_BIN:+"baseline_h1=${R[baseline_h1]}" "baseline_h2=${R[baseline_h2]}"} <<'PY'
+  ${BASELINE_BIN:+"baseline_h1=${R[baseline_h1]}" "baseline_h2=${R[baseline_h2]}"} \
+  "${open_args[@]}" <<'PY'
 import sys
 idle, loaded = int(sys.argv[1]), int(sys.argv[2])
 import statistics
@@ -244,10 +287,23 @@ for proto in ("h1", "h2"):
     best = min(r[f"nginx_{proto}"][3], r[f"haproxy_{proto}"][3])
     if best > 0:
         print(f"remora CPU per {proto} request / the better of nginx and HAProxy: {r[f'remora_{proto}'][3] / best:.2f}x")
+for rate in sorted({int(k.split("_open")[1]) for k in r if "_open" in k}):
+    direct = r[f"direct_open{rate}"][2]
+    added = {who: r[f"{who}_open{rate}"][2] - direct for who in ("remora", "nginx", "haproxy", "baseline")
+             if f"{who}_open{rate}" in r}
+    best = min(added["nginx"], added["haproxy"])
+    print(f"open loop at {rate} req/s, added p99 over the upstream direct: " +
+          ", ".join(f"{w} {a:+.3f} ms" for w, a in added.items()) +
+          (f"; remora / the better: {added['remora'] / best:.2f}x" if best > 0 else ""))
+    cpu = {who: r[f"{who}_open{rate}"][3] for who in ("remora", "nginx", "haproxy")}
+    print(f"open loop at {rate} req/s, CPU µs per request: " +
+          ", ".join(f"{w} {c:.1f}" for w, c in cpu.items()) +
+          f"; remora / the better: {cpu['remora'] / min(cpu['nginx'], cpu['haproxy']):.2f}x")
 ratio = r["remora_h1_policies"][0] / r["remora_h1"][0]
 print(f"remora route with retry, budget, breaker and outlier detection / plain route h1 req/s: {ratio:.2f}x")
 print(f"\nremora RSS idle: {idle / 1024:.1f} MiB, after load: {loaded / 1024:.1f} MiB")
 PY
+echo "peak RSS over the load runs: $(for kv in $peaks; do awk -v k="${kv%%=*}" -v v="${kv#*=}" 'BEGIN { printf "%s %.1f MiB  ", k, v / 1024 }'; done)"
 printf '\n%d idle keep-alive connections (one request each, then held):\n' "$HOLD"
 printf '%-10s%16s%16s%20s\n' proxy "RSS before" "RSS held" "bytes/connection"
 for p in remora nginx haproxy; do

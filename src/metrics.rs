@@ -10,6 +10,8 @@ use std::{
     time::Duration,
 };
 
+mod process;
+
 use http::StatusCode;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -90,6 +92,8 @@ pub struct Metrics {
     connections_parked: IntGaugeVec,
     reloads: IntCounterVec,
     last_reload_success: prometheus::Gauge,
+    /// 1 when the last reload (or the start) loaded its file, 0 when it was refused.
+    last_reload_ok: IntGauge,
     rate_limited: IntCounterVec,
     faults: IntCounterVec,
     breaker_open: IntGaugeVec,
@@ -191,6 +195,12 @@ impl Metrics {
                 "Config reloads, by result (success, failure).",
             ),
             &["result"],
+        )
+        .expect("valid metric");
+        // Prometheus's own name for this is prometheus_config_last_reload_successful.
+        let last_reload_ok = IntGauge::new(
+            "remora_config_last_reload_successful",
+            "Whether the last config reload succeeded (1) or was refused (0).",
         )
         .expect("valid metric");
         let last_reload_success = prometheus::Gauge::new(
@@ -313,7 +323,7 @@ impl Metrics {
         let proxy_errors = IntCounterVec::new(
             Opts::new(
                 "remora_proxy_errors_total",
-                "Opaque TCP connections that failed, by reason.",
+                "Requests and opaque TCP connections Remora refused or failed, by reason (for requests, the x-remora-error value).",
             ),
             &["direction", "route", "service", "reason"],
         )
@@ -329,6 +339,7 @@ impl Metrics {
             Box::new(build_info),
             Box::new(reloads.clone()),
             Box::new(last_reload_success.clone()),
+            Box::new(last_reload_ok.clone()),
             Box::new(rate_limited.clone()),
             Box::new(faults.clone()),
             Box::new(breaker_open.clone()),
@@ -347,11 +358,8 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
+            .register(Box::new(process::Process::new()))
             .expect("process collector registers once");
         for d in [Direction::Inbound, Direction::Outbound] {
             connections_open.with_label_values(&[d.as_str()]);
@@ -375,6 +383,7 @@ impl Metrics {
             connection_errors,
             reloads,
             last_reload_success,
+            last_reload_ok,
             rate_limited,
             faults,
             breaker_open,
@@ -432,6 +441,7 @@ impl Metrics {
             codes: Default::default(),
             extra: Default::default(),
             vec: self.requests.clone(),
+            errors: self.proxy_errors.clone(),
             labels: labels.map(str::to_owned),
         }))
     }
@@ -528,6 +538,8 @@ impl Metrics {
         self.reloads.with_label_values(&[result]).inc();
         if success {
             self.config_loaded();
+        } else {
+            self.last_reload_ok.set(0);
         }
     }
 
@@ -537,6 +549,7 @@ impl Metrics {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         self.last_reload_success.set(now);
+        self.last_reload_ok.set(1);
     }
 
     /// The registry in Prometheus text format.
@@ -563,6 +576,8 @@ struct RequestInner {
     /// Uncommon codes, each claiming a slot on first use (0 = free).
     extra: [(AtomicU16, OnceLock<IntCounter>); EXTRA_CODES],
     vec: IntCounterVec,
+    /// `remora_proxy_errors_total`, looked up per error: errors are the uncommon path.
+    errors: IntCounterVec,
     labels: [String; 3],
 }
 
@@ -587,6 +602,17 @@ impl RequestMetrics {
             Ok(i) => inner.codes[i].get_or_init(|| inner.counter(code)).inc(),
             Err(_) => inner.extra_counter(code).inc(),
         }
+    }
+}
+
+impl RequestMetrics {
+    /// Counts a request Remora refused or failed itself, under its `x-remora-error` reason.
+    pub fn error(&self, reason: &str) {
+        let [d, r, s] = &self.0.labels;
+        self.0
+            .errors
+            .with_label_values(&[d.as_str(), r.as_str(), s.as_str(), reason])
+            .inc();
     }
 }
 

@@ -164,9 +164,11 @@ fn finish(
         .as_deref()
         .or(settings.service.as_deref())
         .unwrap_or("");
+    let metrics = tags.metrics.as_ref().unwrap_or(&settings.fallback);
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
+            metrics.error(e.reason());
             if e.is_downstream() {
                 tracing::debug!(direction = conn.direction.as_str(), route, error = %e, "request refused");
             } else {
@@ -176,10 +178,7 @@ fn finish(
         }
     };
     let elapsed = started.elapsed();
-    tags.metrics
-        .as_ref()
-        .unwrap_or(&settings.fallback)
-        .record(resp.status(), elapsed);
+    metrics.record(resp.status(), elapsed);
     if let Some(line) = access {
         tracing::info!(
             target: "remora::access",

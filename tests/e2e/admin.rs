@@ -115,6 +115,71 @@ services:
     assert!(text.contains(r#"remora_connections_open{direction="outbound"}"#));
 }
 
+/// Each failure Remora answers itself is counted under its own reason, so a 503 because the
+/// breaker is full and a 503 because no endpoint is healthy are different series.
+#[tokio::test]
+async fn errors_are_counted_by_reason() {
+    let up = echo("u").await;
+    let dead = dead_addr().await;
+    let p = proxy(&format!(
+        r#"
+outbound:
+  listen: 127.0.0.1:0
+  unmatched: reject
+  routes:
+    - name: ok
+      match: {{ host: ok }}
+      backends: [{{ service: live }}]
+    - name: dead
+      match: {{ host: dead }}
+      backends: [{{ service: gone }}]
+    - name: limited
+      match: {{ host: limited }}
+      backends: [{{ service: live }}]
+      rate_limit: {{ requests_per_second: 1, burst: 1 }}
+services:
+  live: {{ endpoints: ["{}"] }}
+  gone: {{ endpoints: ["{}"] }}
+"#,
+        up.addr, dead
+    ))
+    .await;
+    assert_eq!(get(p.outbound(), "ok", "/").await.status, 200);
+    for _ in 0..2 {
+        assert_eq!(get(p.outbound(), "dead", "/").await.status, 502);
+    }
+    assert_eq!(get(p.outbound(), "nowhere", "/").await.status, 404);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(get(p.outbound(), "limited", "/").await.status);
+    }
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(limited >= 1, "{statuses:?}");
+    let errors = |route: &str, service: &str, reason: &str| {
+        format!(
+            r#"remora_proxy_errors_total{{direction="outbound",reason="{reason}",route="{route}",service="{service}"}}"#
+        )
+    };
+    assert_eq!(
+        p.metric(&errors("dead", "gone", "upstream-connect-failure"))
+            .await,
+        Some(2.0)
+    );
+    assert_eq!(p.metric(&errors("", "", "no-route")).await, Some(1.0));
+    assert_eq!(
+        // Refused before a backend was picked: no service.
+        p.metric(&errors("limited", "", "rate-limited")).await,
+        Some(limited as f64)
+    );
+    let text = p.metrics().await;
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("remora_proxy_errors_total") && l.contains(r#"route="ok""#)),
+        "a served request is no error: {text}"
+    );
+}
+
 #[tokio::test]
 async fn graceful_stop_finishes_in_flight_requests() {
     let up = slow("slow", Duration::from_millis(600)).await;

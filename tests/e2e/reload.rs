@@ -266,6 +266,8 @@ async fn a_broken_file_changes_nothing_and_says_why() {
     let (a, b) = (echo("a").await, echo("b").await);
     let (mut cfg, p) = started("broken", &routes_to("a", &a, &b, "")).await;
     let before = get(p.admin, "a", "/config").await.body;
+    let last_ok = "remora_config_last_reload_successful";
+    assert_eq!(p.metric(last_ok).await, Some(1.0), "loaded at start");
 
     cfg.rename_over("outbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: r\n      backends: [{ service: missing }]\n");
     let r = post_reload(p.admin).await;
@@ -291,6 +293,15 @@ async fn a_broken_file_changes_nothing_and_says_why() {
     assert_eq!(get(p.admin, "a", "/ready").await.status, 200);
     assert_eq!(upstream_of(&p).await, "a");
     assert_eq!(reload_count(&p, "failure").await, 1.0);
+    assert_eq!(p.metric(last_ok).await, Some(0.0), "the last reload failed");
+
+    cfg.rename_over(&routes_to("b", &a, &b, ""));
+    assert_eq!(post_reload(p.admin).await.status, 200);
+    assert_eq!(
+        p.metric(last_ok).await,
+        Some(1.0),
+        "the last reload succeeded"
+    );
 }
 
 #[tokio::test]
