@@ -39,6 +39,7 @@ pub mod routing;
 pub mod runtime;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 #[cfg(test)]

@@ -60,6 +60,10 @@ impl Stacks {
     /// Assembles the stacks `snapshot` describes, bound to what outlives it in `shared`.
     pub fn build(snapshot: &Snapshot, shared: &Shared) -> Self {
         let (metrics, access_log) = (&shared.metrics, snapshot.access_log);
+        let observing = observe::Observing {
+            access_log,
+            tracer: shared.tracer.clone(),
+        };
         let limits = snapshot.startup.limits;
         let tcp_idle = (limits.tcp_idle_timeout, limits.header_read_timeout);
         let hygiene = hygiene::Rules {
@@ -67,7 +71,7 @@ impl Stacks {
             max_headers: limits.max_headers,
         };
         let unconfigured = |d| Side {
-            http: Stack::unconfigured(metrics.request(d, "", ""), access_log),
+            http: Stack::unconfigured(metrics.request(d, "", ""), observing.clone()),
             tcp: None,
             opaque_ports: PortSet::new(),
         };
@@ -78,7 +82,7 @@ impl Stacks {
                         ob.table.clone(),
                         metrics,
                         &shared.passthrough,
-                        access_log,
+                        observing.clone(),
                         hygiene,
                     )),
                     tcp: Some(TcpStack::outbound(
@@ -97,7 +101,7 @@ impl Stacks {
                         ib,
                         metrics,
                         &shared.passthrough,
-                        access_log,
+                        observing.clone(),
                         (hygiene, limits.underscores),
                     )),
                     tcp: Some(TcpStack::inbound(
@@ -151,8 +155,8 @@ pub enum Stack {
 
 impl Stack {
     /// The stack for a listener whose section is gone, recording in `metrics`.
-    pub fn unconfigured(metrics: RequestMetrics, access_log: bool) -> Self {
-        Stack::Unconfigured(observe::ObserveLayer::new(metrics, None, access_log).layer(Reject))
+    pub fn unconfigured(metrics: RequestMetrics, observing: observe::Observing) -> Self {
+        Stack::Unconfigured(observe::ObserveLayer::new(metrics, None, observing).layer(Reject))
     }
 }
 

@@ -107,12 +107,14 @@ impl Snapshot {
             paths,
             shutdown,
             log,
+            tracing,
             inbound,
             outbound,
             services: specs,
             identity,
             ..
         } = compiled;
+        shared.tracer.configure(tracing.as_ref());
         let metrics = &shared.metrics;
         let identity_files = identity.as_ref().map(|id| IdentityVersion {
             files: id.files().clone(),
@@ -199,6 +201,8 @@ pub struct Shared {
     pub authz: AuthzMetrics,
     /// Clients for passed-through requests.
     pub passthrough: Arc<Passthrough>,
+    /// Spans: the queue and exporter outlive snapshots.
+    pub tracer: Arc<crate::trace::Tracer>,
 }
 
 impl Shared {
@@ -209,6 +213,7 @@ impl Shared {
             tls: TlsContext::new(&metrics),
             authz: AuthzMetrics::new(&metrics),
             passthrough: Passthrough::new(Duration::from_secs(1)),
+            tracer: crate::trace::Tracer::new(&metrics),
             metrics,
         }
     }

@@ -3,7 +3,7 @@
 # PyPI: a C compiler and make for the build (ring, jemalloc), the `openssl` command line (a
 # non-Rust TLS client), and for the transparent-mode tests (network namespaces, real
 # iptables rules) iproute2, iptables (nft and legacy), curl, redis (server and redis-cli),
-# nats-server, and the nats-py client. Installs only what is missing; does nothing when
+# nats-server, the nats-py client, and opentelemetry-proto (the OTLP test receiver). Installs only what is missing; does nothing when
 # everything is there.
 set -euo pipefail
 sudo=""
@@ -28,12 +28,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
 fi
-if ! python3 -c 'import nats' >/dev/null 2>&1; then
+# PyPI: the NATS client, and the OpenTelemetry protobuf definitions the OTLP test receiver
+# decodes spans with.
+pip_missing=()
+python3 -c 'import nats' >/dev/null 2>&1 || pip_missing+=('nats-py>=2.6,<3')
+python3 -c 'from opentelemetry.proto.collector.trace.v1 import trace_service_pb2' >/dev/null 2>&1 ||
+  pip_missing+=('opentelemetry-proto>=1.20,<2')
+if [ ${#pip_missing[@]} -gt 0 ]; then
   if ! python3 -m pip --version >/dev/null 2>&1; then
     $sudo apt-get update
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends python3-pip
   fi
   # A Debian-managed Python refuses pip without --break-system-packages (PEP 668).
-  python3 -m pip install --quiet 'nats-py>=2.6,<3' ||
-    python3 -m pip install --quiet --break-system-packages 'nats-py>=2.6,<3'
+  python3 -m pip install --quiet "${pip_missing[@]}" ||
+    python3 -m pip install --quiet --break-system-packages "${pip_missing[@]}"
 fi

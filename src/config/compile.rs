@@ -87,6 +87,8 @@ pub struct Compiled {
     pub shutdown: ShutdownSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Tracing, when configured.
+    pub tracing: Option<crate::trace::TracingSettings>,
     /// Inbound listener, when configured.
     pub inbound: Option<InboundSpec>,
     /// Outbound listener, when configured.
@@ -275,6 +277,26 @@ pub fn compile(file: File, text: &str, base: Option<&Path>) -> Result<Compiled, 
         },
         access_log: log_file.access_log,
     };
+    let tracing = c.part(&file.tracing, "tracing").cloned().and_then(|t| {
+        let endpoint = crate::trace::Endpoint::parse(&t.otlp_endpoint)
+            .map_err(|e| c.err("tracing.otlp_endpoint", e))
+            .ok();
+        if !(0.0..=100.0).contains(&t.sample_percent) {
+            c.err("tracing.sample_percent", "must be 0 to 100".into());
+        }
+        if t.service_name.trim().is_empty() {
+            c.err("tracing.service_name", "must not be empty".into());
+        }
+        if t.max_queued_spans == 0 {
+            c.err("tracing.max_queued_spans", "must be at least 1".into());
+        }
+        Some(crate::trace::TracingSettings {
+            endpoint: endpoint?,
+            sample_percent: t.sample_percent,
+            service_name: t.service_name,
+            queue: t.max_queued_spans,
+        })
+    });
 
     let mut services = BTreeMap::new();
     for (name, svc) in &file.services {
@@ -401,6 +423,7 @@ pub fn compile(file: File, text: &str, base: Option<&Path>) -> Result<Compiled, 
             drain_timeout: shutdown_file.drain_timeout.0,
         },
         log,
+        tracing,
         inbound,
         outbound,
         services,

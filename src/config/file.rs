@@ -67,6 +67,10 @@ pub struct File {
     /// Logging.
     #[serde(default)]
     pub log: Option<Lenient<LogFile>>,
+    /// Distributed tracing: trace context, spans and their export. Absent: no spans, and
+    /// trace headers pass through untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Lenient<TracingFile>>,
     /// This workload's mTLS identity. Needed only when TLS is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Lenient<IdentityFile>>,
@@ -249,6 +253,37 @@ impl Default for ShutdownFile {
 
 fn default_drain() -> HumanDuration {
     HumanDuration::secs(30)
+}
+
+/// `tracing:`: spans exported over OTLP/HTTP.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingFile {
+    /// The collector's OTLP/HTTP URL, `http://host[:port][/path]`; port 4318 and path
+    /// `/v1/traces` when left out.
+    pub otlp_endpoint: String,
+    /// Percent of new traces (requests that arrive without a sampling decision) sampled,
+    /// 0 to 100; a caller's decision is always kept. Default: 1.
+    #[serde(default = "default_sample_percent")]
+    pub sample_percent: f64,
+    /// The `service.name` of this sidecar's spans. Default: `remora`.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Finished spans waiting for export at most; more are dropped and counted. Default: 2048.
+    #[serde(default = "default_span_queue")]
+    pub max_queued_spans: usize,
+}
+
+fn default_sample_percent() -> f64 {
+    1.0
+}
+
+fn default_service_name() -> String {
+    "remora".into()
+}
+
+fn default_span_queue() -> usize {
+    2048
 }
 
 /// `log:`: logging.

@@ -11,7 +11,7 @@ use tower::{Service, ServiceBuilder};
 use super::{
     forward::{self, Prepare},
     hygiene::{self, Hygiene, HygieneLayer},
-    observe::{Observe, ObserveLayer},
+    observe::{Observe, ObserveLayer, Observing},
 };
 use crate::{
     authorize::Authorizer,
@@ -40,7 +40,7 @@ pub fn stack(
     s: &Inbound,
     metrics: &Metrics,
     pools: &Arc<Passthrough>,
-    access_log: bool,
+    observing: Observing,
     (hygiene, underscores): (hygiene::Rules, headers::Underscores),
 ) -> InboundStack {
     let d = Direction::Inbound;
@@ -53,7 +53,7 @@ pub fn stack(
         .layer(ObserveLayer::new(
             metrics.request(d, "", "app"),
             Some(s.app.name().clone()),
-            access_log,
+            observing,
         ))
         .layer(HygieneLayer::new(hygiene))
         .layer_fn(|inner| Guard {

@@ -1,7 +1,9 @@
-//! The outermost layer of each direction's stack: it times the request, turns an error from
-//! the layers below into the caller's response (through `rescue`, the one place that
-//! happens), records the answer in the most specific request metrics the stack tagged, and
-//! writes the access log line. Outermost, so Remora's own answers are counted too.
+//! The outermost layer of each direction's stack: it times the request, gives it an
+//! `x-request-id` (kept when the caller sent one), begins its span (reading the caller's
+//! trace context and writing this hop's), turns an error from the layers below into the
+//! caller's response (through `rescue`, the one place that happens), records the answer in
+//! the most specific request metrics the stack tagged, ends the span and writes the access
+//! log line. Outermost, so Remora's own answers are counted and traced too.
 
 use std::{
     convert::Infallible,
@@ -11,7 +13,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{header, Method};
+use http::{header, HeaderName, HeaderValue, Method, StatusCode, Version};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -19,9 +21,22 @@ use super::rescue;
 use crate::{
     context::{BoxFuture, Ctx, Req, Resp, Stage},
     headers,
-    metrics::RequestMetrics,
+    metrics::{Direction, RequestMetrics},
     tls::accept::ClientId,
+    trace::{Ending, SpanKind, Started, Tracer, Value},
 };
+
+/// `x-request-id`.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What the outermost layer does besides answering: the access log and the spans.
+#[derive(Debug, Clone)]
+pub struct Observing {
+    /// Whether to write an access log line per request.
+    pub access_log: bool,
+    /// The process's tracer.
+    pub tracer: Arc<Tracer>,
+}
 
 /// What the outermost layer records with.
 #[derive(Debug, Clone)]
@@ -33,17 +48,17 @@ struct Settings {
     fallback: RequestMetrics,
     /// The service label of the access log when the stack names none.
     service: Option<Arc<str>>,
-    access_log: bool,
+    observing: Observing,
 }
 
 impl ObserveLayer {
-    /// Records untagged requests in `fallback`, logs `service` for them, and writes an
-    /// access log line per request when `access_log` is on.
-    pub fn new(fallback: RequestMetrics, service: Option<Arc<str>>, access_log: bool) -> Self {
+    /// Records untagged requests in `fallback`, logs `service` for them, and writes the
+    /// access log and spans as `observing` says.
+    pub fn new(fallback: RequestMetrics, service: Option<Arc<str>>, observing: Observing) -> Self {
         Self(Arc::new(Settings {
             fallback,
             service,
-            access_log,
+            observing,
         }))
     }
 }
@@ -78,17 +93,22 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, mut req: Req) -> Self::Future {
         let started = Instant::now();
+        let request_id = request_id(req.headers_mut());
+        let span = self.settings.observing.tracer.start(req.headers_mut());
         let ctx = req.ctx.clone();
-        let access = self.settings.access_log.then(|| AccessLine::capture(&req));
+        let wanted =
+            self.settings.observing.access_log || span.as_ref().is_some_and(Started::sampled);
+        let line = wanted.then(|| RequestLine::capture(&req, request_id));
         Observed {
             inner: self.inner.call(req),
             done: Some(Done {
                 settings: self.settings.clone(),
                 ctx,
                 started,
-                access,
+                line,
+                span,
             }),
         }
     }
@@ -105,7 +125,8 @@ struct Done {
     settings: Arc<Settings>,
     ctx: Ctx,
     started: Instant,
-    access: Option<AccessLine>,
+    line: Option<RequestLine>,
+    span: Option<Started>,
 }
 
 impl Future for Observed {
@@ -114,22 +135,52 @@ impl Future for Observed {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let result = std::task::ready!(self.inner.as_mut().poll(cx));
         let d = self.done.take().expect("polled after completion");
-        Poll::Ready(Ok(finish(&d.settings, &d.ctx, d.started, result, d.access)))
+        Poll::Ready(Ok(finish(d, result)))
     }
 }
 
-/// The request line, kept only when the access log is on.
+/// Keeps the caller's `x-request-id` or sets a new one (a random UUID), and returns it.
+fn request_id(h: &mut http::HeaderMap) -> HeaderValue {
+    if let Some(id) = h.get(REQUEST_ID).filter(|v| !v.is_empty()) {
+        return id.clone();
+    }
+    let id = new_request_id();
+    h.insert(REQUEST_ID, id.clone());
+    id
+}
+
+/// A version 4 UUID, as Envoy's and most frameworks' request IDs are.
+fn new_request_id() -> HeaderValue {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let bits = (fastrand::u128(..) & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let mut out = [0u8; 36];
+    let mut n = 0;
+    for (i, nibble) in (0..32).rev().map(|i| (bits >> (i * 4)) & 0xf).enumerate() {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out[n] = b'-';
+            n += 1;
+        }
+        out[n] = DIGITS[nibble as usize];
+        n += 1;
+    }
+    HeaderValue::from_bytes(&out).expect("hex and dashes are a valid header value")
+}
+
+/// What the access log and the span say about the request, captured before the stack
+/// consumes it; only when one of them will be written.
 #[derive(Debug)]
-struct AccessLine {
+struct RequestLine {
     method: Method,
     authority: String,
     path: String,
+    version: Version,
+    user_agent: Option<String>,
+    request_id: HeaderValue,
     request_bytes: Option<u64>,
 }
 
-impl AccessLine {
-    /// Captures what the access log needs before the request is consumed.
-    fn capture(req: &Req) -> Self {
+impl RequestLine {
+    fn capture(req: &Req, request_id: HeaderValue) -> Self {
         let authority = headers::authority(req.uri(), req.headers())
             .unwrap_or("")
             .to_owned();
@@ -137,6 +188,13 @@ impl AccessLine {
             method: req.method().clone(),
             authority,
             path: req.uri().path().to_owned(),
+            version: req.version(),
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            request_id,
             request_bytes: content_length(req.headers()),
         }
     }
@@ -146,14 +204,27 @@ fn content_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// Turns the stack's result into the response, records metrics and writes the access log.
-fn finish(
-    settings: &Settings,
-    ctx: &Ctx,
-    started: Instant,
-    result: crate::context::Result,
-    access: Option<AccessLine>,
-) -> Resp {
+/// `network.protocol.version` of OpenTelemetry's conventions.
+fn protocol_version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// Turns the stack's result into the response, records metrics, ends the span and writes
+/// the access log.
+fn finish(d: Done, result: crate::context::Result) -> Resp {
+    let Done {
+        settings,
+        ctx,
+        started,
+        line,
+        span,
+    } = d;
     let conn = ctx.conn();
     // The breaker's place, if the request took one, goes with the body (or ends here).
     let result = result.map(|r| ctx.answer(r));
@@ -165,6 +236,7 @@ fn finish(
         .or(settings.service.as_deref())
         .unwrap_or("");
     let metrics = tags.metrics.as_ref().unwrap_or(&settings.fallback);
+    let mut reason = None;
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -174,29 +246,166 @@ fn finish(
             } else {
                 tracing::warn!(direction = conn.direction.as_str(), route, service, error = %e, "request failed");
             }
+            reason = Some(e.reason());
             rescue(&e)
         }
     };
     let elapsed = started.elapsed();
     metrics.record(resp.status(), elapsed);
-    if let Some(line) = access {
+    let attempts = tags.endpoint.map_or(0, |_| tags.tried.len() + 1);
+    let trace_id = span.as_ref().map(|s| s.trace_id.hex());
+    if let (Some(span), Some(line)) = (span, &line) {
+        if span.sampled() {
+            let kind = match conn.direction {
+                Direction::Inbound => SpanKind::Server,
+                Direction::Outbound => SpanKind::Client,
+            };
+            let status = resp.status();
+            // OpenTelemetry's conventions: 5xx fails a server span, 4xx and 5xx a client's.
+            let failed =
+                status.is_server_error() || (kind == SpanKind::Client && status.is_client_error());
+            let error = reason
+                .map(str::to_owned)
+                .or_else(|| failed.then(|| status.as_u16().to_string()));
+            let name = if route.is_empty() {
+                line.method.to_string()
+            } else {
+                format!("{} {route}", line.method)
+            };
+            span.end(Ending {
+                name,
+                kind,
+                attributes: span_attributes(
+                    line, status, conn, route, service, &tags, attempts, reason,
+                ),
+                events: Vec::new(),
+                error,
+            });
+        }
+    }
+    if let (true, Some(line)) = (settings.observing.access_log, line) {
         tracing::info!(
             target: "remora::access",
             direction = conn.direction.as_str(),
             client = %conn.peer.ip(),
             client_id = conn.client_id.as_ref().map(ClientId::as_str),
+            protocol = protocol_version(line.version),
             method = %line.method,
             authority = %line.authority,
             path = %line.path,
+            user_agent = line.user_agent,
             status = resp.status().as_u16(),
             route,
             service,
             endpoint = tags.endpoint.map(|e| e.to_string()),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            attempts,
+            // Microseconds, as a number with three decimals: a float's full expansion
+            // (0.07875700000000001) is noise in a log.
+            duration_ms = (elapsed.as_micros() as f64) / 1000.0,
             request_bytes = line.request_bytes,
             response_bytes = content_length(resp.headers()),
-            error = resp.headers().get("x-remora-error").and_then(|v| v.to_str().ok()),
+            request_id = line.request_id.to_str().ok(),
+            trace_id,
+            error = reason,
         );
     }
     resp
+}
+
+/// The span's attributes, by OpenTelemetry's HTTP conventions, and Remora's own.
+#[allow(clippy::too_many_arguments)]
+fn span_attributes(
+    line: &RequestLine,
+    status: StatusCode,
+    conn: &crate::context::ConnMeta,
+    route: &str,
+    service: &str,
+    tags: &crate::context::Tags,
+    attempts: usize,
+    reason: Option<&str>,
+) -> Vec<(&'static str, Value)> {
+    let s = |v: &str| Value::Str(v.to_owned());
+    let host = headers::host_without_port(&line.authority);
+    let mut a = vec![
+        ("http.request.method", s(line.method.as_str())),
+        ("url.path", s(&line.path)),
+        (
+            "http.response.status_code",
+            Value::Int(status.as_u16().into()),
+        ),
+        (
+            "network.protocol.version",
+            s(protocol_version(line.version)),
+        ),
+        ("server.address", s(host.trim_matches(['[', ']']))),
+        ("client.address", s(&conn.peer.ip().to_string())),
+        ("remora.direction", s(conn.direction.as_str())),
+        (
+            "remora.request_id",
+            s(line.request_id.to_str().unwrap_or("")),
+        ),
+    ];
+    if let Some(ua) = &line.user_agent {
+        a.push(("user_agent.original", s(ua)));
+    }
+    if !route.is_empty() {
+        a.push(("remora.route", s(route)));
+    }
+    if !service.is_empty() {
+        a.push(("remora.service", s(service)));
+    }
+    if let Some(endpoint) = tags.endpoint {
+        a.push(("remora.endpoint", s(&endpoint.to_string())));
+        a.push(("remora.attempts", Value::Int(attempts as i64)));
+        if !tags.tried.is_empty() {
+            let tried: Vec<String> = tags.tried.iter().map(ToString::to_string).collect();
+            a.push(("remora.endpoints_tried", s(&tried.join(","))));
+        }
+    }
+    if let Some(id) = &conn.client_id {
+        a.push(("remora.peer_identity", s(id.as_str())));
+    }
+    if let Some(reason) = reason {
+        a.push(("remora.error", s(reason)));
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let ids: Vec<String> = (0..50)
+            .map(|_| new_request_id().to_str().unwrap().to_owned())
+            .collect();
+        for id in &ids {
+            let groups: Vec<&str> = id.split('-').collect();
+            assert_eq!(
+                groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12],
+                "{id}"
+            );
+            assert!(groups[2].starts_with('4'), "version 4: {id}");
+            assert!(
+                matches!(&groups[3][..1], "8" | "9" | "a" | "b"),
+                "variant: {id}"
+            );
+        }
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len());
+    }
+
+    #[test]
+    fn a_callers_request_id_is_kept() {
+        let mut h = http::HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("abc"));
+        assert_eq!(request_id(&mut h), "abc");
+        let mut h = http::HeaderMap::new();
+        let id = request_id(&mut h);
+        assert_eq!(h[REQUEST_ID], id);
+    }
 }

@@ -14,7 +14,7 @@ use tower::{Service, ServiceBuilder};
 use super::{
     forward::{self, Forward, ResponseEdits, ResponseEditsLayer},
     hygiene::{self, Hygiene, HygieneLayer},
-    observe::{Observe, ObserveLayer},
+    observe::{Observe, ObserveLayer, Observing},
 };
 use crate::{
     body::ProxyBody,
@@ -53,7 +53,7 @@ pub fn stack(
     table: Arc<RouteTable>,
     metrics: &Metrics,
     pools: &Arc<Passthrough>,
-    access_log: bool,
+    observing: Observing,
     hygiene: hygiene::Rules,
 ) -> OutboundStack {
     let d = Direction::Outbound;
@@ -97,7 +97,7 @@ pub fn stack(
         .layer(ObserveLayer::new(
             metrics.request(d, "", ""),
             None,
-            access_log,
+            observing,
         ))
         .layer(HygieneLayer::new(hygiene))
         .service(router)

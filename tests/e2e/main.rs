@@ -14,5 +14,6 @@ mod resilience;
 mod retries;
 mod routing;
 mod tcp;
+mod traces;
 mod transparent;
 mod upstreams;

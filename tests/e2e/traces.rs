@@ -1,0 +1,354 @@
+//! Distributed tracing through the real listeners, exported to a real OTLP/HTTP receiver that
+//! decodes with OpenTelemetry's published protobuf definitions (`fixtures/otlp_receiver.py`).
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+};
+
+use serde_json::Value;
+
+use crate::{netns::fixture, support::*};
+
+/// The receiver process, killed when dropped.
+struct Receiver {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let mut child = Command::new("python3")
+            .arg(fixture("otlp_receiver.py"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs the OTLP receiver (tests/install-deps.sh installs its package)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line.trim().parse().unwrap_or_else(|_| {
+            panic!("the receiver printed no port ({line:?}): is opentelemetry-proto installed?")
+        });
+        Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn spans(&self) -> Vec<Value> {
+        let r = get(self.addr, "receiver", "/spans").await;
+        serde_json::from_str(&r.body).unwrap()
+    }
+
+    /// Waits until at least `n` spans arrived, and returns them.
+    async fn wait_for(&self, n: usize) -> Vec<Value> {
+        wait_until(|| async { self.spans().await.len() >= n }).await;
+        let errors = get(self.addr, "receiver", "/errors").await.body;
+        assert_eq!(errors, "[]", "the receiver could not decode what it got");
+        self.spans().await
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tracing_section(endpoint: &str, percent: u32, service: &str) -> String {
+    format!(
+        "tracing: {{ otlp_endpoint: \"{endpoint}\", sample_percent: {percent}, service_name: {service} }}\n"
+    )
+}
+
+/// The request headers the echo upstream saw, from its body.
+fn seen(body: &str, name: &str) -> Option<String> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(str::to_owned)
+}
+
+fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
+    &span["attributes"][key]
+}
+
+/// A → B → app: A's client span and B's server span are one trace, B's parent is A's span,
+/// and the app gets B's span as its parent.
+#[tokio::test]
+async fn two_sidecars_make_one_trace() {
+    let rx = Receiver::start();
+    let app = echo("app").await;
+    let b = proxy(&format!(
+        "{}inbound: {{ listen: 127.0.0.1:0, app: \"{}\" }}\n",
+        tracing_section(&rx.endpoint(), 100, "b"),
+        app.addr
+    ))
+    .await;
+    let a = proxy(&format!(
+        "{}outbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: to-b\n      match: {{ host: orders }}\n      backends: [{{ service: orders }}]\nservices:\n  orders: {{ endpoints: [\"{}\"] }}\n",
+        tracing_section(&rx.endpoint(), 100, "a"),
+        b.inbound()
+    ))
+    .await;
+
+    let r = get_with(
+        a.outbound(),
+        "orders",
+        "/orders/7",
+        &[("user-agent", "curl/8.5.0")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let spans = rx.wait_for(2).await;
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let client = spans
+        .iter()
+        .find(|s| s["kind"] == "SPAN_KIND_CLIENT")
+        .unwrap();
+    let server = spans
+        .iter()
+        .find(|s| s["kind"] == "SPAN_KIND_SERVER")
+        .unwrap();
+
+    assert_eq!(client["trace_id"], server["trace_id"], "one trace");
+    assert_eq!(client["parent_span_id"], "", "a new trace starts at A");
+    assert_eq!(
+        server["parent_span_id"], client["span_id"],
+        "B's parent is A's span"
+    );
+    assert_eq!(client["service"], "a");
+    assert_eq!(server["service"], "b");
+    assert_eq!(client["scope"], "remora");
+    assert_eq!(client["name"], "GET to-b");
+    assert_eq!(server["name"], "GET");
+
+    for s in [client, server] {
+        assert_eq!(attr(s, "http.request.method"), "GET");
+        assert_eq!(attr(s, "url.path"), "/orders/7");
+        assert_eq!(attr(s, "http.response.status_code"), 200);
+        assert_eq!(attr(s, "network.protocol.version"), "1.1");
+        assert_eq!(attr(s, "user_agent.original"), "curl/8.5.0");
+        assert_eq!(s["status"]["code"], "STATUS_CODE_UNSET");
+        assert!(s["end"].as_u64() >= s["start"].as_u64());
+    }
+    assert_eq!(attr(client, "remora.route"), "to-b");
+    assert_eq!(attr(client, "remora.service"), "orders");
+    assert_eq!(
+        attr(client, "remora.endpoint"),
+        b.inbound().to_string().as_str()
+    );
+    assert_eq!(attr(client, "remora.attempts"), 1);
+    assert_eq!(attr(server, "remora.service"), "app");
+    assert_eq!(attr(server, "remora.direction"), "inbound");
+    // One request ID end to end, in both spans.
+    let id = seen(&r.body, "x-request-id").expect("the app got a request id");
+    assert_eq!(attr(client, "remora.request_id"), id.as_str());
+    assert_eq!(attr(server, "remora.request_id"), id.as_str());
+
+    let tp = seen(&r.body, "traceparent").expect("the app got a traceparent");
+    let trace = server["trace_id"].as_str().unwrap();
+    let span = server["span_id"].as_str().unwrap();
+    assert_eq!(
+        tp,
+        format!("00-{trace}-{span}-01"),
+        "the app's parent is B's span"
+    );
+    assert_eq!(a.metric("remora_spans_exported_total").await, Some(1.0));
+}
+
+/// The caller's decision is kept in both directions, whatever the rate; B3 callers keep
+/// their trace too, and get B3 back.
+#[tokio::test]
+async fn a_callers_context_and_decision_are_kept() {
+    let rx = Receiver::start();
+    let app = echo("app").await;
+    let never = proxy(&format!(
+        "{}inbound: {{ listen: 127.0.0.1:0, app: \"{}\" }}\n",
+        tracing_section(&rx.endpoint(), 0, "never"),
+        app.addr
+    ))
+    .await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let tp = format!("00-{trace}-{parent}-01");
+    let r = get_with(
+        never.inbound(),
+        "app",
+        "/",
+        &[("traceparent", &tp), ("tracestate", "v=1")],
+    )
+    .await;
+    let forwarded = seen(&r.body, "traceparent").unwrap();
+    assert!(
+        forwarded.starts_with(&format!("00-{trace}-")) && forwarded.ends_with("-01"),
+        "{forwarded}"
+    );
+    assert_eq!(seen(&r.body, "tracestate").as_deref(), Some("v=1"));
+    let spans = rx.wait_for(1).await;
+    assert_eq!(spans[0]["trace_id"], trace);
+    assert_eq!(spans[0]["parent_span_id"], parent);
+
+    // B3, single header: same trace, and the app gets b3 with this hop's span.
+    let b3 = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1";
+    let r = get_with(never.inbound(), "app", "/", &[("b3", b3)]).await;
+    let spans = rx.wait_for(2).await;
+    let s = spans
+        .iter()
+        .find(|s| s["parent_span_id"] == "e457b5a2e4d86bd1")
+        .unwrap();
+    assert_eq!(s["trace_id"], "80f198ee56343ba864fe8b2a57d3eff7");
+    let b3_out = seen(&r.body, "b3").unwrap();
+    assert_eq!(
+        b3_out,
+        format!(
+            "80f198ee56343ba864fe8b2a57d3eff7-{}-1",
+            s["span_id"].as_str().unwrap()
+        )
+    );
+
+    // B3 multi with a 64-bit trace ID.
+    get_with(
+        never.inbound(),
+        "app",
+        "/",
+        &[
+            ("x-b3-traceid", "a3ce929d0e0e4736"),
+            ("x-b3-spanid", "00f067aa0ba902b7"),
+            ("x-b3-sampled", "1"),
+        ],
+    )
+    .await;
+    let spans = rx.wait_for(3).await;
+    assert!(spans
+        .iter()
+        .any(|s| s["trace_id"] == "0000000000000000a3ce929d0e0e4736"));
+
+    // A caller that said "not sampled" is not sampled here, at 100%.
+    let always = proxy(&format!(
+        "{}inbound: {{ listen: 127.0.0.1:0, app: \"{}\" }}\n",
+        tracing_section(&rx.endpoint(), 100, "always"),
+        app.addr
+    ))
+    .await;
+    let unsampled = format!("00-{trace}-{parent}-00");
+    let r = get_with(always.inbound(), "app", "/", &[("traceparent", &unsampled)]).await;
+    assert!(seen(&r.body, "traceparent").unwrap().ends_with("-00"));
+    // No request made at 0% without context is sampled, and it says so downstream.
+    let r = get(never.inbound(), "app", "/").await;
+    assert!(seen(&r.body, "traceparent").unwrap().ends_with("-00"));
+    // A malformed traceparent is replaced by a new trace.
+    let r = get_with(
+        always.inbound(),
+        "app",
+        "/",
+        &[("traceparent", "00-zz-yy-01")],
+    )
+    .await;
+    let fresh = seen(&r.body, "traceparent").unwrap();
+    assert!(fresh.ends_with("-01") && !fresh.contains("zz"), "{fresh}");
+    let spans = rx.wait_for(4).await;
+    assert_eq!(
+        spans.len(),
+        4,
+        "only the sampled requests made spans: {spans:#?}"
+    );
+}
+
+/// Remora's own failures mark the span failed, with the reason.
+#[tokio::test]
+async fn a_failed_request_is_a_failed_span() {
+    let rx = Receiver::start();
+    let dead = dead_addr().await;
+    let p = proxy(&format!(
+        "{}outbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: r\n      match: {{ host: svc }}\n      backends: [{{ service: gone }}]\nservices:\n  gone: {{ endpoints: [\"{dead}\"] }}\n",
+        tracing_section(&rx.endpoint(), 100, "p"),
+    ))
+    .await;
+    assert_eq!(get(p.outbound(), "svc", "/").await.status, 502);
+    let spans = rx.wait_for(1).await;
+    assert_eq!(spans[0]["status"]["code"], "STATUS_CODE_ERROR");
+    assert_eq!(spans[0]["status"]["message"], "upstream-connect-failure");
+    assert_eq!(attr(&spans[0], "remora.error"), "upstream-connect-failure");
+    assert_eq!(attr(&spans[0], "http.response.status_code"), 502);
+}
+
+/// A dead collector costs requests nothing: every one succeeds, and the spans are counted
+/// as dropped.
+#[tokio::test]
+async fn a_dead_collector_fails_no_request() {
+    let app = echo("app").await;
+    let dead = dead_addr().await;
+    let p = proxy(&format!(
+        "{}inbound: {{ listen: 127.0.0.1:0, app: \"{}\" }}\n",
+        tracing_section(&format!("http://{dead}"), 100, "p"),
+        app.addr
+    ))
+    .await;
+    for _ in 0..200 {
+        assert_eq!(get(p.inbound(), "app", "/").await.status, 200);
+    }
+    let dropped = "remora_spans_dropped_total{reason=\"export-failed\"}";
+    wait_until(|| async { p.metric(dropped).await == Some(200.0) }).await;
+    assert_eq!(p.metric("remora_spans_exported_total").await, Some(0.0));
+}
+
+/// Without a `tracing:` section, trace headers pass through as they came and nothing is
+/// exported; the request ID is still given.
+#[tokio::test]
+async fn no_tracing_section_leaves_trace_headers_alone() {
+    let app = echo("app").await;
+    let p = proxy(&format!(
+        "inbound: {{ listen: 127.0.0.1:0, app: \"{}\" }}\n",
+        app.addr
+    ))
+    .await;
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = get_with(
+        p.inbound(),
+        "app",
+        "/",
+        &[("traceparent", tp), ("x-request-id", "mine")],
+    )
+    .await;
+    assert_eq!(seen(&r.body, "traceparent").as_deref(), Some(tp));
+    assert_eq!(seen(&r.body, "x-request-id").as_deref(), Some("mine"));
+    let r = get(p.inbound(), "app", "/").await;
+    assert_eq!(seen(&r.body, "traceparent"), None);
+    assert_eq!(seen(&r.body, "x-request-id").map(|id| id.len()), Some(36));
+}
+
+#[test]
+fn a_bad_tracing_section_is_refused_with_its_position() {
+    let dir = std::env::temp_dir().join(format!("remora-test-{}-tracing", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("remora.yaml");
+    std::fs::write(
+        &path,
+        "version: 1\ntracing:\n  otlp_endpoint: \"https://c:4318\"\n  sample_percent: 101\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_remora"))
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{text}");
+    assert!(
+        text.contains(":3:")
+            && text.contains("tracing.otlp_endpoint: https collectors are not supported"),
+        "{text}"
+    );
+    assert!(
+        text.contains(":4:") && text.contains("tracing.sample_percent: must be 0 to 100"),
+        "{text}"
+    );
+}
