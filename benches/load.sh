@@ -39,7 +39,8 @@ cargo build --release --quiet
 if (( $(ulimit -n) < HOLD * 4 + 4096 )); then ulimit -n $(( HOLD * 4 + 4096 )) 2>/dev/null || true; fi
 
 source benches/common.sh
-read -r UP REMORA_PORT NGINX_H1 NGINX_H2 HAPROXY_PORT ADMIN BASE_PORT BASE_ADMIN < <(free_ports 8)
+read -r UP REMORA_PORT NGINX_H1 NGINX_H2 HAPROXY_PORT ADMIN BASE_PORT BASE_ADMIN \
+  T1_PORT T1_ADMIN T100_PORT T100_ADMIN < <(free_ports 12)
 BASELINE_BIN=${BASELINE_BIN:-}
 
 # --- the upstream: nginx on the load core, a small fixed body ---
@@ -74,6 +75,18 @@ YAML
 TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" target/release/remora run --config "$work/remora.yaml" > "$work/remora.log" 2>&1 &
 remora_pid=$!
 pids+=($remora_pid)
+
+# --- the same build with tracing at 1% and at 100% (spans go to the upstream nginx, which
+# answers every POST /v1/traces with 200), for what tracing costs ---
+for t in 1:$T1_PORT:$T1_ADMIN 100:$T100_PORT:$T100_ADMIN; do
+  IFS=: read -r pct port admin <<< "$t"
+  sed -e "s/127.0.0.1:$REMORA_PORT/127.0.0.1:$port/" -e "s/127.0.0.1:$ADMIN/127.0.0.1:$admin/" \
+    "$work/remora.yaml" > "$work/trace$pct.yaml"
+  echo "tracing: { otlp_endpoint: \"http://127.0.0.1:$UP\", sample_percent: $pct }" >> "$work/trace$pct.yaml"
+  TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" target/release/remora run --config "$work/trace$pct.yaml" > "$work/trace$pct.log" 2>&1 &
+  pids+=($!)
+  eval "trace${pct}_pid=$!"
+done
 
 # --- the baseline build, when given: the same config on its own ports ---
 if [ -n "$BASELINE_BIN" ]; then
@@ -124,7 +137,7 @@ taskset -c "$PROXY_CPU" haproxy -f "$work/haproxy.cfg" -db > "$work/haproxy.log"
 haproxy_pid=$!
 pids+=($haproxy_pid)
 
-for p in $UP $REMORA_PORT $NGINX_H1 $NGINX_H2 $HAPROXY_PORT $ADMIN; do wait_port "$p"; done
+for p in $UP $REMORA_PORT $NGINX_H1 $NGINX_H2 $HAPROXY_PORT $ADMIN $T1_PORT $T100_PORT; do wait_port "$p"; done
 if [ -n "$BASELINE_BIN" ]; then wait_port "$BASE_PORT"; fi
 rss_kb() { awk '/VmRSS/ { print $2 }' "/proc/$1/status"; }
 idle_rss=$(rss_kb "$remora_pid")
@@ -133,6 +146,8 @@ idle_rss=$(rss_kb "$remora_pid")
 declare -A PIDS_OF
 PIDS_OF[$REMORA_PORT]=$remora_pid
 PIDS_OF[$HAPROXY_PORT]=$haproxy_pid
+PIDS_OF[$T1_PORT]=$trace1_pid
+PIDS_OF[$T100_PORT]=$trace100_pid
 PIDS_OF[$NGINX_H1]=$(pgrep -P "$nginx_pid" | tr '\n' ' ')
 PIDS_OF[$NGINX_H2]=${PIDS_OF[$NGINX_H1]}
 if [ -n "$BASELINE_BIN" ]; then PIDS_OF[$BASE_PORT]=$base_pid; fi
@@ -225,6 +240,8 @@ for round in $(seq "$ROUNDS"); do
   R[haproxy_h1]+="$(h1 "$HAPROXY_PORT");"
   R[nginx_h1]+="$(h1 "$NGINX_H1");"
   R[remora_h1_policies]+="$(h1 "$REMORA_PORT" policies);"
+  R[remora_h1_trace1]+="$(h1 "$T1_PORT");"
+  R[remora_h1_trace100]+="$(h1 "$T100_PORT");"
   R[remora_h2]+="$(h2 "$REMORA_PORT");"
   R[haproxy_h2]+="$(h2 "$HAPROXY_PORT");"
   R[nginx_h2]+="$(h2 "$NGINX_H2");"
@@ -254,6 +271,7 @@ open_args=()
 for k in "${!R[@]}"; do case $k in *_open*) open_args+=("$k=${R[$k]}") ;; esac; done
 python3 - "$idle_rss" "$loaded_rss" \
   "direct_h1=${R[direct_h1]}" "remora_h1=${R[remora_h1]}" "remora_h1_policies=${R[remora_h1_policies]}" \
+  "remora_h1_trace1=${R[remora_h1_trace1]}" "remora_h1_trace100=${R[remora_h1_trace100]}" \
   "nginx_h1=${R[nginx_h1]}" "haproxy_h1=${R[haproxy_h1]}" \
   "remora_h2=${R[remora_h2]}" "nginx_h2=${R[nginx_h2]}" "haproxy_h2=${R[haproxy_h2]}" \
   ${BASELINE_BIN:+"baseline_h1=${R[baseline_h1]}" "baseline_h2=${R[baseline_h2]}"} \
@@ -299,11 +317,22 @@ for rate in sorted({int(k.split("_open")[1]) for k in r if "_open" in k}):
     print(f"open loop at {rate} req/s, CPU µs per request: " +
           ", ".join(f"{w} {c:.1f}" for w, c in cpu.items()) +
           f"; remora / the better: {cpu['remora'] / min(cpu['nginx'], cpu['haproxy']):.2f}x")
+for pct in (1, 100):
+    t = r[f"remora_h1_trace{pct}"]
+    print(f"remora with tracing at {pct}% / without, h1: req/s {t[0] / r['remora_h1'][0]:.2f}x, "
+          f"CPU per request {t[3] / r['remora_h1'][3]:.2f}x")
 ratio = r["remora_h1_policies"][0] / r["remora_h1"][0]
 print(f"remora route with retry, budget, breaker and outlier detection / plain route h1 req/s: {ratio:.2f}x")
 print(f"\nremora RSS idle: {idle / 1024:.1f} MiB, after load: {loaded / 1024:.1f} MiB")
 PY
 echo "peak RSS over the load runs: $(for kv in $peaks; do awk -v k="${kv%%=*}" -v v="${kv#*=}" 'BEGIN { printf "%s %.1f MiB  ", k, v / 1024 }'; done)"
+python3 - "$T100_ADMIN" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
+pick = lambda name: sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name))
+print(f"tracing at 100%: {pick('remora_spans_exported_total'):.0f} spans exported, "
+      f"{pick('remora_spans_dropped_total'):.0f} dropped")
+PY
 printf '\n%d idle keep-alive connections (one request each, then held):\n' "$HOLD"
 printf '%-10s%16s%16s%20s\n' proxy "RSS before" "RSS held" "bytes/connection"
 for p in remora nginx haproxy; do
