@@ -214,18 +214,22 @@ fn main() -> ExitCode {
             let (text, compiled) = match config::load_with_text(&path) {
                 Ok(pair) => pair,
                 Err(e) => {
-                    eprintln!("{e}");
+                    let text = remora::files::read_bounded(&path, remora::files::MAX_CONFIG_BYTES)
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok());
+                    telemetry::fatal(telemetry::format_of(text.as_deref()), &e.to_string());
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
             telemetry::init(&compiled.log);
+            let format = compiled.log.format;
             let workers = workers
                 .map(usize::from)
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let runtime = match build_runtime(workers) {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!("remora: cannot start the runtime: {e}");
+                    telemetry::fatal(format, &format!("remora: cannot start the runtime: {e}"));
                     return ExitCode::FAILURE;
                 }
             };
@@ -236,7 +240,7 @@ fn main() -> ExitCode {
                 let listeners = match app::Listeners::bind(&compiled).await {
                     Ok(l) => l,
                     Err(e) => {
-                        eprintln!("remora: {e}");
+                        telemetry::fatal(format, &format!("remora: {e}"));
                         return ExitCode::FAILURE;
                     }
                 };

@@ -77,9 +77,49 @@ pub fn init(log: &LogSettings) {
     };
 }
 
+/// The log format a control file asks for, read leniently from `text` (a file that failed to
+/// load can still say how its errors should look): `text` when `log.format: text`, else JSON,
+/// the default.
+pub fn format_of(text: Option<&str>) -> LogFormat {
+    let asked = text
+        .and_then(|t| serde_yaml::from_str::<serde_yaml::Value>(t).ok())
+        .and_then(|v| v.get("log")?.get("format")?.as_str().map(str::to_owned));
+    match asked.as_deref() {
+        Some("text") => LogFormat::Text,
+        _ => LogFormat::Json,
+    }
+}
+
+/// Reports an error that stops Remora from starting: as an `error` log line in `format` (so a
+/// log pipeline that parses JSON sees it, with the logs' usual fields), and in plain text on
+/// stderr (for a person at a terminal, and `kubectl logs` of a crash loop).
+pub fn fatal(format: LogFormat, message: &str) {
+    init(&LogSettings {
+        filter: "error".into(),
+        format,
+        access_log: false,
+    });
+    tracing::error!(target: "remora", error = message, "cannot start");
+    eprintln!("{message}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_file_still_names_its_log_format() {
+        assert_eq!(
+            format_of(Some("log: { format: text }\nversion: [")),
+            LogFormat::Json
+        );
+        assert_eq!(
+            format_of(Some("log: { format: text }\nversion: x\n")),
+            LogFormat::Text
+        );
+        assert_eq!(format_of(Some("not: [yaml")), LogFormat::Json);
+        assert_eq!(format_of(None), LogFormat::Json);
+    }
 
     #[test]
     fn filters_name_known_levels() {

@@ -275,6 +275,60 @@ fn binary_version_help_and_check() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64), "run refuses a bad config too");
+    // In the log format the file asks for (JSON by default) on stdout, and plain on stderr.
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(line["level"], "ERROR");
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .contains("outbound.colour: unknown field"),
+        "{line}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outbound.colour: unknown field"));
+    let text = temp_config(
+        "bad-text",
+        "version: 1\nlog: { format: text }\noutbound: { listen: 127.0.0.1:0, colour: red }\n",
+    );
+    let out = remora()
+        .args(["run", "--config"])
+        .arg(&text)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ERROR") && stdout.contains("cannot start") && !stdout.starts_with('{'),
+        "{stdout}"
+    );
+
+    // A listener that cannot bind, after the config loaded: the same.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = temp_config(
+        "busy",
+        &format!(
+            "version: 1\nadmin: {{ listen: 127.0.0.1:0 }}\noutbound: {{ listen: {} }}\n",
+            taken.local_addr().unwrap()
+        ),
+    );
+    let out = remora()
+        .args(["run", "--config"])
+        .arg(&busy)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("Address already in use"),
+        "{last}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("remora:"));
 }
 
 /// A running `remora run` with its log lines on a channel (so every wait for one is
