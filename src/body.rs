@@ -31,6 +31,8 @@ pub enum ProxyBody {
         permit: Option<Place>,
         /// The upstream connection, returned to its pool when the body ends.
         lease: Option<Lease>,
+        /// Counts the bytes as they pass, and reports the total when the body is dropped.
+        meter: Option<Box<Meter>>,
     },
     /// A complete body made by Remora (`None` once sent).
     Full(Option<Bytes>),
@@ -73,6 +75,7 @@ impl ProxyBody {
             in_flight: None,
             permit: None,
             lease,
+            meter: None,
         }
     }
 
@@ -115,7 +118,30 @@ impl ProxyBody {
             in_flight: None,
             permit: None,
             lease: None,
+            meter: None,
         }
+    }
+
+    /// Counts this body's bytes with `meter`. A streamed body that has not ended keeps it
+    /// and counts as data passes; any other is counted now, whole (its size is known), and
+    /// the meter reports at once. Returns the body.
+    pub fn metered(mut self, mut meter: Meter) -> Self {
+        match &mut self {
+            ProxyBody::Stream {
+                body, meter: slot, ..
+            } if !body.is_end_stream() => {
+                *slot = Some(Box::new(meter));
+            }
+            ProxyBody::Prefixed { rest, .. } if !rest.is_end_stream() => {
+                let inner = std::mem::replace(rest.as_mut(), ProxyBody::empty());
+                **rest = inner.metered(meter);
+            }
+            other => {
+                meter.add(other.size_hint().exact().unwrap_or(0));
+                drop(meter);
+            }
+        }
+        self
     }
 }
 
@@ -139,8 +165,14 @@ impl Body for ProxyBody {
                 in_flight,
                 permit,
                 lease,
+                meter,
             } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let (Some(m), Poll::Ready(Some(Ok(frame)))) = (meter.as_mut(), &polled) {
+                    if let Some(data) = frame.data_ref() {
+                        m.add(data.len() as u64);
+                    }
+                }
                 // hyper stops polling once `is_end_stream` is true, so the end is noticed here
                 // as well as on the final `None`.
                 let ended = match &polled {
@@ -187,6 +219,51 @@ impl Body for ProxyBody {
             ProxyBody::Tee(t) => t.size_hint(),
             ProxyBody::Prefixed { .. } => SizeHint::default(),
         }
+    }
+}
+
+/// Counts a body's bytes into a counter as they pass, and hands the total to a hook when the
+/// body is dropped: when it ended, or when it was abandoned part way (the caller went away).
+pub struct Meter {
+    counter: prometheus::IntCounter,
+    seen: u64,
+    on_drop: Option<Box<dyn FnOnce(u64) + Send>>,
+}
+
+impl Meter {
+    /// Counts into `counter`; `on_drop` gets the total.
+    pub fn new(
+        counter: prometheus::IntCounter,
+        on_drop: Option<Box<dyn FnOnce(u64) + Send>>,
+    ) -> Self {
+        Self {
+            counter,
+            seen: 0,
+            on_drop,
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        if n > 0 {
+            self.counter.inc_by(n);
+            self.seen += n;
+        }
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if let Some(hook) = self.on_drop.take() {
+            hook(self.seen);
+        }
+    }
+}
+
+impl std::fmt::Debug for Meter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meter")
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
     }
 }
 

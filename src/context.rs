@@ -213,6 +213,8 @@ pub struct Ctx(Arc<Inner>);
 struct Inner {
     conn: ConnMeta,
     tags: Mutex<Tags>,
+    /// Request body bytes received from the caller (set when the body is done with).
+    received: std::sync::atomic::AtomicU64,
 }
 
 impl Ctx {
@@ -221,6 +223,7 @@ impl Ctx {
         Self(Arc::new(Inner {
             conn,
             tags: Mutex::default(),
+            received: Default::default(),
         }))
     }
 
@@ -264,6 +267,18 @@ impl Ctx {
             Some(place) => resp.map(|b| b.with_permit(place)),
             None => resp,
         }
+    }
+
+    /// Records how many request body bytes the caller sent.
+    pub fn set_received(&self, bytes: u64) {
+        self.0
+            .received
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Request body bytes the caller sent, as far as counted.
+    pub fn received(&self) -> u64 {
+        self.0.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Starts a new try: the latest endpoint joins those to avoid.

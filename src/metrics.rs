@@ -109,6 +109,8 @@ pub struct Metrics {
     tcp_open: IntGaugeVec,
     tcp_bytes: IntCounterVec,
     proxy_errors: IntCounterVec,
+    /// Body bytes received from callers and sent to them, per request label set.
+    body_bytes: [IntCounterVec; 2],
 }
 
 impl Default for Metrics {
@@ -328,8 +330,24 @@ impl Metrics {
             &["direction", "route", "service", "reason"],
         )
         .expect("valid metric");
+        let bytes_vec = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["direction", "route", "service"])
+                .expect("valid metric")
+        };
+        let body_bytes = [
+            bytes_vec(
+                "remora_request_bytes_total",
+                "Request body bytes received from callers, as they streamed.",
+            ),
+            bytes_vec(
+                "remora_response_bytes_total",
+                "Response body bytes sent to callers, as they streamed.",
+            ),
+        ];
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(body_bytes[0].clone()),
+            Box::new(body_bytes[1].clone()),
             Box::new(duration.clone()),
             Box::new(attempts.clone()),
             Box::new(connections_open.clone()),
@@ -399,6 +417,7 @@ impl Metrics {
             tcp_open,
             tcp_bytes,
             proxy_errors,
+            body_bytes,
         }
     }
 
@@ -442,6 +461,8 @@ impl Metrics {
             extra: Default::default(),
             vec: self.requests.clone(),
             errors: self.proxy_errors.clone(),
+            bytes: Default::default(),
+            bytes_vecs: self.body_bytes.clone(),
             labels: labels.map(str::to_owned),
         }))
     }
@@ -578,6 +599,9 @@ struct RequestInner {
     vec: IntCounterVec,
     /// `remora_proxy_errors_total`, looked up per error: errors are the uncommon path.
     errors: IntCounterVec,
+    /// Request and response body bytes, created when first counted.
+    bytes: [OnceLock<IntCounter>; 2],
+    bytes_vecs: [IntCounterVec; 2],
     labels: [String; 3],
 }
 
@@ -605,7 +629,28 @@ impl RequestMetrics {
     }
 }
 
+/// Which way a body went, for [`RequestMetrics::bytes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// A request body, from the caller.
+    Request = 0,
+    /// A response body, to the caller.
+    Response = 1,
+}
+
 impl RequestMetrics {
+    /// The counter of body bytes flowing `flow` for this label set.
+    pub fn bytes(&self, flow: Flow) -> IntCounter {
+        let inner = &*self.0;
+        let i = flow as usize;
+        inner.bytes[i]
+            .get_or_init(|| {
+                let [d, r, s] = &inner.labels;
+                inner.bytes_vecs[i].with_label_values(&[d.as_str(), r.as_str(), s.as_str()])
+            })
+            .clone()
+    }
+
     /// Counts a request Remora refused or failed itself, under its `x-remora-error` reason.
     pub fn error(&self, reason: &str) {
         let [d, r, s] = &self.0.labels;

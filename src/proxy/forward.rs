@@ -22,10 +22,11 @@ use http::{
 use tower::{Layer, Service, ServiceBuilder};
 
 use crate::{
-    body::ProxyBody,
+    body::{Meter, ProxyBody},
     context::{stack_service, BoxFuture, ConnMeta, Req, Stage},
     error::ProxyError,
     headers,
+    metrics::Flow,
     resilience::retry::{Retry, RetryLayer},
     routing::{HeaderEdits, Rewrite},
     upstream::{self, Balance, Protocol},
@@ -148,6 +149,17 @@ where
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         self.shape.edits.apply(http.headers_mut());
+        // The caller's body is counted as it streams, under the route and service taking it.
+        if !http_body::Body::is_end_stream(http.body()) {
+            if let Some(metrics) = ctx.tags().metrics.clone() {
+                let tally = ctx.clone();
+                let meter = Meter::new(
+                    metrics.bytes(Flow::Request),
+                    Some(Box::new(move |n| tally.set_received(n))),
+                );
+                http = http.map(|b| b.metered(meter));
+            }
+        }
         self.inner.call(Req {
             http,
             ctx,

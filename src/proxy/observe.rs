@@ -19,9 +19,10 @@ use tower::{Layer, Service};
 
 use super::rescue;
 use crate::{
+    body::Meter,
     context::{BoxFuture, Ctx, Req, Resp, Stage},
     headers,
-    metrics::{Direction, RequestMetrics},
+    metrics::{Direction, Flow, RequestMetrics},
     tls::accept::ClientId,
     trace::{Ending, SpanKind, Started, Tracer, Value},
 };
@@ -176,7 +177,6 @@ struct RequestLine {
     version: Version,
     user_agent: Option<String>,
     request_id: HeaderValue,
-    request_bytes: Option<u64>,
 }
 
 impl RequestLine {
@@ -195,13 +195,8 @@ impl RequestLine {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             request_id,
-            request_bytes: content_length(req.headers()),
         }
     }
-}
-
-fn content_length(h: &http::HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// `network.protocol.version` of OpenTelemetry's conventions.
@@ -283,33 +278,87 @@ fn finish(d: Done, result: crate::context::Result) -> Resp {
             });
         }
     }
-    if let (true, Some(line)) = (settings.observing.access_log, line) {
+    // The access log line is written when the response body is done with: it can then say
+    // how many bytes went each way and how long the whole exchange took.
+    let record = settings
+        .observing
+        .access_log
+        .then_some(line)
+        .flatten()
+        .map(|line| AccessRecord {
+            direction: conn.direction.as_str(),
+            client: conn.peer.ip(),
+            client_id: conn.client_id.clone(),
+            line,
+            status: resp.status().as_u16(),
+            route: tags.route.clone(),
+            service: tags.service.clone().or_else(|| settings.service.clone()),
+            endpoint: tags.endpoint,
+            attempts,
+            headers_ms: millis(elapsed),
+            started,
+            trace_id,
+            error: reason,
+            ctx: ctx.clone(),
+        });
+    let hook = record.map(|r| Box::new(move |sent| r.write(sent)) as Box<dyn FnOnce(u64) + Send>);
+    let meter = Meter::new(metrics.bytes(Flow::Response), hook);
+    drop(tags);
+    resp.map(|b| b.metered(meter))
+}
+
+/// Milliseconds to the microsecond, as a number a log reader rounds well (a float's full
+/// expansion, `0.07875700000000001`, is noise).
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+/// One access log line, waiting for the response body to end.
+struct AccessRecord {
+    direction: &'static str,
+    client: std::net::IpAddr,
+    client_id: Option<ClientId>,
+    line: RequestLine,
+    status: u16,
+    route: Option<Arc<str>>,
+    service: Option<Arc<str>>,
+    endpoint: Option<std::net::SocketAddr>,
+    attempts: usize,
+    headers_ms: f64,
+    started: Instant,
+    trace_id: Option<String>,
+    error: Option<&'static str>,
+    ctx: Ctx,
+}
+
+impl AccessRecord {
+    /// Writes the line, `sent` response body bytes having gone to the caller.
+    fn write(self, sent: u64) {
+        let line = &self.line;
         tracing::info!(
             target: "remora::access",
-            direction = conn.direction.as_str(),
-            client = %conn.peer.ip(),
-            client_id = conn.client_id.as_ref().map(ClientId::as_str),
+            direction = self.direction,
+            client = %self.client,
+            client_id = self.client_id.as_ref().map(ClientId::as_str),
             protocol = protocol_version(line.version),
             method = %line.method,
             authority = %line.authority,
             path = %line.path,
             user_agent = line.user_agent,
-            status = resp.status().as_u16(),
-            route,
-            service,
-            endpoint = tags.endpoint.map(|e| e.to_string()),
-            attempts,
-            // Microseconds, as a number with three decimals: a float's full expansion
-            // (0.07875700000000001) is noise in a log.
-            duration_ms = (elapsed.as_micros() as f64) / 1000.0,
-            request_bytes = line.request_bytes,
-            response_bytes = content_length(resp.headers()),
+            status = self.status,
+            route = self.route.as_deref().unwrap_or(""),
+            service = self.service.as_deref().unwrap_or(""),
+            endpoint = self.endpoint.map(|e| e.to_string()),
+            attempts = self.attempts,
+            duration_ms = millis(self.started.elapsed()),
+            response_headers_ms = self.headers_ms,
+            request_bytes = self.ctx.received(),
+            response_bytes = sent,
             request_id = line.request_id.to_str().ok(),
-            trace_id,
-            error = reason,
+            trace_id = self.trace_id,
+            error = self.error,
         );
     }
-    resp
 }
 
 /// The span's attributes, by OpenTelemetry's HTTP conventions, and Remora's own.

@@ -6,6 +6,10 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
 use crate::support::*;
 
 #[tokio::test]
@@ -177,6 +181,47 @@ services:
             .lines()
             .any(|l| l.starts_with("remora_proxy_errors_total") && l.contains(r#"route="ok""#)),
         "a served request is no error: {text}"
+    );
+}
+
+/// Body bytes are counted as they stream, each way, under the route and service: a chunked
+/// echo has no content-length to read them from.
+#[tokio::test]
+async fn body_bytes_are_counted_as_they_stream() {
+    let up = body_echo(None).await;
+    let p = proxy(&format!(
+        "outbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: echo\n      match: {{ host: echo }}\n      backends: [{{ service: e }}]\nservices:\n  e: {{ endpoints: [\"{}\"] }}\n",
+        up.addr
+    ))
+    .await;
+    for size in [1000usize, 2345] {
+        let req = Request::post(format!("http://{}/", p.outbound()))
+            .header("host", "echo")
+            .body(Full::new(Bytes::from(vec![b'x'; size])))
+            .unwrap();
+        let r = send(&h1_client(), req).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), size);
+    }
+    let labels = r#"{direction="outbound",route="echo",service="e"}"#;
+    let total = 1000.0 + 2345.0;
+    wait_until(|| async {
+        p.metric(&format!("remora_response_bytes_total{labels}"))
+            .await
+            == Some(total)
+    })
+    .await;
+    assert_eq!(
+        p.metric(&format!("remora_request_bytes_total{labels}"))
+            .await,
+        Some(total)
+    );
+    // A bodiless GET adds nothing, and makes no request-bytes series of its own.
+    get(p.outbound(), "echo", "/").await;
+    assert_eq!(
+        p.metric(&format!("remora_request_bytes_total{labels}"))
+            .await,
+        Some(total)
     );
 }
 
@@ -465,6 +510,11 @@ outbound:
         "\"route\":\"hello\"",
         "\"direction\":\"outbound\"",
         "\"duration_ms\":",
+        "\"response_headers_ms\":",
+        "\"protocol\":\"1.1\"",
+        "\"response_bytes\":2",
+        "\"request_bytes\":0",
+        "\"request_id\":\"",
     ] {
         assert!(access.contains(field), "{field} missing from {access}");
     }
