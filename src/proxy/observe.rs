@@ -96,12 +96,12 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         let started = Instant::now();
-        let request_id = request_id(req.headers_mut());
         let span = self.settings.observing.tracer.start(req.headers_mut());
-        let ctx = req.ctx.clone();
         let wanted =
             self.settings.observing.access_log || span.as_ref().is_some_and(Started::sampled);
-        let line = wanted.then(|| RequestLine::capture(&req, request_id));
+        let request_id = request_id(req.headers_mut(), wanted);
+        let ctx = req.ctx.clone();
+        let line = request_id.map(|id| RequestLine::capture(&req, id));
         Observed {
             inner: self.inner.call(req),
             done: Some(Done {
@@ -140,29 +140,35 @@ impl Future for Observed {
     }
 }
 
-/// Keeps the caller's `x-request-id` or sets a new one (a random UUID), and returns it.
-fn request_id(h: &mut http::HeaderMap) -> HeaderValue {
-    if let Some(id) = h.get(REQUEST_ID).filter(|v| !v.is_empty()) {
-        return id.clone();
-    }
-    let id = new_request_id();
-    h.insert(REQUEST_ID, id.clone());
-    id
+/// Keeps the caller's `x-request-id` or sets a new one (a random UUID); returns it when
+/// `wanted` (a clone costs an allocation, so only for the access log or a span).
+fn request_id(h: &mut http::HeaderMap, wanted: bool) -> Option<HeaderValue> {
+    let id = match h.entry(REQUEST_ID) {
+        http::header::Entry::Occupied(e) if !e.get().is_empty() => e.into_mut(),
+        http::header::Entry::Occupied(mut e) => {
+            e.insert(new_request_id());
+            e.into_mut()
+        }
+        http::header::Entry::Vacant(e) => e.insert(new_request_id()),
+    };
+    wanted.then(|| id.clone())
 }
 
 /// A version 4 UUID, as Envoy's and most frameworks' request IDs are.
 fn new_request_id() -> HeaderValue {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let bits = (fastrand::u128(..) & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
-    let mut out = [0u8; 36];
+    let mut bytes = fastrand::u128(..).to_be_bytes();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
+    bytes[8] = (bytes[8] & 0x3f) | 0x80; // the RFC 4122 variant
+    let mut out = [b'-'; 36];
     let mut n = 0;
-    for (i, nibble) in (0..32).rev().map(|i| (bits >> (i * 4)) & 0xf).enumerate() {
-        if matches!(i, 8 | 12 | 16 | 20) {
-            out[n] = b'-';
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
             n += 1;
         }
-        out[n] = DIGITS[nibble as usize];
-        n += 1;
+        out[n] = DIGITS[usize::from(b >> 4)];
+        out[n + 1] = DIGITS[usize::from(b & 15)];
+        n += 2;
     }
     HeaderValue::from_bytes(&out).expect("hex and dashes are a valid header value")
 }
@@ -452,9 +458,15 @@ mod tests {
     fn a_callers_request_id_is_kept() {
         let mut h = http::HeaderMap::new();
         h.insert(REQUEST_ID, HeaderValue::from_static("abc"));
-        assert_eq!(request_id(&mut h), "abc");
+        assert_eq!(request_id(&mut h, true).unwrap(), "abc");
         let mut h = http::HeaderMap::new();
-        let id = request_id(&mut h);
+        let id = request_id(&mut h, true).unwrap();
         assert_eq!(h[REQUEST_ID], id);
+        assert_eq!(id.len(), 36);
+        // An empty one is replaced; nothing is returned unless wanted.
+        let mut h = http::HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static(""));
+        assert_eq!(request_id(&mut h, false), None);
+        assert_eq!(h[REQUEST_ID].len(), 36);
     }
 }
