@@ -132,7 +132,15 @@ impl ProxyBody {
             } if !body.is_end_stream() => {
                 *slot = Some(Box::new(meter));
             }
-            ProxyBody::Prefixed { rest, .. } if !rest.is_end_stream() => {
+            ProxyBody::Prefixed { first, rest } => {
+                // The frame read ahead is counted now, the rest as it passes.
+                if let Some(f) = first {
+                    if let Some(data) = f.data_ref() {
+                        meter.add(data.len() as u64);
+                    } else if let Some(trailers) = f.trailers_ref() {
+                        meter.trailers(trailers);
+                    }
+                }
                 let inner = std::mem::replace(rest.as_mut(), ProxyBody::empty());
                 **rest = inner.metered(meter);
             }
@@ -171,6 +179,8 @@ impl Body for ProxyBody {
                 if let (Some(m), Poll::Ready(Some(Ok(frame)))) = (meter.as_mut(), &polled) {
                     if let Some(data) = frame.data_ref() {
                         m.add(data.len() as u64);
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        m.trailers(trailers);
                     }
                 }
                 // hyper stops polling once `is_end_stream` is true, so the end is noticed here
@@ -228,6 +238,8 @@ pub struct Meter {
     counter: prometheus::IntCounter,
     seen: u64,
     on_drop: Option<Box<dyn FnOnce(u64) + Send>>,
+    /// Sees the body's trailers, if it has any (the gRPC status is there).
+    on_trailers: Option<Box<dyn FnOnce(Option<&http::HeaderMap>) + Send>>,
 }
 
 impl Meter {
@@ -240,6 +252,20 @@ impl Meter {
             counter,
             seen: 0,
             on_drop,
+            on_trailers: None,
+        }
+    }
+
+    /// Also hands the body's trailers to `hook` when they pass (`None` when the body is done
+    /// with and had none).
+    pub fn with_trailers(mut self, hook: Box<dyn FnOnce(Option<&http::HeaderMap>) + Send>) -> Self {
+        self.on_trailers = Some(hook);
+        self
+    }
+
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(hook) = self.on_trailers.take() {
+            hook(Some(trailers));
         }
     }
 
@@ -253,6 +279,9 @@ impl Meter {
 
 impl Drop for Meter {
     fn drop(&mut self) {
+        if let Some(hook) = self.on_trailers.take() {
+            hook(None);
+        }
         if let Some(hook) = self.on_drop.take() {
             hook(self.seen);
         }

@@ -111,6 +111,7 @@ pub struct Metrics {
     proxy_errors: IntCounterVec,
     /// Body bytes received from callers and sent to them, per request label set.
     body_bytes: [IntCounterVec; 2],
+    grpc: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -344,8 +345,17 @@ impl Metrics {
                 "Response body bytes sent to callers, as they streamed.",
             ),
         ];
+        let grpc = IntCounterVec::new(
+            Opts::new(
+                "remora_grpc_responses_total",
+                "gRPC responses by grpc-status (0-16; other: a code outside them; missing: none was sent).",
+            ),
+            &["direction", "route", "service", "grpc_status"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(grpc.clone()),
             Box::new(body_bytes[0].clone()),
             Box::new(body_bytes[1].clone()),
             Box::new(duration.clone()),
@@ -418,6 +428,7 @@ impl Metrics {
             tcp_bytes,
             proxy_errors,
             body_bytes,
+            grpc,
         }
     }
 
@@ -463,6 +474,7 @@ impl Metrics {
             errors: self.proxy_errors.clone(),
             bytes: Default::default(),
             bytes_vecs: self.body_bytes.clone(),
+            grpc: self.grpc.clone(),
             labels: labels.map(str::to_owned),
         }))
     }
@@ -602,6 +614,7 @@ struct RequestInner {
     /// Request and response body bytes, created when first counted.
     bytes: [OnceLock<IntCounter>; 2],
     bytes_vecs: [IntCounterVec; 2],
+    grpc: IntCounterVec,
     labels: [String; 3],
 }
 
@@ -649,6 +662,27 @@ impl RequestMetrics {
                 inner.bytes_vecs[i].with_label_values(&[d.as_str(), r.as_str(), s.as_str()])
             })
             .clone()
+    }
+
+    /// Counts a gRPC response by its `grpc-status` value (`None`: it sent none).
+    pub fn grpc(&self, status: Option<&[u8]>) {
+        const CODES: [&str; 17] = [
+            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
+            "16",
+        ];
+        let label = match status {
+            None => "missing",
+            Some(v) => CODES
+                .iter()
+                .find(|c| c.as_bytes() == v.trim_ascii())
+                .copied()
+                .unwrap_or("other"),
+        };
+        let [d, r, s] = &self.0.labels;
+        self.0
+            .grpc
+            .with_label_values(&[d.as_str(), r.as_str(), s.as_str(), label])
+            .inc();
     }
 
     /// Counts a request Remora refused or failed itself, under its `x-remora-error` reason.

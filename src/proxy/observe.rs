@@ -27,6 +27,9 @@ use crate::{
     trace::{Ending, SpanKind, Started, Tracer, Value},
 };
 
+/// `grpc-status`.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// `x-request-id`.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -308,7 +311,19 @@ fn finish(d: Done, result: crate::context::Result) -> Resp {
             ctx: ctx.clone(),
         });
     let hook = record.map(|r| Box::new(move |sent| r.write(sent)) as Box<dyn FnOnce(u64) + Send>);
-    let meter = Meter::new(metrics.bytes(Flow::Response), hook);
+    let mut meter = Meter::new(metrics.bytes(Flow::Response), hook);
+    // gRPC's status is in the trailers, or in the headers of a trailers-only answer.
+    if headers::is_grpc(resp.headers()) {
+        match resp.headers().get(GRPC_STATUS) {
+            Some(v) => metrics.grpc(Some(v.as_bytes())),
+            None => {
+                let metrics = metrics.clone();
+                meter = meter.with_trailers(Box::new(move |t| {
+                    metrics.grpc(t.and_then(|t| t.get(GRPC_STATUS)).map(|v| v.as_bytes()))
+                }));
+            }
+        }
+    }
     drop(tags);
     resp.map(|b| b.metered(meter))
 }

@@ -92,6 +92,65 @@ async fn grpc_unary_call_keeps_trailers() {
     assert_eq!(t["grpc-message"], "permission denied");
 }
 
+/// gRPC answers are counted by their grpc-status, whether it comes in trailers, in the
+/// headers of a trailers-only answer, or not at all; to HTTP/2 and HTTP/1.1 callers alike.
+#[tokio::test]
+async fn grpc_status_is_counted() {
+    let up = upstream_fn(|req| async move {
+        let b = http::Response::builder().header("content-type", "application/grpc");
+        match req.uri().path() {
+            "/pkg.Svc/Denied" => {
+                let mut t = HeaderMap::new();
+                t.insert("grpc-status", HeaderValue::from_static("7"));
+                b.body(TestBody::with_trailers(vec![grpc_frame(b"x")], t))
+                    .unwrap()
+            }
+            "/pkg.Svc/Down" => b
+                .header("grpc-status", "14")
+                .body(TestBody::empty())
+                .unwrap(),
+            _ => b.body(TestBody::text(String::new())).unwrap(),
+        }
+    })
+    .await;
+    let p = proxy(&route_to(up.addr, "http2")).await;
+    let call = |path: &str| {
+        Request::post(format!("http://svc{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(grpc_frame(b"hello")))
+            .unwrap()
+    };
+    for path in ["/pkg.Svc/Denied", "/pkg.Svc/Down", "/pkg.Svc/Silent"] {
+        assert_eq!(send_h2(p.outbound(), call(path)).await.status, 200);
+    }
+    // An HTTP/1.1 caller's trailers arrive through the read-ahead path.
+    let mut req = call("/pkg.Svc/Denied");
+    *req.uri_mut() = format!("http://{}/pkg.Svc/Denied", p.outbound())
+        .parse()
+        .unwrap();
+    req.headers_mut()
+        .insert("host", HeaderValue::from_static("svc"));
+    assert_eq!(send(&h1_client(), req).await.status, 200);
+
+    let count = |code: &str| {
+        format!(
+            r#"remora_grpc_responses_total{{direction="outbound",grpc_status="{code}",route="r",service="s"}}"#
+        )
+    };
+    wait_until(|| async { p.metric(&count("7")).await == Some(2.0) }).await;
+    assert_eq!(p.metric(&count("14")).await, Some(1.0));
+    assert_eq!(p.metric(&count("missing")).await, Some(1.0));
+    // A plain HTTP request is not a gRPC answer.
+    get(p.outbound(), "svc", "/").await;
+    let text = p.metrics().await;
+    let grpc_lines = text
+        .lines()
+        .filter(|l| l.starts_with("remora_grpc_responses_total{"))
+        .count();
+    assert_eq!(grpc_lines, 3, "{text}");
+}
+
 #[tokio::test]
 async fn grpc_bidi_stream_is_not_buffered() {
     let mut trailers = HeaderMap::new();
