@@ -237,17 +237,20 @@ impl Body for ProxyBody {
 pub struct Meter {
     counter: prometheus::IntCounter,
     seen: u64,
-    on_drop: Option<Box<dyn FnOnce(u64) + Send>>,
+    on_drop: Option<EndHook>,
     /// Sees the body's trailers, if it has any (the gRPC status is there).
-    on_trailers: Option<Box<dyn FnOnce(Option<&http::HeaderMap>) + Send>>,
+    on_trailers: Option<TrailersHook>,
 }
+
+/// Gets a metered body's byte total when it is dropped.
+pub type EndHook = Box<dyn FnOnce(u64) + Send>;
+
+/// Gets a metered body's trailers (`None`: it had none).
+pub type TrailersHook = Box<dyn FnOnce(Option<&http::HeaderMap>) + Send>;
 
 impl Meter {
     /// Counts into `counter`; `on_drop` gets the total.
-    pub fn new(
-        counter: prometheus::IntCounter,
-        on_drop: Option<Box<dyn FnOnce(u64) + Send>>,
-    ) -> Self {
+    pub fn new(counter: prometheus::IntCounter, on_drop: Option<EndHook>) -> Self {
         Self {
             counter,
             seen: 0,
@@ -258,7 +261,7 @@ impl Meter {
 
     /// Also hands the body's trailers to `hook` when they pass (`None` when the body is done
     /// with and had none).
-    pub fn with_trailers(mut self, hook: Box<dyn FnOnce(Option<&http::HeaderMap>) + Send>) -> Self {
+    pub fn with_trailers(mut self, hook: TrailersHook) -> Self {
         self.on_trailers = Some(hook);
         self
     }
