@@ -176,11 +176,27 @@ pub async fn handle(
     }
     match path {
         "/metrics" => {
-            let mut resp = text(StatusCode::OK, rt.shared.metrics.encode());
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
+            // Prometheus asks for OpenMetrics (which carries exemplars) in its Accept header.
+            let open = req
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("application/openmetrics-text"));
+            let (body, ctype) = if open {
+                (
+                    rt.shared.metrics.encode_openmetrics(),
+                    crate::metrics::openmetrics::CONTENT_TYPE,
+                )
+            } else {
+                (
+                    rt.shared.metrics.encode(),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+            };
+            let mut resp = text(StatusCode::OK, body);
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
             resp
         }
         "/live" => text(StatusCode::OK, "live\n"),

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+pub mod openmetrics;
 mod process;
 
 use http::StatusCode;
@@ -83,6 +84,8 @@ impl AttemptResult {
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Exemplars of the request duration histogram, for the OpenMetrics format.
+    exemplars: Arc<openmetrics::Exemplars>,
     requests: IntCounterVec,
     duration: HistogramVec,
     attempts: IntCounterVec,
@@ -402,6 +405,7 @@ impl Metrics {
         }
         Self {
             registry,
+            exemplars: Default::default(),
             requests,
             duration,
             attempts,
@@ -475,6 +479,8 @@ impl Metrics {
             bytes: Default::default(),
             bytes_vecs: self.body_bytes.clone(),
             grpc: self.grpc.clone(),
+            exemplars: self.exemplars.clone(),
+            slots: OnceLock::new(),
             labels: labels.map(str::to_owned),
         }))
     }
@@ -585,6 +591,11 @@ impl Metrics {
         self.last_reload_ok.set(1);
     }
 
+    /// The registry in OpenMetrics text format, with exemplars.
+    pub fn encode_openmetrics(&self) -> String {
+        openmetrics::encode(&self.registry.gather(), &self.exemplars)
+    }
+
     /// The registry in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut buf = Vec::with_capacity(16 * 1024);
@@ -615,6 +626,9 @@ struct RequestInner {
     bytes: [OnceLock<IntCounter>; 2],
     bytes_vecs: [IntCounterVec; 2],
     grpc: IntCounterVec,
+    exemplars: Arc<openmetrics::Exemplars>,
+    /// This series' exemplar slots, found at the first exemplar.
+    slots: OnceLock<Arc<openmetrics::Slots>>,
     labels: [String; 3],
 }
 
@@ -662,6 +676,27 @@ impl RequestMetrics {
                 inner.bytes_vecs[i].with_label_values(&[d.as_str(), r.as_str(), s.as_str()])
             })
             .clone()
+    }
+
+    /// Keeps a sampled request's trace as the exemplar of the duration bucket it fell in.
+    pub fn exemplar(&self, elapsed: Duration, trace_id: [u8; 16]) {
+        let inner = &*self.0;
+        let slots = inner.slots.get_or_init(|| {
+            let [d, r, s] = &inner.labels;
+            inner.exemplars.slots(
+                "remora_request_duration_seconds",
+                &[d.as_str(), r.as_str(), s.as_str()],
+                LATENCY_BUCKETS,
+            )
+        });
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        slots.record(openmetrics::Exemplar {
+            trace_id,
+            value: elapsed.as_secs_f64(),
+            timestamp,
+        });
     }
 
     /// Counts a gRPC response by its `grpc-status` value (`None`: it sent none).

@@ -3,7 +3,8 @@
 # PyPI: a C compiler and make for the build (ring, jemalloc), the `openssl` command line (a
 # non-Rust TLS client), and for the transparent-mode tests (network namespaces, real
 # iptables rules) iproute2, iptables (nft and legacy), curl, redis (server and redis-cli),
-# nats-server, the nats-py client, and opentelemetry-proto (the OTLP test receiver). Installs only what is missing; does nothing when
+# nats-server, prometheus and promtool, the nats-py client, and opentelemetry-proto (the OTLP
+# test receiver). Installs only what is missing; does nothing when
 # everything is there.
 set -euo pipefail
 sudo=""
@@ -21,6 +22,9 @@ need redis-server redis-server
 need redis-cli redis-tools
 need nats-server nats-server
 need setpriv util-linux
+# A real Prometheus server (exemplar storage) and promtool, for the metrics tests.
+need prometheus prometheus
+need promtool prometheus
 # The build itself: ring compiles C, jemalloc runs configure and make.
 need cc gcc
 need make make

@@ -260,6 +260,7 @@ fn finish(d: Done, result: crate::context::Result) -> Resp {
     let trace_id = span.as_ref().map(|s| s.trace_id.hex());
     if let (Some(span), Some(line)) = (span, &line) {
         if span.sampled() {
+            metrics.exemplar(elapsed, span.trace_id.0);
             let kind = match conn.direction {
                 Direction::Inbound => SpanKind::Server,
                 Direction::Outbound => SpanKind::Client,

@@ -352,3 +352,167 @@ fn a_bad_tracing_section_is_refused_with_its_position() {
         "{text}"
     );
 }
+
+/// An inbound sidecar tracing every request, and the receiver its spans go to.
+async fn traced_app() -> (Receiver, Upstream, Proxy) {
+    let rx = Receiver::start();
+    let app = echo("app").await;
+    let p = proxy(&format!(
+        "{}inbound: {{ listen: 127.0.0.1:0, app: \"{}\" }}\n",
+        tracing_section(&rx.endpoint(), 100, "p"),
+        app.addr
+    ))
+    .await;
+    (rx, app, p)
+}
+
+/// Asked for OpenMetrics, `/metrics` gives the duration buckets exemplars with the trace IDs
+/// of sampled requests; the plain format stays what `promtool check metrics` accepts.
+#[tokio::test]
+async fn openmetrics_carries_exemplars_and_text_passes_promtool() {
+    let (rx, _app, p) = traced_app().await;
+    for _ in 0..3 {
+        assert_eq!(get(p.inbound(), "app", "/").await.status, 200);
+    }
+    let spans = rx.wait_for(3).await;
+    let traces: Vec<&str> = spans
+        .iter()
+        .map(|s| s["trace_id"].as_str().unwrap())
+        .collect();
+    let open = get_with(
+        p.admin,
+        "a",
+        "/metrics",
+        &[("accept", "application/openmetrics-text; version=1.0.0")],
+    )
+    .await;
+    assert_eq!(
+        open.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(open.body.ends_with("# EOF\n"), "{}", open.body);
+    assert!(
+        open.body.contains("# TYPE remora_requests counter\n"),
+        "counter families drop _total"
+    );
+    let with_exemplar = open
+        .body
+        .lines()
+        .find(|l| {
+            l.starts_with("remora_request_duration_seconds_bucket{")
+                && l.contains(" # {trace_id=\"")
+        })
+        .unwrap_or_else(|| panic!("no exemplar in {}", open.body));
+    assert!(
+        traces.iter().any(|t| with_exemplar.contains(t)),
+        "{with_exemplar} names one of {traces:?}"
+    );
+
+    let plain = get(p.admin, "a", "/metrics").await;
+    assert!(
+        !plain.body.contains("trace_id"),
+        "exemplars only in OpenMetrics"
+    );
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (tests/install-deps.sh installs it)");
+    use std::io::Write;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(plain.body.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A real Prometheus with exemplar storage scrapes the admin listener and returns the
+/// exemplar through its query API.
+#[tokio::test]
+async fn prometheus_stores_the_exemplars() {
+    let (rx, _app, p) = traced_app().await;
+    for _ in 0..3 {
+        get(p.inbound(), "app", "/").await;
+    }
+    let spans = rx.wait_for(3).await;
+    let dir = std::env::temp_dir().join(format!("remora-test-{}-prometheus", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: remora\n    static_configs: [{{ targets: [\"{}\"] }}]\n",
+            p.admin
+        ),
+    )
+    .unwrap();
+    // Prometheus takes a port, not a socket: a free one, found by binding port 0.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let web = SocketAddr::from(([127, 0, 0, 1], port));
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .arg("--enable-feature=exemplar-storage")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (tests/install-deps.sh installs it)");
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _prometheus = Kill(child);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let query = format!(
+        "/api/v1/query_exemplars?query=remora_request_duration_seconds_bucket&start={}&end={}",
+        now - 300,
+        now + 300
+    );
+    let traces: Vec<String> = spans
+        .iter()
+        .map(|s| s["trace_id"].as_str().unwrap().to_owned())
+        .collect();
+    let found = || async {
+        // Until Prometheus listens, nothing is found.
+        if tokio::net::TcpStream::connect(web).await.is_err() {
+            return false;
+        }
+        let r = get(web, "prometheus", &query).await;
+        traces.iter().any(|t| r.body.contains(t.as_str()))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !found().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exemplar reached Prometheus: {}",
+            get(web, "prometheus", &query).await.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
