@@ -224,7 +224,7 @@ fn bucket(
         let _ = write!(
             out,
             " # {{trace_id=\"{}\"}} {} {:.3}",
-            crate::trace::TraceId(e.trace_id).hex(),
+            hex(&e.trace_id),
             float(e.value),
             e.timestamp
         );
@@ -254,6 +254,11 @@ fn float_label(v: f64) -> String {
     } else {
         format!("{v}")
     }
+}
+
+/// Lowercase hex, as trace IDs are written everywhere.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Escapes `\`, `"` and newlines in label values and help text.
