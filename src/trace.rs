@@ -188,12 +188,9 @@ impl Tracer {
     /// decides whether to sample, and writes the next hop's context into `headers`. `None`
     /// when tracing is off (the headers are left as they came).
     pub fn start(&self, headers: &mut HeaderMap) -> Option<Started> {
-        let active = self.active.load_full()?;
-        let parent = context::extract(headers);
-        let decided = match &parent {
-            Some(p) => p.sampled,
-            None => context::sampling_only(headers),
-        };
+        let active = self.active.load();
+        let active = active.as_ref()?;
+        let (parent, decided) = context::read(headers);
         let sampled = decided.unwrap_or_else(|| fastrand::f64() * 100.0 < active.sample_percent);
         let trace_id = parent.as_ref().map_or_else(TraceId::random, |p| p.trace_id);
         let span_id = SpanId::random();
@@ -210,7 +207,8 @@ impl Tracer {
             trace_id,
             span_id,
             parent: parent_span,
-            start_unix_nanos: span::unix_nanos(),
+            // The clock is read only for a span that will be sent.
+            start_unix_nanos: if sampled { span::unix_nanos() } else { 0 },
             queue: sampled.then(|| active.queue.clone()),
             counters: sampled.then(|| self.counters.clone()),
         })

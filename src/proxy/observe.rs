@@ -409,7 +409,11 @@ fn span_attributes(
             s(protocol_version(line.version)),
         ),
         ("server.address", s(host.trim_matches(['[', ']']))),
-        ("client.address", s(&conn.peer.ip().to_string())),
+        // Formatted once per connection, for x-forwarded-for.
+        (
+            "client.address",
+            s(conn.forwarded_for.to_str().unwrap_or("")),
+        ),
         ("remora.direction", s(conn.direction.as_str())),
         (
             "remora.request_id",

@@ -78,23 +78,49 @@ pub struct Parent {
 /// The request's context: W3C first, then single B3, then multi B3. `None` when it carries
 /// none that parses.
 pub fn extract(headers: &HeaderMap) -> Option<Parent> {
-    if let Some(p) = headers
-        .get(TRACEPARENT)
-        .and_then(|v| traceparent(v.as_bytes()))
-    {
-        return Some(p);
+    let present = present(headers);
+    if present & HAS_TRACEPARENT != 0 {
+        if let Some(p) = headers
+            .get(TRACEPARENT)
+            .and_then(|v| traceparent(v.as_bytes()))
+        {
+            return Some(p);
+        }
     }
-    if let Some(p) = headers.get(B3).and_then(|v| b3_single(v.as_bytes())) {
-        return Some(p);
+    if present & HAS_B3 != 0 {
+        if let Some(p) = headers.get(B3).and_then(|v| b3_single(v.as_bytes())) {
+            return Some(p);
+        }
     }
-    b3_multi(headers)
+    if present & HAS_B3_MULTI != 0 {
+        return b3_multi(headers);
+    }
+    None
+}
+
+/// The request's context (as [`extract`]) and the sampling decision it carries: its own,
+/// or a B3 decision sent without a context ([`sampling_only`]).
+pub fn read(headers: &HeaderMap) -> (Option<Parent>, Option<bool>) {
+    if present(headers) == 0 {
+        return (None, None);
+    }
+    let parent = extract(headers);
+    let decided = match &parent {
+        Some(p) => p.sampled,
+        None => sampling_only(headers),
+    };
+    (parent, decided)
 }
 
 /// A B3 sampling decision alone (`b3: 0`, `x-b3-sampled: 0` without IDs): an upstream that
 /// chose not to sample without starting a trace.
 pub fn sampling_only(headers: &HeaderMap) -> Option<bool> {
-    if let Some(v) = headers.get(B3) {
-        return b3_sampling(v.as_bytes());
+    let present = present(headers);
+    if present & HAS_B3 != 0 {
+        return headers.get(B3).and_then(|v| b3_sampling(v.as_bytes()));
+    }
+    if present & HAS_B3_MULTI == 0 {
+        return None;
     }
     if headers.get(B3_FLAGS).is_some_and(|v| v == "1") {
         return Some(true);
@@ -102,6 +128,24 @@ pub fn sampling_only(headers: &HeaderMap) -> Option<bool> {
     headers
         .get(B3_SAMPLED)
         .and_then(|v| b3_sampling(v.as_bytes()))
+}
+
+const HAS_TRACEPARENT: u8 = 1;
+const HAS_B3: u8 = 2;
+const HAS_B3_MULTI: u8 = 4;
+
+/// Which context headers the request has, in one pass over its names: most requests carry
+/// none, and a pass is cheaper than a lookup of each.
+fn present(headers: &HeaderMap) -> u8 {
+    headers.keys().fold(0, |bits, name| {
+        let n = name.as_str();
+        bits | match n.len() {
+            11 if n == "traceparent" => HAS_TRACEPARENT,
+            2 if n == "b3" => HAS_B3,
+            10..=17 if n.starts_with("x-b3-") => HAS_B3_MULTI,
+            _ => 0,
+        }
+    })
 }
 
 /// Writes this hop's context into the request going on: `traceparent` (keeping
@@ -115,17 +159,27 @@ pub fn inject(
     came_as: Option<Format>,
     parent: Option<SpanId>,
 ) {
-    let (t, s) = (trace_id.hex(), span_id.hex());
-    let flags = if sampled { "01" } else { "00" };
-    headers.insert(TRACEPARENT, value(format!("00-{t}-{s}-{flags}")));
+    // 00-<32 hex>-<16 hex>-<flags>, written in place: this runs for every request.
+    let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex_into(&trace_id.0, &mut tp[3..35]);
+    hex_into(&span_id.0, &mut tp[36..52]);
+    if sampled {
+        tp[54] = b'1';
+    }
+    headers.insert(TRACEPARENT, bytes_value(&tp));
     let bit = if sampled { "1" } else { "0" };
     match came_as {
         Some(Format::B3Single) => {
-            headers.insert(B3, value(format!("{t}-{s}-{bit}")));
+            // <trace>-<span>-<bit>: the traceparent's middle, and the bit.
+            let mut b3 = [0u8; 51];
+            b3[..49].copy_from_slice(&tp[3..52]);
+            b3[49] = b'-';
+            b3[50] = bit.as_bytes()[0];
+            headers.insert(B3, bytes_value(&b3));
         }
         Some(Format::B3Multi) => {
-            headers.insert(B3_TRACE_ID, value(t));
-            headers.insert(B3_SPAN_ID, value(s));
+            headers.insert(B3_TRACE_ID, bytes_value(&tp[3..35]));
+            headers.insert(B3_SPAN_ID, bytes_value(&tp[36..52]));
             headers.insert(B3_SAMPLED, HeaderValue::from_static(bit));
             headers.remove(B3_FLAGS);
             match parent {
@@ -139,6 +193,10 @@ pub fn inject(
 
 fn value(s: String) -> HeaderValue {
     HeaderValue::try_from(s).expect("hex and dashes are a valid header value")
+}
+
+fn bytes_value(b: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(b).expect("hex and dashes are a valid header value")
 }
 
 /// `00-<trace-id>-<parent-id>-<flags>`. A later version is read by its first four fields, as
@@ -257,13 +315,18 @@ fn is_lower_hex(s: &str) -> bool {
 }
 
 fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+/// Writes `bytes` as lowercase hex into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
     }
-    s
 }
 
 #[cfg(test)]

@@ -8,85 +8,95 @@ use super::span::{SpanData, Value};
 
 /// `ExportTraceServiceRequest` with one resource (this sidecar) and one scope holding `spans`.
 pub fn export_request(service_name: &str, spans: &[SpanData]) -> Vec<u8> {
-    let mut resource = Vec::new();
-    key_value(
-        &mut resource,
-        1,
-        "service.name",
-        &Value::Str(service_name.into()),
-    );
-    key_value(
-        &mut resource,
-        1,
-        "telemetry.sdk.name",
-        &Value::Str("remora".into()),
-    );
-
-    let mut scope = Vec::new();
-    string(&mut scope, 1, "remora");
-    string(&mut scope, 2, env!("CARGO_PKG_VERSION"));
-
-    let mut scope_spans = Vec::new();
-    message(&mut scope_spans, 1, &scope);
-    for s in spans {
-        message(&mut scope_spans, 2, &span(s));
-    }
-
-    let mut resource_spans = Vec::new();
-    message(&mut resource_spans, 1, &resource);
-    message(&mut resource_spans, 2, &scope_spans);
-
-    let mut request = Vec::new();
-    message(&mut request, 1, &resource_spans);
-    request
-}
-
-fn span(s: &SpanData) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    bytes(&mut out, 1, &s.trace_id.0);
-    bytes(&mut out, 2, &s.span_id.0);
-    if let Some(parent) = &s.parent {
-        bytes(&mut out, 4, &parent.0);
-    }
-    string(&mut out, 5, &s.name);
-    varint_field(&mut out, 6, s.kind as u64);
-    fixed64(&mut out, 7, s.start_unix_nanos);
-    fixed64(&mut out, 8, s.end_unix_nanos);
-    for (k, v) in &s.attributes {
-        key_value(&mut out, 9, k, v);
-    }
-    for e in &s.events {
-        let mut event = Vec::new();
-        fixed64(&mut event, 1, e.unix_nanos);
-        string(&mut event, 2, &e.name);
-        for (k, v) in &e.attributes {
-            key_value(&mut event, 3, k, v);
-        }
-        message(&mut out, 11, &event);
-    }
-    let mut status = Vec::new();
-    if let Some(message_text) = &s.error {
-        string(&mut status, 2, message_text);
-        varint_field(&mut status, 3, 2); // STATUS_CODE_ERROR
-    }
-    message(&mut out, 15, &status);
-    // Span.flags (fixed32 16): the sampled bit of the W3C trace flags.
-    key(&mut out, 16, 5);
-    out.extend_from_slice(&1u32.to_le_bytes());
+    let mut out = Vec::with_capacity(256 + spans.len() * 640);
+    nested(&mut out, 1, |rs| {
+        nested(rs, 1, |resource| {
+            key_value(
+                resource,
+                1,
+                "service.name",
+                &Value::Str(service_name.into()),
+            );
+            key_value(
+                resource,
+                1,
+                "telemetry.sdk.name",
+                &Value::Str("remora".into()),
+            );
+        });
+        nested(rs, 2, |ss| {
+            nested(ss, 1, |scope| {
+                string(scope, 1, "remora");
+                string(scope, 2, env!("CARGO_PKG_VERSION"));
+            });
+            for s in spans {
+                nested(ss, 2, |out| span(out, s));
+            }
+        });
+    });
     out
 }
 
-fn key_value(out: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
-    let mut any = Vec::new();
-    match v {
-        Value::Str(s) => string(&mut any, 1, s),
-        Value::Bool(b) => varint_field(&mut any, 2, u64::from(*b)),
-        Value::Int(i) => varint_field(&mut any, 3, *i as u64),
+fn span(out: &mut Vec<u8>, s: &SpanData) {
+    bytes(out, 1, &s.trace_id.0);
+    bytes(out, 2, &s.span_id.0);
+    if let Some(parent) = &s.parent {
+        bytes(out, 4, &parent.0);
     }
-    let mut kv = Vec::new();
-    string(&mut kv, 1, k);
-    message(&mut kv, 2, &any);
-    message(out, field, &kv);
+    string(out, 5, &s.name);
+    varint_field(out, 6, s.kind as u64);
+    fixed64(out, 7, s.start_unix_nanos);
+    fixed64(out, 8, s.end_unix_nanos);
+    for (k, v) in &s.attributes {
+        key_value(out, 9, k, v);
+    }
+    for e in &s.events {
+        nested(out, 11, |event| {
+            fixed64(event, 1, e.unix_nanos);
+            string(event, 2, &e.name);
+            for (k, v) in &e.attributes {
+                key_value(event, 3, k, v);
+            }
+        });
+    }
+    nested(out, 15, |status| {
+        if let Some(message_text) = &s.error {
+            string(status, 2, message_text);
+            varint_field(status, 3, 2); // STATUS_CODE_ERROR
+        }
+    });
+    // Span.flags (fixed32 16): the sampled bit of the W3C trace flags.
+    key(out, 16, 5);
+    out.extend_from_slice(&1u32.to_le_bytes());
+}
+
+fn key_value(out: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
+    nested(out, field, |kv| {
+        string(kv, 1, k);
+        nested(kv, 2, |any| match v {
+            Value::Str(s) => string(any, 1, s),
+            Value::Bool(b) => varint_field(any, 2, u64::from(*b)),
+            Value::Int(i) => varint_field(any, 3, *i as u64),
+        });
+    });
+}
+
+/// A length-delimited field whose contents `write` appends in place: one byte is kept for
+/// the length, and the contents are moved along in the rare case it needs more. No
+/// message is built apart and copied in, as the simple way would for every attribute.
+fn nested(out: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
+    key(out, field, 2);
+    let at = out.len();
+    out.push(0);
+    write(out);
+    let len = out.len() - at - 1;
+    if len < 0x80 {
+        out[at] = len as u8;
+    } else {
+        let mut prefix = Vec::with_capacity(10);
+        varint(&mut prefix, len as u64);
+        out.splice(at..=at, prefix);
+    }
 }
 
 fn key(out: &mut Vec<u8>, field: u32, wire_type: u8) {
@@ -121,10 +131,6 @@ fn string(out: &mut Vec<u8>, field: u32, s: &str) {
     bytes(out, field, s.as_bytes());
 }
 
-fn message(out: &mut Vec<u8>, field: u32, m: &[u8]) {
-    bytes(out, field, m);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +143,15 @@ mod tests {
         varint(&mut out, u64::MAX);
         assert_eq!(&out[..3], &[0x01, 0xac, 0x02]);
         assert_eq!(out.len(), 3 + 10);
+    }
+
+    #[test]
+    fn long_nested_fields_get_their_full_length() {
+        let mut out = Vec::new();
+        nested(&mut out, 1, |m| string(m, 1, &"x".repeat(300)));
+        // key, a two-byte length (303), then the inner key, its two-byte length, the text.
+        assert_eq!(&out[..3], &[0x0a, 0xaf, 0x02]);
+        assert_eq!(out.len(), 3 + 3 + 300);
     }
 
     #[test]
