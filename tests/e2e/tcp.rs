@@ -294,6 +294,13 @@ async fn a_flood_of_silent_connections_cannot_keep_a_real_client_out() {
     )
     .await
     .expect("a real client is served while the flood holds on");
-    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.status,
+        200,
+        "x-remora-error {:?}: {}; the app saw {} connections",
+        r.header("x-remora-error"),
+        r.body,
+        up.connections()
+    );
     drop(silent);
 }
