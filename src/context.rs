@@ -201,6 +201,10 @@ pub struct Tags {
     pub endpoint: Option<SocketAddr>,
     /// Endpoints of earlier tries, which a retry avoids where it can.
     pub tried: Vec<SocketAddr>,
+    /// The latest try's wait from sending to response headers (connecting included).
+    pub upstream_response: Option<std::time::Duration>,
+    /// How long the latest try took to open its connection, when it opened one.
+    pub upstream_connect: Option<std::time::Duration>,
     /// The request's place in its service's circuit breaker, until the response body holds it.
     pub place: Option<Place>,
 }

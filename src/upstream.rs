@@ -322,7 +322,7 @@ async fn check_health(
         let passed = match req {
             Ok(req) => {
                 let exchange = async {
-                    let (resp, lease) = ep.pool().send(req, None).await.ok()?;
+                    let (resp, lease) = ep.pool().send(req, None, &mut None).await.ok()?;
                     let ok = resp.status().is_success();
                     // Read the body so the connection goes back to the pool.
                     let body = crate::body::ProxyBody::upstream(resp.into_body(), lease);

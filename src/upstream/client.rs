@@ -71,9 +71,17 @@ impl Service<Req> for Balance {
 pub async fn send(pool: &Pool, req: Req, metrics: &UpstreamMetrics) -> Result {
     // Taken apart before the first await, so the future keeps only the parts it needs (a
     // request held across an await would make it hundreds of bytes larger, and it is moved).
-    let (http, on_upgrade, timeout) = outgoing(req, pool)?;
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let (mut resp, lease) = match pool.send(http, deadline).await {
+    let (http, on_upgrade, timeout, ctx) = outgoing(req, pool)?;
+    let sent = tokio::time::Instant::now();
+    let deadline = timeout.map(|t| sent + t);
+    let mut connected = None;
+    let outcome = pool.send(http, deadline, &mut connected).await;
+    {
+        let mut tags = ctx.tags();
+        tags.upstream_response = Some(sent.elapsed());
+        tags.upstream_connect = connected;
+    }
+    let (mut resp, lease) = match outcome {
         Ok(pair) => pair,
         Err(PoolError::Timeout) => {
             metrics.attempt(AttemptResult::Timeout);
@@ -105,11 +113,13 @@ pub async fn send(pool: &Pool, req: Req, metrics: &UpstreamMetrics) -> Result {
     Ok(resp.map(|body| ProxyBody::upstream(body, lease)))
 }
 
-/// The HTTP request to send (with an authority), the caller's upgrade, and the try's timeout.
+/// The HTTP request to send (with an authority), the caller's upgrade, the try's timeout, and
+/// the request's context (for the try's timings).
 type Outgoing = (
     http::Request<ProxyBody>,
     Option<DownstreamUpgrade>,
     Option<Duration>,
+    crate::context::Ctx,
 );
 
 /// Takes `req` apart into what [`send`] sends and keeps.
@@ -118,7 +128,7 @@ fn outgoing(req: Req, pool: &Pool) -> std::result::Result<Outgoing, ProxyError> 
     let mut http = req.http;
     let on_upgrade = http.extensions_mut().remove::<DownstreamUpgrade>();
     fill_authority(&mut http, pool)?;
-    Ok((http, on_upgrade, timeout))
+    Ok((http, on_upgrade, timeout, req.ctx))
 }
 
 /// The caller's error for a failed exchange, with the attempt counted by its kind.

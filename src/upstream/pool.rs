@@ -225,10 +225,13 @@ impl Pool {
     ///
     /// The deadline is applied here, to each wait, rather than around this whole future: that
     /// future is large, and wrapping it would copy it on every request.
+    /// When the request goes on a new HTTP/1.1 connection, `connected` gets how long opening
+    /// it took (TCP, and TLS to another sidecar).
     pub async fn send(
         &self,
         mut req: Request<ProxyBody>,
         deadline: Option<Instant>,
+        connected: &mut Option<std::time::Duration>,
     ) -> Result<(Response<Incoming>, Option<Lease>), PoolError> {
         if req.version() == Version::HTTP_2 {
             if !(self.inner.negotiate && self.lacks_http2()) {
@@ -292,7 +295,9 @@ impl Pool {
             .filter(|_| http_body::Body::is_end_stream(req.body()))
             .map(|_| head_only(&req));
         let connect = self.connect_http1(slot, sniff.clone());
+        let opening = Instant::now();
         let mut sender = within(deadline, Box::pin(connect)).await??;
+        *connected = Some(opening.elapsed());
         match within(deadline, sender.try_send_request(req)).await? {
             Ok(resp) => Ok(self.lease(resp, sender)),
             Err(e) => {
@@ -880,7 +885,10 @@ mod tests {
 
     /// Sends a request and reads the whole response; returns `x-conn`.
     async fn exchange(p: &Pool) -> String {
-        let (resp, lease) = p.send(get(Version::HTTP_11), None).await.unwrap();
+        let (resp, lease) = p
+            .send(get(Version::HTTP_11), None, &mut None)
+            .await
+            .unwrap();
         let conn = resp.headers()["x-conn"].to_str().unwrap().to_owned();
         ProxyBody::upstream(resp.into_body(), lease)
             .collect()
@@ -908,7 +916,10 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
 
         // A response whose body is still being read keeps its connection from others.
-        let (held, lease) = p.send(get(Version::HTTP_11), None).await.unwrap();
+        let (held, lease) = p
+            .send(get(Version::HTTP_11), None, &mut None)
+            .await
+            .unwrap();
         assert_eq!(held.headers()["x-conn"], "1");
         assert_eq!(exchange(&p).await, "2", "the busy connection is not shared");
         drop(lease);
@@ -918,8 +929,14 @@ mod tests {
     async fn the_most_recently_returned_connection_goes_first() {
         let (addr, _) = h1_server(After::KeepAlive).await;
         let p = pool(addr, Duration::from_secs(60));
-        let (a, lease_a) = p.send(get(Version::HTTP_11), None).await.unwrap();
-        let (b, lease_b) = p.send(get(Version::HTTP_11), None).await.unwrap();
+        let (a, lease_a) = p
+            .send(get(Version::HTTP_11), None, &mut None)
+            .await
+            .unwrap();
+        let (b, lease_b) = p
+            .send(get(Version::HTTP_11), None, &mut None)
+            .await
+            .unwrap();
         assert_eq!(
             (&a.headers()["x-conn"], &b.headers()["x-conn"]),
             (&"1".parse().unwrap(), &"2".parse().unwrap())
@@ -990,7 +1007,7 @@ mod tests {
         let sends: Vec<_> = (0..5)
             .map(|_| {
                 let p = p.clone();
-                tokio::spawn(async move { p.send(get(Version::HTTP_2), None).await })
+                tokio::spawn(async move { p.send(get(Version::HTTP_2), None, &mut None).await })
             })
             .collect();
         for s in sends {
@@ -1007,7 +1024,7 @@ mod tests {
         // once the close is known.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match p.send(get(Version::HTTP_2), None).await {
+            match p.send(get(Version::HTTP_2), None, &mut None).await {
                 Ok((resp, _)) if resp.headers()["x-conn"] == "2" => break,
                 _ => assert!(Instant::now() < deadline, "no second connection"),
             }

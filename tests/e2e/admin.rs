@@ -480,18 +480,29 @@ impl Running {
 
 #[test]
 fn binary_runs_serves_logs_and_stops_on_sigterm() {
+    // An upstream bound now, so its address can go in the file; served once the test runs.
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    app.set_nonblocking(true).unwrap();
     let cfg = temp_config(
         "run",
-        r#"version: 1
-admin: { listen: 127.0.0.1:0 }
-log: { format: json, level: info, access_log: true }
+        &format!(
+            r#"version: 1
+admin: {{ listen: 127.0.0.1:0 }}
+log: {{ format: json, level: info, access_log: true }}
 outbound:
   listen: 127.0.0.1:0
   routes:
     - name: hello
-      match: { host: hello }
-      direct_response: { status: 200, body: "hi" }
+      match: {{ host: hello }}
+      direct_response: {{ status: 200, body: "hi" }}
+    - name: app
+      match: {{ host: app }}
+      backends: [{{ service: app }}]
+services:
+  app: {{ endpoints: ["{}"] }}
 "#,
+            app.local_addr().unwrap()
+        ),
     );
     let mut run = Running::start(&cfg);
     let (admin, outbound) = (run.admin, run.outbound);
@@ -499,6 +510,11 @@ outbound:
         wait_until(|| async { get(admin, "a", "/ready").await.status == 200 }).await;
         let r = get(outbound, "hello", "/greet").await;
         assert_eq!(r.body, "hi");
+        let _up = serve_upstream(
+            tokio::net::TcpListener::from_std(app).unwrap(),
+            std::sync::Arc::new(|req| Box::pin(async move { echo_response("app", &req) })),
+        );
+        assert_eq!(get(outbound, "app", "/x").await.status, 200);
     });
     // One flat JSON access log line for the request.
     let access = run.line_with(&["\"target\":\"remora::access\""]);
@@ -518,6 +534,18 @@ outbound:
     ] {
         assert!(access.contains(field), "{field} missing from {access}");
     }
+    // Forwarded: the try's timings, connecting included (a new connection).
+    let forwarded = run.line_with(&["\"target\":\"remora::access\"", "\"route\":\"app\""]);
+    let line: serde_json::Value = serde_json::from_str(&forwarded).unwrap();
+    let response = line["upstream_response_ms"]
+        .as_f64()
+        .expect("upstream_response_ms");
+    let connect = line["upstream_connect_ms"]
+        .as_f64()
+        .expect("upstream_connect_ms");
+    let whole = line["duration_ms"].as_f64().unwrap();
+    assert!(connect <= response && response <= whole, "{forwarded}");
+    assert_eq!(line["attempts"], 1, "{forwarded}");
     run.signal("-TERM");
     assert_eq!(run.wait_exit(), Some(0));
 }
