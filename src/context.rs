@@ -205,8 +205,23 @@ pub struct Tags {
     pub upstream_response: Option<std::time::Duration>,
     /// How long the latest try took to open its connection, when it opened one.
     pub upstream_connect: Option<std::time::Duration>,
+    /// Every try, kept only for a request whose span is sampled (`None`: not recording).
+    pub attempts: Option<Vec<Attempt>>,
     /// The request's place in its service's circuit breaker, until the response body holds it.
     pub place: Option<Place>,
+}
+
+/// One try of a request at an endpoint, for its span's events.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// Where it went.
+    pub endpoint: SocketAddr,
+    /// When it began, in nanoseconds since the Unix epoch.
+    pub start_unix_nanos: u64,
+    /// How long it took to the response headers (or the failure).
+    pub elapsed: std::time::Duration,
+    /// The upstream's status, or the reason the try failed.
+    pub outcome: std::result::Result<u16, &'static str>,
 }
 
 /// The context of one request. Cheap to clone: each try of a retried request carries it.
@@ -270,6 +285,31 @@ impl Ctx {
         match self.tags().place.take() {
             Some(place) => resp.map(|b| b.with_permit(place)),
             None => resp,
+        }
+    }
+
+    /// Keeps a record of every try from now on (for a sampled span).
+    pub fn record_attempts(&self) {
+        self.tags().attempts = Some(Vec::new());
+    }
+
+    /// Records a try at `endpoint` that took `elapsed` and ended in `result`, if tries are
+    /// being recorded.
+    pub fn attempted(&self, endpoint: SocketAddr, elapsed: std::time::Duration, result: &Result) {
+        let mut tags = self.tags();
+        if let Some(attempts) = &mut tags.attempts {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            attempts.push(Attempt {
+                endpoint,
+                start_unix_nanos: now.saturating_sub(elapsed).as_nanos() as u64,
+                elapsed,
+                outcome: match result {
+                    Ok(r) => Ok(r.status().as_u16()),
+                    Err(e) => Err(e.reason()),
+                },
+            });
         }
     }
 

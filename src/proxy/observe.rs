@@ -104,6 +104,9 @@ where
             self.settings.observing.access_log || span.as_ref().is_some_and(Started::sampled);
         let request_id = request_id(req.headers_mut(), wanted);
         let ctx = req.ctx.clone();
+        if span.as_ref().is_some_and(Started::sampled) {
+            ctx.record_attempts();
+        }
         let line = request_id.map(|id| RequestLine::capture(&req, id));
         Observed {
             inner: self.inner.call(req),
@@ -283,7 +286,7 @@ fn finish(d: Done, result: crate::context::Result) -> Resp {
                 attributes: span_attributes(
                     line, status, conn, route, service, &tags, attempts, reason,
                 ),
-                events: Vec::new(),
+                events: attempt_events(&tags),
                 error,
             });
         }
@@ -387,6 +390,36 @@ impl AccessRecord {
             error = self.error,
         );
     }
+}
+
+/// An `attempt` event per try, at the time it began: its endpoint, duration, and the status
+/// it got or the reason it failed.
+fn attempt_events(tags: &crate::context::Tags) -> Vec<crate::trace::Event> {
+    let Some(attempts) = &tags.attempts else {
+        return Vec::new();
+    };
+    attempts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let mut attributes = vec![
+                ("remora.attempt", Value::Int(i as i64 + 1)),
+                ("remora.endpoint", Value::Str(a.endpoint.to_string())),
+                ("remora.duration_ms", Value::Double(millis(a.elapsed))),
+            ];
+            match a.outcome {
+                Ok(status) => {
+                    attributes.push(("http.response.status_code", Value::Int(status.into())))
+                }
+                Err(reason) => attributes.push(("remora.error", Value::Str(reason.to_owned()))),
+            }
+            crate::trace::Event {
+                unix_nanos: a.start_unix_nanos,
+                name: "attempt".to_owned(),
+                attributes,
+            }
+        })
+        .collect()
 }
 
 /// The span's attributes, by OpenTelemetry's HTTP conventions, and Remora's own.

@@ -77,6 +77,10 @@ fn key_value(out: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
             Value::Str(s) => string(any, 1, s),
             Value::Bool(b) => varint_field(any, 2, u64::from(*b)),
             Value::Int(i) => varint_field(any, 3, *i as u64),
+            Value::Double(d) => {
+                key(any, 4, 1);
+                any.extend_from_slice(&d.to_le_bytes());
+            }
         });
     });
 }

@@ -22,6 +22,8 @@ pub enum Value {
     Bool(bool),
     /// A signed integer.
     Int(i64),
+    /// A float.
+    Double(f64),
 }
 
 /// Something that happened during a span (an upstream attempt).

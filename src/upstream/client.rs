@@ -53,9 +53,12 @@ impl Service<Req> for Balance {
             return Box::pin(std::future::ready(Err(err)));
         };
         let service = self.service.clone();
+        let ctx = req.ctx.clone();
         Box::pin(async move {
             let in_flight = endpoint.start();
+            let started = std::time::Instant::now();
             let result = send(endpoint.pool(), req, service.metrics()).await;
+            ctx.attempted(endpoint.addr(), started.elapsed(), &result);
             let result = result.map(|r| r.map(|b| b.with_in_flight(in_flight)));
             if let Some(ok) = endpoint_health(&result) {
                 service.observe(&endpoint, ok);

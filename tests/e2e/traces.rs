@@ -280,6 +280,47 @@ async fn a_failed_request_is_a_failed_span() {
     assert_eq!(attr(&spans[0], "http.response.status_code"), 502);
 }
 
+/// Each try is an `attempt` event on the span, at the time it began, with what it got.
+#[tokio::test]
+async fn retries_are_attempt_events() {
+    let rx = Receiver::start();
+    let up = status_seq(&[503, 200]).await;
+    let p = proxy(&format!(
+        "{}outbound:\n  listen: 127.0.0.1:0\n  routes:\n    - name: r\n      match: {{ host: svc }}\n      backends: [{{ service: s }}]\n      retry: {{ attempts: 2, on: [gateway-error], backoff: {{ base: 1ms, max: 2ms }} }}\nservices:\n  s: {{ endpoints: [\"{}\"] }}\n",
+        tracing_section(&rx.endpoint(), 100, "p"),
+        up.addr
+    ))
+    .await;
+    assert_eq!(get(p.outbound(), "svc", "/").await.status, 200);
+    let spans = rx.wait_for(1).await;
+    let span = &spans[0];
+    let events = span["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{span:#}");
+    assert_eq!(events[0]["name"], "attempt");
+    assert_eq!(events[0]["attributes"]["http.response.status_code"], 503);
+    assert_eq!(events[1]["attributes"]["http.response.status_code"], 200);
+    assert_eq!(events[1]["attributes"]["remora.attempt"], 2);
+    assert_eq!(
+        events[0]["attributes"]["remora.endpoint"],
+        up.addr.to_string().as_str()
+    );
+    let (t0, t1) = (
+        events[0]["time"].as_u64().unwrap(),
+        events[1]["time"].as_u64().unwrap(),
+    );
+    assert!(
+        span["start"].as_u64().unwrap() <= t0 && t0 <= t1 && t1 <= span["end"].as_u64().unwrap(),
+        "{span:#}"
+    );
+    assert!(
+        events[1]["attributes"]["remora.duration_ms"]
+            .as_f64()
+            .unwrap()
+            >= 0.0
+    );
+    assert_eq!(attr(span, "remora.attempts"), 2);
+}
+
 /// A dead collector costs requests nothing: every one succeeds, and the spans are counted
 /// as dropped.
 #[tokio::test]
