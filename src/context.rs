@@ -234,6 +234,8 @@ struct Inner {
     tags: Mutex<Tags>,
     /// Request body bytes received from the caller (set when the body is done with).
     received: std::sync::atomic::AtomicU64,
+    /// Whether tries are recorded (read without the tags' lock, on every try).
+    recording: std::sync::atomic::AtomicBool,
 }
 
 impl Ctx {
@@ -243,6 +245,7 @@ impl Ctx {
             conn,
             tags: Mutex::default(),
             received: Default::default(),
+            recording: Default::default(),
         }))
     }
 
@@ -291,6 +294,14 @@ impl Ctx {
     /// Keeps a record of every try from now on (for a sampled span).
     pub fn record_attempts(&self) {
         self.tags().attempts = Some(Vec::new());
+        self.0
+            .recording
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether tries are being recorded.
+    pub fn recording(&self) -> bool {
+        self.0.recording.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records a try at `endpoint` that took `elapsed` and ended in `result`, if tries are

@@ -53,12 +53,17 @@ impl Service<Req> for Balance {
             return Box::pin(std::future::ready(Err(err)));
         };
         let service = self.service.clone();
-        let ctx = req.ctx.clone();
+        // Tries are recorded only for a sampled span; the rest pay for nothing here.
+        let recording = req
+            .ctx
+            .recording()
+            .then(|| (req.ctx.clone(), std::time::Instant::now()));
         Box::pin(async move {
             let in_flight = endpoint.start();
-            let started = std::time::Instant::now();
             let result = send(endpoint.pool(), req, service.metrics()).await;
-            ctx.attempted(endpoint.addr(), started.elapsed(), &result);
+            if let Some((ctx, started)) = recording {
+                ctx.attempted(endpoint.addr(), started.elapsed(), &result);
+            }
             let result = result.map(|r| r.map(|b| b.with_in_flight(in_flight)));
             if let Some(ok) = endpoint_health(&result) {
                 service.observe(&endpoint, ok);
