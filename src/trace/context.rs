@@ -183,16 +183,16 @@ pub fn inject(
             headers.insert(B3_SAMPLED, HeaderValue::from_static(bit));
             headers.remove(B3_FLAGS);
             match parent {
-                Some(p) => headers.insert(B3_PARENT_ID, value(p.hex())),
+                Some(p) => {
+                    let mut id = [0u8; 16];
+                    hex_into(&p.0, &mut id);
+                    headers.insert(B3_PARENT_ID, bytes_value(&id))
+                }
                 None => headers.remove(B3_PARENT_ID),
             };
         }
         Some(Format::W3c) | None => {}
     }
-}
-
-fn value(s: String) -> HeaderValue {
-    HeaderValue::try_from(s).expect("hex and dashes are a valid header value")
 }
 
 fn bytes_value(b: &[u8]) -> HeaderValue {
