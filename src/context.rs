@@ -216,8 +216,8 @@ pub struct Tags {
 pub struct Attempt {
     /// Where it went.
     pub endpoint: SocketAddr,
-    /// When it began, in nanoseconds since the Unix epoch.
-    pub start_unix_nanos: u64,
+    /// When it began (the span turns this into wall-clock time from its own start).
+    pub began: std::time::Instant,
     /// How long it took to the response headers (or the failure).
     pub elapsed: std::time::Duration,
     /// The upstream's status, or the reason the try failed.
@@ -304,18 +304,15 @@ impl Ctx {
         self.0.recording.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Records a try at `endpoint` that took `elapsed` and ended in `result`, if tries are
-    /// being recorded.
-    pub fn attempted(&self, endpoint: SocketAddr, elapsed: std::time::Duration, result: &Result) {
+    /// Records a try at `endpoint` that began at `began` and ended (now) in `result`, if
+    /// tries are being recorded.
+    pub fn attempted(&self, endpoint: SocketAddr, began: std::time::Instant, result: &Result) {
         let mut tags = self.tags();
         if let Some(attempts) = &mut tags.attempts {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
             attempts.push(Attempt {
                 endpoint,
-                start_unix_nanos: now.saturating_sub(elapsed).as_nanos() as u64,
-                elapsed,
+                began,
+                elapsed: began.elapsed(),
                 outcome: match result {
                     Ok(r) => Ok(r.status().as_u16()),
                     Err(e) => Err(e.reason()),

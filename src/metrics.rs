@@ -678,8 +678,9 @@ impl RequestMetrics {
             .clone()
     }
 
-    /// Keeps a sampled request's trace as the exemplar of the duration bucket it fell in.
-    pub fn exemplar(&self, elapsed: Duration, trace_id: [u8; 16]) {
+    /// Keeps a sampled request's trace as the exemplar of the duration bucket it fell in,
+    /// timestamped `unix_nanos` (when it ended).
+    pub fn exemplar(&self, elapsed: Duration, trace_id: [u8; 16], unix_nanos: u64) {
         let inner = &*self.0;
         let slots = inner.slots.get_or_init(|| {
             let [d, r, s] = &inner.labels;
@@ -689,9 +690,7 @@ impl RequestMetrics {
                 LATENCY_BUCKETS,
             )
         });
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let timestamp = unix_nanos as f64 / 1e9;
         slots.record(openmetrics::Exemplar {
             trace_id,
             value: elapsed.as_secs_f64(),

@@ -15,7 +15,10 @@ mod export;
 mod otlp;
 pub mod span;
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use arc_swap::ArcSwapOption;
 use http::HeaderMap;
@@ -23,7 +26,7 @@ use prometheus::IntCounterVec;
 use tokio::sync::mpsc;
 
 pub use context::{SpanId, TraceId};
-pub use span::{Event, SpanData, SpanKind, Value};
+pub use span::{AddrText, Attributes, Record, SpanKind};
 
 use crate::metrics::Metrics;
 
@@ -108,14 +111,16 @@ pub struct Tracer {
     active: ArcSwapOption<Active>,
     destination: export::Destination,
     /// The queue's sender and capacity, kept across reloads while the capacity is unchanged.
-    queue: Mutex<Option<(mpsc::Sender<SpanData>, usize)>>,
+    queue: Mutex<Option<(mpsc::Sender<Vec<u8>>, usize)>>,
     counters: export::Counters,
 }
 
+/// The settings in force, and where a sampled span goes.
 #[derive(Debug)]
 struct Active {
     sample_percent: f64,
-    queue: mpsc::Sender<SpanData>,
+    queue: mpsc::Sender<Vec<u8>>,
+    queue_full: prometheus::IntCounter,
 }
 
 impl Tracer {
@@ -181,6 +186,7 @@ impl Tracer {
         self.active.store(Some(Arc::new(Active {
             sample_percent: s.sample_percent,
             queue: sender,
+            queue_full: self.counters.queue_full.clone(),
         })));
     }
 
@@ -206,11 +212,11 @@ impl Tracer {
         Some(Started {
             trace_id,
             span_id,
-            parent: parent_span,
-            // The clock is read only for a span that will be sent.
-            start_unix_nanos: if sampled { span::unix_nanos() } else { 0 },
-            queue: sampled.then(|| active.queue.clone()),
-            counters: sampled.then(|| self.counters.clone()),
+            // The clock is read, and the buffer taken, only for a span that will be sent.
+            recording: sampled.then(|| {
+                let record = Record::begin(trace_id, span_id, parent_span, span::unix_nanos());
+                (record, active.clone())
+            }),
         })
     }
 }
@@ -222,58 +228,33 @@ pub struct Started {
     pub trace_id: TraceId,
     /// This hop's span.
     pub span_id: SpanId,
-    parent: Option<SpanId>,
-    start_unix_nanos: u64,
-    /// Where the span goes when it ends; `None` when not sampled.
-    queue: Option<mpsc::Sender<SpanData>>,
-    counters: Option<export::Counters>,
-}
-
-/// What a finished request's span says, besides its IDs and times.
-#[derive(Debug)]
-pub struct Ending {
-    /// The span's name.
-    pub name: String,
-    /// Server or client.
-    pub kind: SpanKind,
-    /// Its attributes.
-    pub attributes: Vec<(&'static str, Value)>,
-    /// Its events.
-    pub events: Vec<Event>,
-    /// Why it failed, when it did.
-    pub error: Option<String>,
+    /// The span being written and where it goes; `None` when not sampled.
+    recording: Option<(Record, Arc<Active>)>,
 }
 
 impl Started {
-    /// Whether the span will be exported (the caller need not build an [`Ending`] if not).
+    /// Whether the span will be exported.
     pub fn sampled(&self) -> bool {
-        self.queue.is_some()
+        self.recording.is_some()
     }
 
-    /// When the span began, in nanoseconds since the Unix epoch.
-    pub fn start_unix_nanos(&self) -> u64 {
-        self.start_unix_nanos
+    /// The span's message, to write attributes and events into; `None` when not sampled.
+    pub fn record(&mut self) -> Option<&mut Record> {
+        self.recording.as_mut().map(|(r, _)| r)
     }
 
-    /// Ends the span now and queues it for export; a full queue drops it (counted).
-    pub fn end(self, ending: Ending) {
-        let (Some(queue), Some(counters)) = (self.queue, self.counters) else {
+    /// Ends the span `elapsed` after it began, named the concatenation of `name`, failed
+    /// with `error` when given, and queues it for export; a full queue drops it (counted).
+    pub fn end(self, name: &[&str], kind: SpanKind, error: Option<&str>, elapsed: Duration) {
+        let Some((record, to)) = self.recording else {
             return;
         };
-        let span = SpanData {
-            trace_id: self.trace_id,
-            span_id: self.span_id,
-            parent: self.parent,
-            name: ending.name,
-            kind: ending.kind,
-            start_unix_nanos: self.start_unix_nanos,
-            end_unix_nanos: span::unix_nanos(),
-            attributes: ending.attributes,
-            events: ending.events,
-            error: ending.error,
-        };
-        if queue.try_send(span).is_err() {
-            counters.queue_full.inc();
+        if to
+            .queue
+            .try_send(record.finish(name, kind, error, elapsed))
+            .is_err()
+        {
+            to.queue_full.inc();
         }
     }
 }
@@ -325,7 +306,7 @@ mod tests {
         let s = t.start(&mut h).unwrap();
         assert!(s.sampled());
         assert_eq!(s.trace_id.hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(s.parent.unwrap().hex(), "00f067aa0ba902b7");
+
         assert_eq!(
             h["traceparent"],
             format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", s.span_id.hex())
@@ -349,7 +330,7 @@ mod tests {
         let (none, _m2) = tracer(0.0);
         let mut h = HeaderMap::new();
         let s = all.start(&mut h).unwrap();
-        assert!(s.sampled() && s.parent.is_none());
+        assert!(s.sampled());
         assert!(h["traceparent"].to_str().unwrap().ends_with("-01"));
         let mut h = HeaderMap::new();
         assert!(!none.start(&mut h).unwrap().sampled());
@@ -367,13 +348,7 @@ mod tests {
         let (t, m) = tracer(100.0);
         for _ in 0..6 {
             let s = t.start(&mut HeaderMap::new()).unwrap();
-            s.end(Ending {
-                name: "GET".into(),
-                kind: SpanKind::Client,
-                attributes: vec![],
-                events: vec![],
-                error: None,
-            });
+            s.end(&["GET"], SpanKind::Client, None, Duration::ZERO);
         }
         let text = m.encode();
         assert!(

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
-use super::{otlp, span::SpanData, Endpoint};
+use super::{otlp, Endpoint};
 
 /// Spans sent in one request at most.
 const MAX_BATCH: usize = 512;
@@ -35,21 +35,22 @@ pub struct Counters {
 /// next one.
 pub type Destination = Arc<arc_swap::ArcSwapOption<(Endpoint, String)>>;
 
-/// Takes batches off `queue` and posts them to the destination in force until the queue
-/// closes.
-pub async fn run(mut queue: mpsc::Receiver<SpanData>, to: Destination, counters: Counters) {
+/// Takes batches of encoded spans off `queue` and posts them to the destination in force
+/// until the queue closes.
+pub async fn run(mut queue: mpsc::Receiver<Vec<u8>>, to: Destination, counters: Counters) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut failing = false;
     loop {
-        let Some(first) = queue.recv().await else {
+        // Whatever is waiting, then more until the batch is full or its time is up.
+        if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
-        };
-        batch.push(first);
+        }
         let deadline = tokio::time::Instant::now() + BATCH_DELAY;
         while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, queue.recv()).await {
-                Ok(Some(span)) => batch.push(span),
-                Ok(None) | Err(_) => break,
+            let room = MAX_BATCH - batch.len();
+            match tokio::time::timeout_at(deadline, queue.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
             }
         }
         let n = batch.len() as u64;

@@ -3,92 +3,177 @@
 //! generated binding would bring a protobuf toolchain and its crates into the build. Field
 //! numbers are the published ones (`trace.proto`, `common.proto`, `resource.proto`); the
 //! tests' receiver decodes what this writes with the official definitions.
+//!
+//! A span is encoded as its request goes (see [`super::span::Record`]), straight from the
+//! request's own strings: no attribute is copied into an owned value first, and the exporter
+//! only wraps the finished messages. That is what keeps a sampled request cheap.
 
-use super::span::{SpanData, Value};
-
-/// `ExportTraceServiceRequest` with one resource (this sidecar) and one scope holding `spans`.
-pub fn export_request(service_name: &str, spans: &[SpanData]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + spans.len() * 640);
+/// `ExportTraceServiceRequest` with one resource (this sidecar) and one scope holding
+/// `spans`, each an encoded `Span` message.
+pub fn export_request(service_name: &str, spans: &[Vec<u8>]) -> Vec<u8> {
+    let size: usize = spans.iter().map(|s| s.len() + 4).sum();
+    let mut out = Vec::with_capacity(128 + service_name.len() + size);
     nested(&mut out, 1, |rs| {
         nested(rs, 1, |resource| {
-            key_value(
-                resource,
-                1,
-                "service.name",
-                &Value::Str(service_name.into()),
-            );
-            key_value(
-                resource,
-                1,
-                "telemetry.sdk.name",
-                &Value::Str("remora".into()),
-            );
+            kv_str(resource, 1, "service.name", service_name);
+            kv_str(resource, 1, "telemetry.sdk.name", "remora");
         });
         nested(rs, 2, |ss| {
             nested(ss, 1, |scope| {
-                string(scope, 1, "remora");
-                string(scope, 2, env!("CARGO_PKG_VERSION"));
+                bytes(scope, 1, b"remora");
+                bytes(scope, 2, env!("CARGO_PKG_VERSION").as_bytes());
             });
             for s in spans {
-                nested(ss, 2, |out| span(out, s));
+                bytes(ss, 2, s);
             }
         });
     });
     out
 }
 
-fn span(out: &mut Vec<u8>, s: &SpanData) {
-    bytes(out, 1, &s.trace_id.0);
-    bytes(out, 2, &s.span_id.0);
-    if let Some(parent) = &s.parent {
-        bytes(out, 4, &parent.0);
-    }
-    string(out, 5, &s.name);
-    varint_field(out, 6, s.kind as u64);
-    fixed64(out, 7, s.start_unix_nanos);
-    fixed64(out, 8, s.end_unix_nanos);
-    for (k, v) in &s.attributes {
-        key_value(out, 9, k, v);
-    }
-    for e in &s.events {
-        nested(out, 11, |event| {
-            fixed64(event, 1, e.unix_nanos);
-            string(event, 2, &e.name);
-            for (k, v) in &e.attributes {
-                key_value(event, 3, k, v);
-            }
-        });
-    }
-    nested(out, 15, |status| {
-        if let Some(message_text) = &s.error {
-            string(status, 2, message_text);
-            varint_field(status, 3, 2); // STATUS_CODE_ERROR
-        }
+/// A `KeyValue` with a string value, as repeated field `field`.
+pub fn kv_str(out: &mut Vec<u8>, field: u32, k: &str, v: &str) {
+    let any = 1 + varint_len(v.len() as u64) + v.len();
+    kv(out, field, k, any, |c| {
+        c.byte(0x0a); // AnyValue.string_value
+        c.varint(v.len() as u64);
+        c.slice(v.as_bytes());
     });
-    // Span.flags (fixed32 16): the sampled bit of the W3C trace flags.
-    key(out, 16, 5);
-    out.extend_from_slice(&1u32.to_le_bytes());
 }
 
-fn key_value(out: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
-    nested(out, field, |kv| {
-        string(kv, 1, k);
-        nested(kv, 2, |any| match v {
-            Value::Str(s) => string(any, 1, s),
-            Value::Bool(b) => varint_field(any, 2, u64::from(*b)),
-            Value::Int(i) => varint_field(any, 3, *i as u64),
-            Value::Double(d) => {
-                key(any, 4, 1);
-                any.extend_from_slice(&d.to_le_bytes());
-            }
-        });
+/// A `KeyValue` with an integer value.
+pub fn kv_int(out: &mut Vec<u8>, field: u32, k: &str, v: i64) {
+    kv(out, field, k, 1 + varint_len(v as u64), |c| {
+        c.byte(0x18); // AnyValue.int_value
+        c.varint(v as u64);
     });
+}
+
+/// A `KeyValue` with a double value.
+pub fn kv_double(out: &mut Vec<u8>, field: u32, k: &str, v: f64) {
+    kv(out, field, k, 9, |c| {
+        c.byte(0x21); // AnyValue.double_value
+        c.slice(&v.to_bits().to_le_bytes());
+    });
+}
+
+/// A `KeyValue` whose `AnyValue` takes `any` bytes, which `value` writes. Every length is
+/// known beforehand, so the pair's room is made at once and filled front to back: a span
+/// writes a score of these per request, and writing them as nested messages in place, or
+/// appending piece by piece, cost half as much again.
+#[inline]
+fn kv(out: &mut Vec<u8>, field: u32, k: &str, any: usize, value: impl FnOnce(&mut Cursor<'_>)) {
+    let tag = (u64::from(field) << 3) | 2;
+    let len = 1 + varint_len(k.len() as u64) + k.len() + 1 + varint_len(any as u64) + any;
+    let total = varint_len(tag) + varint_len(len as u64) + len;
+    let start = out.len();
+    // Room made by one copy of zeros (`resize` writes them a byte at a time).
+    const ZEROS: [u8; 128] = [0; 128];
+    match ZEROS.get(..total) {
+        Some(zeros) => out.extend_from_slice(zeros),
+        None => out.resize(start + total, 0),
+    }
+    let mut c = Cursor {
+        buf: &mut out[start..],
+        at: 0,
+    };
+    c.varint(tag);
+    c.varint(len as u64);
+    c.byte(0x0a); // KeyValue.key
+    c.varint(k.len() as u64);
+    c.slice(k.as_bytes());
+    c.byte(0x12); // KeyValue.value
+    c.varint(any as u64);
+    value(&mut c);
+    debug_assert_eq!(c.at, total, "a KeyValue's computed length");
+}
+
+/// Writes into room already made.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn byte(&mut self, b: u8) {
+        self.buf[self.at] = b;
+        self.at += 1;
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    fn slice(&mut self, s: &[u8]) {
+        self.buf[self.at..self.at + s.len()].copy_from_slice(s);
+        self.at += s.len();
+    }
+}
+
+/// A short run of fixed fields gathered on the stack and appended as one fixed-size copy,
+/// cut to length: a copy of a size known at compile time is a few moves, where one of
+/// unknown size is a call.
+#[derive(Clone, Copy)]
+pub struct Run {
+    buf: [u8; Run::SIZE],
+    len: usize,
+}
+
+impl Run {
+    /// The most a run holds.
+    pub const SIZE: usize = 48;
+
+    /// An empty run.
+    #[inline]
+    pub fn new() -> Self {
+        Self {
+            buf: [0; Self::SIZE],
+            len: 0,
+        }
+    }
+
+    /// One byte.
+    #[inline]
+    pub fn byte(mut self, b: u8) -> Self {
+        self.buf[self.len] = b;
+        self.len += 1;
+        self
+    }
+
+    /// A varint.
+    #[inline]
+    pub fn varint(mut self, mut v: u64) -> Self {
+        while v >= 0x80 {
+            self = self.byte((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8)
+    }
+
+    /// A few bytes.
+    #[inline]
+    pub fn bytes(mut self, b: &[u8]) -> Self {
+        self.buf[self.len..self.len + b.len()].copy_from_slice(b);
+        self.len += b.len();
+        self
+    }
+
+    /// Appends the run to `out`.
+    #[inline]
+    pub fn put(self, out: &mut Vec<u8>) {
+        let at = out.len();
+        out.extend_from_slice(&self.buf);
+        out.truncate(at + self.len);
+    }
 }
 
 /// A length-delimited field whose contents `write` appends in place: one byte is kept for
-/// the length, and the contents are moved along in the rare case it needs more. No
-/// message is built apart and copied in, as the simple way would for every attribute.
-fn nested(out: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
+/// the length, and the contents are moved along in the rare case it needs more.
+pub fn nested(out: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
     key(out, field, 2);
     let at = out.len();
     out.push(0);
@@ -97,42 +182,70 @@ fn nested(out: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
     if len < 0x80 {
         out[at] = len as u8;
     } else {
-        let mut prefix = Vec::with_capacity(10);
-        varint(&mut prefix, len as u64);
-        out.splice(at..=at, prefix);
+        let mut prefix = [0u8; 10];
+        let n = varint_into(&mut prefix, len as u64);
+        out.splice(at..=at, prefix[..n].iter().copied());
     }
 }
 
-fn key(out: &mut Vec<u8>, field: u32, wire_type: u8) {
+/// A field's key: its number and wire type.
+#[inline]
+pub fn key(out: &mut Vec<u8>, field: u32, wire_type: u8) {
     varint(out, (u64::from(field) << 3) | u64::from(wire_type));
 }
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
+/// A varint (an unsigned integer, 7 bits a byte).
+#[inline]
+pub fn varint(out: &mut Vec<u8>, v: u64) {
+    // Keys, lengths and most values here fit in one byte.
+    if v < 0x80 {
+        out.push(v as u8);
+    } else {
+        let mut buf = [0u8; 10];
+        let n = varint_into(&mut buf, v);
+        out.extend_from_slice(&buf[..n]);
     }
-    out.push(v as u8);
 }
 
-fn varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
+fn varint_into(buf: &mut [u8; 10], mut v: u64) -> usize {
+    let mut n = 0;
+    while v >= 0x80 {
+        buf[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    buf[n] = v as u8;
+    n + 1
+}
+
+fn varint_len(v: u64) -> usize {
+    // Lengths and keys are almost always under 128 (one byte), and the rest under 16384.
+    if v < 0x80 {
+        1
+    } else if v < 0x4000 {
+        2
+    } else {
+        (64 - v.leading_zeros() as usize).div_ceil(7)
+    }
+}
+
+/// A varint field (wire type 0).
+pub fn varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
     key(out, field, 0);
     varint(out, v);
 }
 
-fn fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
+/// A fixed64 field (wire type 1).
+pub fn fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
     key(out, field, 1);
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-fn bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
+/// A bytes or string field (wire type 2).
+pub fn bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
     key(out, field, 2);
     varint(out, b.len() as u64);
     out.extend_from_slice(b);
-}
-
-fn string(out: &mut Vec<u8>, field: u32, s: &str) {
-    bytes(out, field, s.as_bytes());
 }
 
 #[cfg(test)]
@@ -147,21 +260,60 @@ mod tests {
         varint(&mut out, u64::MAX);
         assert_eq!(&out[..3], &[0x01, 0xac, 0x02]);
         assert_eq!(out.len(), 3 + 10);
+        for v in [0, 1, 127, 128, 16_383, 16_384, u64::MAX >> 1, u64::MAX] {
+            let mut b = [0; 10];
+            assert_eq!(varint_len(v), varint_into(&mut b, v), "{v}");
+        }
     }
 
     #[test]
     fn long_nested_fields_get_their_full_length() {
         let mut out = Vec::new();
-        nested(&mut out, 1, |m| string(m, 1, &"x".repeat(300)));
+        nested(&mut out, 1, |m| bytes(m, 1, "x".repeat(300).as_bytes()));
         // key, a two-byte length (303), then the inner key, its two-byte length, the text.
         assert_eq!(&out[..3], &[0x0a, 0xaf, 0x02]);
         assert_eq!(out.len(), 3 + 3 + 300);
     }
 
     #[test]
+    fn key_values_written_at_once_match_the_nested_form() {
+        let nested_kv = |k: &str, any: &dyn Fn(&mut Vec<u8>)| {
+            let mut out = Vec::new();
+            nested(&mut out, 9, |kv| {
+                bytes(kv, 1, k.as_bytes());
+                nested(kv, 2, any);
+            });
+            out
+        };
+        let long = "v".repeat(200);
+        for v in ["", "GET", long.as_str()] {
+            let mut out = Vec::new();
+            kv_str(&mut out, 9, "url.path", v);
+            assert_eq!(
+                out,
+                nested_kv("url.path", &|a| bytes(a, 1, v.as_bytes())),
+                "{v}"
+            );
+        }
+        for v in [0, 200, -1, i64::MAX] {
+            let mut out = Vec::new();
+            kv_int(&mut out, 9, "n", v);
+            assert_eq!(out, nested_kv("n", &|a| varint_field(a, 3, v as u64)));
+        }
+        let mut out = Vec::new();
+        kv_double(&mut out, 3, "ms", 1.5);
+        let mut want = Vec::new();
+        nested(&mut want, 3, |kv| {
+            bytes(kv, 1, b"ms");
+            nested(kv, 2, |a| fixed64(a, 4, 1.5f64.to_bits()));
+        });
+        assert_eq!(out, want);
+    }
+
+    #[test]
     fn negative_ints_take_ten_bytes_as_protobuf_int64_does() {
         let mut out = Vec::new();
-        key_value(&mut out, 1, "k", &Value::Int(-1));
+        kv_int(&mut out, 1, "k", -1);
         // field 1, len; key "k"; field 2 len; AnyValue field 3 varint of 10 bytes.
         assert_eq!(out.len(), 2 + 3 + 2 + 1 + 10);
     }

@@ -1,8 +1,16 @@
-//! A finished span as the exporter sends it: IDs, times, OpenTelemetry attributes, events.
+//! A sampled span, recorded as its request goes: each attribute is written into the span's
+//! OTLP `Span` message the moment it is known, from the request's own strings, so a sampled
+//! request costs one buffer rather than an owned copy of every attribute (see [`super::otlp`]).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    net::SocketAddr,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
-use super::context::{SpanId, TraceId};
+use super::{
+    context::{SpanId, TraceId},
+    otlp,
+};
 
 /// What the span stands for, with OTLP's `SpanKind` numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,53 +21,205 @@ pub enum SpanKind {
     Client = 3,
 }
 
-/// An attribute's value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    /// A string.
-    Str(String),
-    /// A boolean.
-    Bool(bool),
-    /// A signed integer.
-    Int(i64),
-    /// A float.
-    Double(f64),
+/// `Span.attributes` and `Span.Event.attributes` field numbers.
+const SPAN_ATTRIBUTES: u32 = 9;
+const EVENT_ATTRIBUTES: u32 = 3;
+
+/// A sampled span's message, being written.
+#[derive(Debug)]
+pub struct Record {
+    buf: Vec<u8>,
+    start_unix_nanos: u64,
 }
 
-/// Something that happened during a span (an upstream attempt).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    /// When, in nanoseconds since the Unix epoch.
-    pub unix_nanos: u64,
-    /// What.
-    pub name: String,
-    /// Details.
-    pub attributes: Vec<(&'static str, Value)>,
+impl Record {
+    /// The span's IDs and start time, written first.
+    pub(super) fn begin(
+        trace_id: TraceId,
+        span_id: SpanId,
+        parent: Option<SpanId>,
+        start_unix_nanos: u64,
+    ) -> Self {
+        // A span with its usual attributes and a try or two fits without growing.
+        let mut buf = Vec::with_capacity(1024);
+        let run = otlp::Run::new()
+            .byte(0x0a) // trace_id
+            .byte(16)
+            .bytes(&trace_id.0)
+            .byte(0x12) // span_id
+            .byte(8)
+            .bytes(&span_id.0);
+        let run = match parent {
+            Some(p) => run.byte(0x22).byte(8).bytes(&p.0), // parent_span_id
+            None => run,
+        };
+        run.byte(0x39) // start_time_unix_nano (fixed64 7)
+            .bytes(&start_unix_nanos.to_le_bytes())
+            .put(&mut buf);
+        Self {
+            buf,
+            start_unix_nanos,
+        }
+    }
+
+    /// When the span began, in nanoseconds since the Unix epoch.
+    pub fn start_unix_nanos(&self) -> u64 {
+        self.start_unix_nanos
+    }
+
+    /// The span's attributes, to add to.
+    pub fn attributes(&mut self) -> Attributes<'_> {
+        Attributes {
+            out: &mut self.buf,
+            field: SPAN_ATTRIBUTES,
+        }
+    }
+
+    /// An event named `name` at `unix_nanos`, with the attributes `write` gives it.
+    pub fn event(&mut self, unix_nanos: u64, name: &str, write: impl FnOnce(&mut Attributes<'_>)) {
+        otlp::nested(&mut self.buf, 11, |event| {
+            otlp::fixed64(event, 1, unix_nanos);
+            otlp::bytes(event, 2, name.as_bytes());
+            write(&mut Attributes {
+                out: event,
+                field: EVENT_ATTRIBUTES,
+            });
+        });
+    }
+
+    /// The finished message: its name (the concatenation of `name`), kind, end time
+    /// (`elapsed` after its start: the clock is read once per span) and status (an ERROR
+    /// with `error` as its message, when given).
+    pub(super) fn finish(
+        mut self,
+        name: &[&str],
+        kind: SpanKind,
+        error: Option<&str>,
+        elapsed: std::time::Duration,
+    ) -> Vec<u8> {
+        let end = self.start_unix_nanos + elapsed.as_nanos() as u64;
+        let b = &mut self.buf;
+        otlp::key(b, 5, 2);
+        let len: usize = name.iter().map(|p| p.len()).sum();
+        otlp::varint(b, len as u64);
+        for part in name {
+            b.extend_from_slice(part.as_bytes());
+        }
+        otlp::Run::new()
+            .byte(0x30) // kind (varint 6)
+            .byte(kind as u8)
+            .byte(0x41) // end_time_unix_nano (fixed64 8)
+            .bytes(&end.to_le_bytes())
+            .put(b);
+        otlp::nested(b, 15, |status| {
+            if let Some(message) = error {
+                otlp::bytes(status, 2, message.as_bytes());
+                otlp::varint_field(status, 3, 2); // STATUS_CODE_ERROR
+            }
+        });
+        // Span.flags (fixed32 16): the sampled bit of the W3C trace flags.
+        otlp::Run::new()
+            .varint((16 << 3) | 5)
+            .bytes(&1u32.to_le_bytes())
+            .put(b);
+        self.buf
+    }
 }
 
-/// A finished, sampled span.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpanData {
-    /// Its trace.
-    pub trace_id: TraceId,
-    /// Its own ID.
-    pub span_id: SpanId,
-    /// The caller's span, when the request carried one.
-    pub parent: Option<SpanId>,
-    /// `{method} {route}`, or `{method}` when no route took the request.
-    pub name: String,
-    /// Server (inbound) or client (outbound).
-    pub kind: SpanKind,
-    /// Start, in nanoseconds since the Unix epoch.
-    pub start_unix_nanos: u64,
-    /// End (response headers sent), likewise.
-    pub end_unix_nanos: u64,
-    /// OpenTelemetry semantic-convention attributes, and Remora's own under `remora.`.
-    pub attributes: Vec<(&'static str, Value)>,
-    /// Upstream attempts.
-    pub events: Vec<Event>,
-    /// The status message of a failed span (the `x-remora-error` reason or the 5xx).
-    pub error: Option<String>,
+/// Where attributes go: a span's, or one of its events'.
+#[derive(Debug)]
+pub struct Attributes<'a> {
+    out: &'a mut Vec<u8>,
+    field: u32,
+}
+
+impl Attributes<'_> {
+    /// A string attribute.
+    pub fn str(&mut self, key: &str, value: &str) {
+        otlp::kv_str(self.out, self.field, key, value);
+    }
+
+    /// An integer attribute.
+    pub fn int(&mut self, key: &str, value: i64) {
+        otlp::kv_int(self.out, self.field, key, value);
+    }
+
+    /// A float attribute.
+    pub fn double(&mut self, key: &str, value: f64) {
+        otlp::kv_double(self.out, self.field, key, value);
+    }
+
+    /// An `ip:port` attribute, written as the standard formatter writes it.
+    pub fn addr(&mut self, key: &str, value: SocketAddr) {
+        self.str(key, AddrText::new(value).as_str());
+    }
+}
+
+/// `ip:port` as text, on the stack: the standard formatter (through a `String`) costs more
+/// than the rest of a span's attributes together, and an endpoint is written per try.
+pub struct AddrText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl AddrText {
+    /// The text of `addr`, as the standard formatter writes it.
+    pub fn new(addr: SocketAddr) -> Self {
+        let mut t = Self {
+            buf: [0; 64],
+            len: 0,
+        };
+        match addr {
+            SocketAddr::V4(v4) => {
+                let [a, b, c, d] = v4.ip().octets();
+                t.decimal(a.into());
+                t.push(b'.');
+                t.decimal(b.into());
+                t.push(b'.');
+                t.decimal(c.into());
+                t.push(b'.');
+                t.decimal(d.into());
+                t.push(b':');
+                t.decimal(v4.port().into());
+            }
+            SocketAddr::V6(_) => {
+                // The longest is 58 bytes: `[`, eight groups of four, `%4294967295]:65535`.
+                use std::io::Write;
+                let mut w = &mut t.buf[..];
+                let _ = write!(w, "{addr}");
+                let left = w.len();
+                t.len = t.buf.len() - left;
+            }
+        }
+        t
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    /// Appends `n` (at most 65535) in decimal, last digit first, in place.
+    fn decimal(&mut self, mut n: u32) {
+        let digits = match n {
+            0..=9 => 1,
+            10..=99 => 2,
+            100..=999 => 3,
+            1000..=9999 => 4,
+            _ => 5,
+        };
+        let end = self.len + digits;
+        for slot in self.buf[self.len..end].iter_mut().rev() {
+            *slot = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        self.len = end;
+    }
 }
 
 /// Nanoseconds since the Unix epoch, now.
@@ -67,4 +227,26 @@ pub fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_written_as_the_standard_formatter_does() {
+        for a in [
+            "127.0.0.1:1",
+            "10.200.0.255:65535",
+            "255.255.255.255:65535",
+            "0.0.0.0:0",
+            "[::1]:8080",
+            "[fe80::1]:443",
+            "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535",
+            "[::ffff:255.255.255.255]:1",
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            assert_eq!(AddrText::new(addr).as_str(), addr.to_string());
+        }
+    }
 }

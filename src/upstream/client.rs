@@ -62,7 +62,7 @@ impl Service<Req> for Balance {
             let in_flight = endpoint.start();
             let result = send(endpoint.pool(), req, service.metrics()).await;
             if let Some((ctx, started)) = recording {
-                ctx.attempted(endpoint.addr(), started.elapsed(), &result);
+                ctx.attempted(endpoint.addr(), started, &result);
             }
             let result = result.map(|r| r.map(|b| b.with_in_flight(in_flight)));
             if let Some(ok) = endpoint_health(&result) {
