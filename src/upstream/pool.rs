@@ -225,8 +225,9 @@ impl Pool {
     ///
     /// The deadline is applied here, to each wait, rather than around this whole future: that
     /// future is large, and wrapping it would copy it on every request.
-    /// When the request goes on a new HTTP/1.1 connection, `connected` gets how long opening
-    /// it took (TCP, and TLS to another sidecar).
+    /// When the request opens a new connection (HTTP/1.1, or the shared HTTP/2 one),
+    /// `connected` gets how long opening it took (TCP, TLS to another sidecar, and HTTP/2's
+    /// handshake).
     pub async fn send(
         &self,
         mut req: Request<ProxyBody>,
@@ -237,7 +238,7 @@ impl Pool {
             if !(self.inner.negotiate && self.lacks_http2()) {
                 // Boxed, like the translations below: HTTP/2's state would otherwise make the
                 // future of every HTTP/1.1 request larger too, and futures are moved.
-                match Box::pin(self.send_http2(req, deadline)).await {
+                match Box::pin(self.send_http2(req, deadline, connected)).await {
                     Ok(resp) => return Ok((resp, None)),
                     Err((PoolError::NoHttp2, Some(unsent))) => req = unsent,
                     Err((e, _)) => return Err(e),
@@ -245,7 +246,9 @@ impl Pool {
             }
             req = to_http1(req);
         } else if self.inner.negotiate && self.inner.h2.load(Ordering::Relaxed) == H2_ONLY {
-            return self.send_translated(to_http2(req), deadline).await;
+            return self
+                .send_translated(to_http2(req), deadline, connected)
+                .await;
         }
         let mut waiting = None;
         let slot = loop {
@@ -305,7 +308,9 @@ impl Pool {
                     self.inner.h2.store(H2_ONLY, Ordering::Relaxed);
                     tracing::debug!(target = %self.inner.target, "peer speaks only HTTP/2; translating");
                     if let Some(req) = again {
-                        return self.send_translated(to_http2(req), deadline).await;
+                        return self
+                            .send_translated(to_http2(req), deadline, connected)
+                            .await;
                     }
                 }
                 Err(e.into_error().into())
@@ -318,8 +323,9 @@ impl Pool {
         &self,
         req: Request<ProxyBody>,
         deadline: Option<Instant>,
+        connected: &mut Option<std::time::Duration>,
     ) -> Result<(Response<Incoming>, Option<Lease>), PoolError> {
-        Box::pin(self.send_http2(req, deadline))
+        Box::pin(self.send_http2(req, deadline, connected))
             .await
             .map(|resp| (resp, None))
             .map_err(|(e, _)| e)
@@ -344,10 +350,11 @@ impl Pool {
         &self,
         mut req: Request<ProxyBody>,
         deadline: Option<Instant>,
+        connected: &mut Option<std::time::Duration>,
     ) -> Result<Response<Incoming>, (PoolError, Option<Request<ProxyBody>>)> {
         let mut failed = None;
         loop {
-            let shared = match within(deadline, self.http2_sender(failed)).await {
+            let shared = match within(deadline, self.http2_sender(failed, connected)).await {
                 Ok(Ok(shared)) => shared,
                 Ok(Err(e)) if e.is_no_http2() => return Err((PoolError::NoHttp2, Some(req))),
                 Ok(Err(e)) | Err(e) => return Err((e, None)),
@@ -370,8 +377,13 @@ impl Pool {
     }
 
     /// The shared HTTP/2 connection, opened when there is none, it closed, or it is the
-    /// generation `stale` (a request failed on it).
-    async fn http2_sender(&self, stale: Option<u64>) -> Result<Shared, PoolError> {
+    /// generation `stale` (a request failed on it); `connected` gets how long opening took
+    /// when this request opened it.
+    async fn http2_sender(
+        &self,
+        stale: Option<u64>,
+        connected: &mut Option<std::time::Duration>,
+    ) -> Result<Shared, PoolError> {
         loop {
             let lead = {
                 let mut state = self.inner.http2.lock().unwrap_or_else(|p| p.into_inner());
@@ -394,7 +406,9 @@ impl Pool {
             };
             let mut waiting = match lead {
                 // Boxed, like the HTTP/1.1 connect path.
-                Ok((tx, generation)) => return Box::pin(self.open_http2(tx, generation)).await,
+                Ok((tx, generation)) => {
+                    return Box::pin(self.open_http2(tx, generation, connected)).await
+                }
                 Err(rx) => rx,
             };
             // Another request is connecting: wait for its outcome. If it gave up (its sender
@@ -423,12 +437,16 @@ impl Pool {
         &self,
         tx: watch::Sender<Option<Opened>>,
         generation: u64,
+        connected: &mut Option<std::time::Duration>,
     ) -> Result<Shared, PoolError> {
         // Dropped without an outcome (this request gave up): the state is reset by a waiter,
         // or by the next request to find the channel closed.
         let opened = async {
             let room = self.http2_slot().await?;
-            self.connect_http2(room).await
+            let opening = Instant::now();
+            let sender = self.connect_http2(room).await?;
+            *connected = Some(opening.elapsed());
+            Ok::<_, PoolError>(sender)
         }
         .await;
         let mut state = self.inner.http2.lock().unwrap_or_else(|p| p.into_inner());

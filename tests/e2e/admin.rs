@@ -483,6 +483,8 @@ fn binary_runs_serves_logs_and_stops_on_sigterm() {
     // An upstream bound now, so its address can go in the file; served once the test runs.
     let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     app.set_nonblocking(true).unwrap();
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    grpc.set_nonblocking(true).unwrap();
     let cfg = temp_config(
         "run",
         &format!(
@@ -498,10 +500,15 @@ outbound:
     - name: app
       match: {{ host: app }}
       backends: [{{ service: app }}]
+    - name: h2
+      match: {{ host: h2 }}
+      backends: [{{ service: h2 }}]
 services:
   app: {{ endpoints: ["{}"] }}
+  h2: {{ endpoints: ["{}"], protocol: http2 }}
 "#,
-            app.local_addr().unwrap()
+            app.local_addr().unwrap(),
+            grpc.local_addr().unwrap()
         ),
     );
     let mut run = Running::start(&cfg);
@@ -515,6 +522,12 @@ services:
             std::sync::Arc::new(|req| Box::pin(async move { echo_response("app", &req) })),
         );
         assert_eq!(get(outbound, "app", "/x").await.status, 200);
+        let _h2 = serve_speaking(
+            tokio::net::TcpListener::from_std(grpc).unwrap(),
+            std::sync::Arc::new(|req| Box::pin(async move { echo_response("h2", &req) })),
+            Speaks::Http2,
+        );
+        assert_eq!(get(outbound, "h2", "/y").await.status, 200);
     });
     // One flat JSON access log line for the request.
     let access = run.line_with(&["\"target\":\"remora::access\""]);
@@ -546,6 +559,16 @@ services:
     let whole = line["duration_ms"].as_f64().unwrap();
     assert!(connect <= response && response <= whole, "{forwarded}");
     assert_eq!(line["attempts"], 1, "{forwarded}");
+    // The same for the request that opened the shared HTTP/2 connection.
+    let forwarded = run.line_with(&["\"target\":\"remora::access\"", "\"route\":\"h2\""]);
+    let line: serde_json::Value = serde_json::from_str(&forwarded).unwrap();
+    let connect = line["upstream_connect_ms"]
+        .as_f64()
+        .expect("upstream_connect_ms over HTTP/2");
+    assert!(
+        connect <= line["upstream_response_ms"].as_f64().unwrap(),
+        "{forwarded}"
+    );
     run.signal("-TERM");
     assert_eq!(run.wait_exit(), Some(0));
 }
