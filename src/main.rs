@@ -1,4 +1,4 @@
-//! The `remora` command line: `run`, `check`, `explain`, `test`, `certs`, `iptables`,
+//! The `remora` command line: `run`, `check`, `explain`, `test`, `certs`, `iptables`, `inject`,
 //! `--version`. The only place errors become exit codes: 0 success, 64 bad config or
 //! arguments, 1 runtime failure.
 
@@ -114,6 +114,30 @@ enum Command {
         #[arg(long)]
         remove: bool,
     },
+    /// Add Remora to every pod template in Kubernetes YAML (Pod, Deployment, StatefulSet,
+    /// DaemonSet, ReplicaSet, Job, CronJob, List) and print the result; `--uninject` takes it
+    /// out again. Nothing is printed when any document cannot be handled.
+    Inject {
+        /// The YAML to read; `-` for stdin.
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        file: String,
+        /// The Remora image.
+        #[arg(long, default_value = concat!("remora:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+        /// The ConfigMap with the control file (key `remora.yaml`).
+        #[arg(long, default_value = "remora")]
+        config_map: String,
+        /// The Secret with the workload's mTLS identity (`ca.crt`, `tls.crt`, `tls.key`),
+        /// mounted at /etc/remora-tls.
+        #[arg(long)]
+        identity_secret: Option<String>,
+        /// Inject an ordinary container rather than a native sidecar (Kubernetes before 1.29).
+        #[arg(long)]
+        legacy: bool,
+        /// Take out what an earlier `remora inject` added.
+        #[arg(long)]
+        uninject: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -130,6 +154,49 @@ fn main() -> ExitCode {
             }
         },
         Command::Test { file, cases } => route_test(&file, &cases),
+        Command::Inject {
+            file,
+            image,
+            config_map,
+            identity_secret,
+            legacy,
+            uninject,
+        } => {
+            let input = if file == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+            } else {
+                std::fs::read_to_string(&file)
+            };
+            let input = match input {
+                Ok(text) => text,
+                Err(e) => {
+                    eprintln!("remora inject: {file}: {e}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            let opts = remora::inject::Options {
+                image,
+                config_map,
+                identity_secret,
+                legacy,
+            };
+            let out = if uninject {
+                remora::inject::uninject(&input)
+            } else {
+                remora::inject::inject(&input, &opts)
+            };
+            match out {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("remora inject: {file}: {e}");
+                    ExitCode::from(EXIT_BAD_CONFIG)
+                }
+            }
+        }
         Command::Iptables {
             proxy_uid,
             proxy_gid,
