@@ -1,10 +1,11 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/live`, `/ready` (200 only when
 //! the config is loaded, every listener is bound and the process is not draining),
-//! `/config` (the effective config as YAML), `POST /reload` (reload the file now) and
-//! `GET /reload` (the last reload's outcome).
+//! `/config` (the effective config as YAML), `POST /reload` (reload the file now),
+//! `GET /reload` (the last reload's outcome) and `POST /shutdown` (stop gracefully, as on
+//! SIGTERM: how a Job ends a sidecar that runs as an ordinary container).
 //!
 //! It listens where Prometheus scrapes, so it is closed to abuse: the control endpoints
-//! (`/reload`, `/config`, `/debug/route`) answer only loopback callers unless
+//! (`/reload`, `/config`, `/debug/route`, `/shutdown`) answer only loopback callers unless
 //! `admin.remote_control` says otherwise; it speaks HTTP/1.1 only, one request per
 //! connection, with a deadline for the request head from accept, and at most
 //! `MAX_CONNECTIONS` at once. At the cap, the oldest connection still waiting for its request
@@ -153,7 +154,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let path = req.uri().path();
-    if matches!(path, "/reload" | "/config" | "/debug/route") && !may_control(rt, peer) {
+    if matches!(path, "/reload" | "/config" | "/debug/route" | "/shutdown") && !may_control(rt, peer) {
         return forbidden(path);
     }
     if req.method() == Method::POST && path == "/reload" {
@@ -168,10 +169,14 @@ pub async fn handle(
             ),
         };
     }
+    if req.method() == Method::POST && path == "/shutdown" {
+        rt.request_stop();
+        return text(StatusCode::OK, "stopping\n");
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
-            "use GET (or POST /reload)\n",
+            "use GET (or POST /reload, POST /shutdown)\n",
         );
     }
     match path {
@@ -216,6 +221,7 @@ pub async fn handle(
             resp
         }
         "/debug/route" => debug_route(rt, req.uri().query().unwrap_or("")),
+        "/shutdown" => text(StatusCode::METHOD_NOT_ALLOWED, "use POST /shutdown\n"),
         "/reload" => match reloader {
             Some(r) => reload_status(&r.status()),
             None => text(
@@ -225,7 +231,7 @@ pub async fn handle(
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /ready, /live, /config, /reload, /debug/route\n",
+            "not found; try /metrics, /ready, /live, /config, /reload, /debug/route, POST /shutdown\n",
         ),
     }
 }

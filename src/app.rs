@@ -97,7 +97,8 @@ pub struct ConfigSource {
     pub text: Vec<u8>,
 }
 
-/// Serves `compiled` on `listeners` until `signal` resolves, then stops gracefully. With a
+/// Serves `compiled` on `listeners` until `signal` resolves (or `POST /shutdown` on the admin
+/// listener), then stops gracefully. With a
 /// `source`, the file is reloaded when it changes, on SIGHUP and on `POST /reload`.
 pub async fn run(
     compiled: Compiled,
@@ -146,7 +147,10 @@ pub async fn run(
     rt.set_ready(true);
     tracing::info!("ready");
 
-    signal.await;
+    tokio::select! {
+        _ = signal => {}
+        _ = rt.stop_requested() => tracing::info!("stop requested on the admin listener"),
+    }
     // The timing of the config in force now, which may have been reloaded.
     let shutdown = rt.snapshot().shutdown;
     rt.set_ready(false);

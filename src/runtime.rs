@@ -232,6 +232,8 @@ pub struct Runtime {
     pub shared: Shared,
     snapshot: ArcSwap<Snapshot>,
     ready: AtomicBool,
+    /// Set by `POST /shutdown`: stop as on SIGTERM.
+    quit: tokio::sync::Notify,
 }
 
 impl Runtime {
@@ -244,6 +246,7 @@ impl Runtime {
             shared,
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
+            quit: tokio::sync::Notify::new(),
         })
     }
 
@@ -265,6 +268,17 @@ impl Runtime {
     /// Sets readiness.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Asks the process to stop gracefully, as SIGTERM does (`POST /shutdown`: how a Job's
+    /// app ends its sidecar when the sidecar is an ordinary container).
+    pub fn request_stop(&self) {
+        self.quit.notify_one();
+    }
+
+    /// Resolves once [`request_stop`](Self::request_stop) has been called.
+    pub async fn stop_requested(&self) {
+        self.quit.notified().await;
     }
 }
 

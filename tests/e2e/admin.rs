@@ -573,6 +573,32 @@ services:
     assert_eq!(run.wait_exit(), Some(0));
 }
 
+/// `POST /shutdown` stops the process as SIGTERM does: how a Job's app ends a sidecar that
+/// runs as an ordinary container.
+#[test]
+fn post_shutdown_stops_the_process_gracefully() {
+    let cfg = temp_config(
+        "quit",
+        "version: 1\nadmin: { listen: 127.0.0.1:0 }\nlog: { format: json, level: info }\nshutdown: { grace: 0s, drain_timeout: 1s }\noutbound: { listen: 127.0.0.1:0 }\n",
+    );
+    let mut run = Running::start(&cfg);
+    let admin = run.admin;
+    run.block_on(async {
+        wait_until(|| async { get(admin, "a", "/ready").await.status == 200 }).await;
+        let r = raw(admin, b"GET /shutdown HTTP/1.1\r\nhost: a\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+        assert_eq!(get(admin, "a", "/ready").await.status, 200);
+        let r = raw(
+            admin,
+            b"POST /shutdown HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    });
+    run.line_with(&["stop requested on the admin listener"]);
+    assert_eq!(run.wait_exit(), Some(0));
+}
+
 #[test]
 fn sigterm_is_not_held_up_by_a_reload_still_compiling() {
     let small = "version: 1\nadmin: { listen: 127.0.0.1:0 }\nlog: { format: json, level: debug }\nshutdown: { grace: 0s, drain_timeout: 1s }\noutbound: { listen: 127.0.0.1:0 }\n";
