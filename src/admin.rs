@@ -154,7 +154,9 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let path = req.uri().path();
-    if matches!(path, "/reload" | "/config" | "/debug/route" | "/shutdown") && !may_control(rt, peer) {
+    if matches!(path, "/reload" | "/config" | "/debug/route" | "/shutdown")
+        && !may_control(rt, peer)
+    {
         return forbidden(path);
     }
     if req.method() == Method::POST && path == "/reload" {

@@ -154,12 +154,55 @@ pub fn parse(name: &str, text: &str) -> Result<Compiled, ConfigError> {
         file: name.to_owned(),
         problems,
     };
+    let file = deserialize(name, text)?;
+    compile::compile(file, text, Path::new(name).parent()).map_err(|problems| {
+        let index = PositionIndex::build(text);
+        let mut located: Vec<Located> = problems.into_iter().map(|p| locate(&index, p)).collect();
+        located.sort_by_key(|l| (l.line, l.column));
+        fail(located)
+    })
+}
+
+/// How long the proxy may take to stop (`shutdown.grace + drain_timeout`) under control file
+/// `text`, checked for syntax and types only: what `remora inject` reads from a ConfigMap,
+/// away from the files the config names.
+pub fn shutdown_budget(name: &str, text: &str) -> Result<std::time::Duration, ConfigError> {
+    let shutdown = match deserialize(name, text)?.shutdown {
+        None => file::ShutdownFile::default(),
+        Some(file::Lenient::Ok(s)) => s,
+        Some(file::Lenient::Err { path, message }) => {
+            let path = if path.is_empty() {
+                "shutdown".to_owned()
+            } else {
+                format!("shutdown.{path}")
+            };
+            let pos = PositionIndex::build(text).locate(&path);
+            return Err(ConfigError {
+                file: name.to_owned(),
+                problems: vec![Located {
+                    line: pos.line,
+                    column: pos.column,
+                    path,
+                    message: strip_location(&message),
+                }],
+            });
+        }
+    };
+    Ok(shutdown.grace.0 + shutdown.drain_timeout.0)
+}
+
+/// The file's serde shape, or its first syntax error with its position.
+fn deserialize(name: &str, text: &str) -> Result<file::File, ConfigError> {
+    let fail = |problems| ConfigError {
+        file: name.to_owned(),
+        problems,
+    };
     if let Some(problem) = check_shape(text) {
         return Err(fail(vec![problem]));
     }
     let de = serde_yaml::Deserializer::from_str(text);
-    let file: file::File = match serde_path_to_error::deserialize(de) {
-        Ok(f) => f,
+    match serde_path_to_error::deserialize(de) {
+        Ok(f) => Ok(f),
         Err(e) => {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
@@ -172,20 +215,14 @@ pub fn parse(name: &str, text: &str) -> Result<Compiled, ConfigError> {
                 None => PositionIndex::build(text).locate(&path),
             };
             let message = strip_location(&inner.to_string());
-            return Err(fail(vec![Located {
+            Err(fail(vec![Located {
                 line: pos.line,
                 column: pos.column,
                 path,
                 message,
-            }]));
+            }]))
         }
-    };
-    compile::compile(file, text, Path::new(name).parent()).map_err(|problems| {
-        let index = PositionIndex::build(text);
-        let mut located: Vec<Located> = problems.into_iter().map(|p| locate(&index, p)).collect();
-        located.sort_by_key(|l| (l.line, l.column));
-        fail(located)
-    })
+    }
 }
 
 fn locate(index: &PositionIndex, p: Problem) -> Located {

@@ -65,6 +65,8 @@ const GRACE_MARGIN: Duration = Duration::from_secs(5);
 pub struct Options {
     /// The Remora image.
     pub image: String,
+    /// The image of the init step: Remora with `iptables-restore` on its path.
+    pub init_image: String,
     /// The ConfigMap holding the control file as `remora.yaml`.
     pub config_map: String,
     /// The Secret holding the workload's mTLS identity (`ca.crt`, `tls.crt`, `tls.key`).
@@ -623,7 +625,7 @@ resources:
   requests: {{ cpu: 10m, memory: 16Mi }}
   limits: {{ memory: 64Mi }}
 "#,
-        image = quoted(&opts.image)
+        image = quoted(&opts.init_image)
     ));
     c["args"] = Value::Sequence(args.into_iter().map(Value::from).collect());
     Ok(c)
@@ -769,13 +771,12 @@ fn shutdown_budget(docs: &[Document<'_>], config_map: &str) -> Result<Duration, 
         let text = text
             .as_str()
             .ok_or_else(|| at.error("data.remora.yaml", "expected the control file as text"))?;
-        return match crate::config::parse("remora.yaml", text) {
-            Ok(c) => Ok(c.shutdown.grace + c.shutdown.drain_timeout),
-            Err(e) => Err(at.error(
+        return crate::config::shutdown_budget("remora.yaml", text).map_err(|e| {
+            at.error(
                 "data.remora.yaml",
-                format!("the control file does not load:\n{e}"),
-            )),
-        };
+                format!("the control file does not parse:\n{e}"),
+            )
+        });
     }
     Ok(DEFAULT_BUDGET)
 }
@@ -787,6 +788,7 @@ mod tests {
     fn opts() -> Options {
         Options {
             image: "remora:test".into(),
+            init_image: "remora-init:test".into(),
             config_map: "orders-remora".into(),
             identity_secret: None,
             legacy: false,
@@ -840,6 +842,7 @@ spec:
         assert_eq!(names(&spec["containers"]), ["app"]);
         let init = &spec["initContainers"][0];
         assert_eq!(init["args"][0], "iptables");
+        assert_eq!(init["image"], "remora-init:test");
         assert_eq!(
             init["securityContext"]["capabilities"]["add"],
             yaml("[NET_ADMIN, NET_RAW]")

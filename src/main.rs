@@ -121,9 +121,15 @@ enum Command {
         /// The YAML to read; `-` for stdin.
         #[arg(short = 'f', long = "filename", default_value = "-")]
         file: String,
+        /// The YAML to read, as `-f` (`remora inject - < app.yaml`).
+        #[arg(value_name = "FILE", conflicts_with = "file")]
+        input: Option<String>,
         /// The Remora image.
         #[arg(long, default_value = concat!("remora:", env!("CARGO_PKG_VERSION")))]
         image: String,
+        /// The init step's image: Remora with iptables (deploy/Dockerfile's `init` target).
+        #[arg(long, default_value = concat!("remora-init:", env!("CARGO_PKG_VERSION")))]
+        init_image: String,
         /// The ConfigMap with the control file (key `remora.yaml`).
         #[arg(long, default_value = "remora")]
         config_map: String,
@@ -156,12 +162,15 @@ fn main() -> ExitCode {
         Command::Test { file, cases } => route_test(&file, &cases),
         Command::Inject {
             file,
+            input,
             image,
+            init_image,
             config_map,
             identity_secret,
             legacy,
             uninject,
         } => {
+            let file = input.unwrap_or(file);
             let input = if file == "-" {
                 let mut text = String::new();
                 std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
@@ -177,6 +186,7 @@ fn main() -> ExitCode {
             };
             let opts = remora::inject::Options {
                 image,
+                init_image,
                 config_map,
                 identity_secret,
                 legacy,

@@ -3,8 +3,8 @@
 # PyPI: a C compiler and make for the build (ring, jemalloc), the `openssl` command line (a
 # non-Rust TLS client), and for the transparent-mode tests (network namespaces, real
 # iptables rules) iproute2, iptables (nft and legacy), curl, redis (server and redis-cli),
-# nats-server, prometheus and promtool, the nats-py client, and opentelemetry-proto (the OTLP
-# test receiver). Installs only what is missing; does nothing when
+# nats-server, prometheus and promtool, the nats-py client, opentelemetry-proto (the OTLP
+# test receiver) and kubernetes-validate (the Kubernetes schemas). Installs only what is missing; does nothing when
 # everything is there.
 set -euo pipefail
 sudo=""
@@ -38,6 +38,9 @@ pip_missing=()
 python3 -c 'import nats' >/dev/null 2>&1 || pip_missing+=('nats-py>=2.6,<3')
 python3 -c 'from opentelemetry.proto.collector.trace.v1 import trace_service_pb2' >/dev/null 2>&1 ||
   pip_missing+=('opentelemetry-proto>=1.20,<2')
+# The Kubernetes schemas (1.29 to the newest) that the deploy/ and `remora inject` tests
+# validate manifests against.
+command -v kubernetes-validate >/dev/null 2>&1 || pip_missing+=('kubernetes-validate>=1.29')
 if [ ${#pip_missing[@]} -gt 0 ]; then
   if ! python3 -m pip --version >/dev/null 2>&1; then
     $sudo apt-get update

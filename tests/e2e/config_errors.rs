@@ -120,19 +120,42 @@ fn every_shipped_config_loads() {
 #[test]
 fn deploy_manifest_embeds_a_valid_config() {
     use serde::Deserialize;
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes.yaml");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/app.yaml");
     let text = std::fs::read_to_string(path).unwrap();
+    // The identity files the pod mounts, made here for the check.
+    let dir = std::env::temp_dir().join(format!("remora-deploy-{}", std::process::id()));
+    remora::tls::certs::write_dev_certs(
+        &dir,
+        &["spiffe://cluster.local/ns/shop/sa/orders".to_owned()],
+        1,
+    )
+    .unwrap();
     let mut found = 0;
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let v = serde_yaml::Value::deserialize(doc).unwrap();
         if v["kind"] == "ConfigMap" {
-            let cfg = v["data"]["remora.yaml"].as_str().expect("remora.yaml key");
-            if let Err(e) = remora::config::parse("deploy/kubernetes.yaml#remora.yaml", cfg) {
+            let cfg = v["data"]["remora.yaml"]
+                .as_str()
+                .expect("remora.yaml key")
+                .replace(
+                    "/etc/remora-tls/ca.crt",
+                    &dir.join("ca.crt").display().to_string(),
+                )
+                .replace(
+                    "/etc/remora-tls/tls.crt",
+                    &dir.join("orders.crt").display().to_string(),
+                )
+                .replace(
+                    "/etc/remora-tls/tls.key",
+                    &dir.join("orders.key").display().to_string(),
+                );
+            if let Err(e) = remora::config::parse("deploy/app.yaml#remora.yaml", &cfg) {
                 panic!("{e}");
             }
             found += 1;
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(found, 1);
 }
 

@@ -6,6 +6,7 @@ mod admin;
 mod config_errors;
 mod explain;
 mod hardening;
+mod inject;
 mod mtls;
 mod netns;
 mod protocols;
