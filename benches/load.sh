@@ -10,6 +10,8 @@
 # from wrk, HTTP/2 (prior knowledge, upstream HTTP/1.1 for every proxy) from h2load. Prints
 # requests/s, p50, p99 and CPU µs per request per proxy, Remora's ratios, and Remora's resident memory idle and
 # after load; then, for each proxy, the memory each of HOLD idle keep-alive connections costs. Everything listens on 127.0.0.1 on ports picked free at start.
+# Last, what tracing costs in instructions per request (callgrind: no tracing, 1%, 100%), the
+# figure tracing's budgets are judged by; CALLGRIND=0 skips it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,13 +24,15 @@ HOLD=${HOLD:-1000}              # idle keep-alive connections held for the memor
 OPEN_RATES=${OPEN_RATES:-"1000 5000"}  # fixed request rates of the open-loop runs (oha)
 OPEN_SECS=${OPEN_SECS:-10}      # seconds per open-loop run
 OPEN_CONNS=${OPEN_CONNS:-32}    # oha connections
+CALLGRIND=${CALLGRIND:-1}       # 0 skips the instruction counts of tracing's cost
+CG_REQUESTS=${CG_REQUESTS:-20000}  # requests per callgrind run
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need h2load || ! need nginx || ! need haproxy; then
-  echo "installing wrk, h2load, nginx, haproxy" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client nginx-light haproxy >/dev/null
+if ! need wrk || ! need h2load || ! need nginx || ! need haproxy || ! need valgrind; then
+  echo "installing wrk, h2load, nginx, haproxy, valgrind" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client nginx-light haproxy valgrind >/dev/null
 fi
 if ! need oha; then
   echo "installing oha (cargo install oha, a few minutes)" >&2
@@ -341,3 +345,47 @@ for p in remora nginx haproxy; do
   awk -v p="$p" -v b="$before" -v h="$held" -v n="$per" \
     'BEGIN { printf "%-10s%12.1f MiB%12.1f MiB%20d\n", p, b / 1024, h / 1024, n }'
 done
+
+# --- What tracing costs, in instructions. Callgrind counts the instructions a process runs
+# the same from run to run (within about 1%), where the wall-clock ratios above swing by
+# ±15% on a shared machine; so tracing's 3% and 15% budgets are judged here. One worker, the
+# same route and upstream, CG_REQUESTS HTTP/1.1 requests from 10 connections per run. ---
+if [ "$CALLGRIND" = 1 ]; then
+  cg_per_request() {  # PCT (or "off"); prints instructions per request
+    local pct=$1 port admin out
+    read -r port admin < <(free_ports 2)
+    out="$work/callgrind.$pct.out"
+    cat > "$work/cg-$pct.yaml" <<YAML
+version: 1
+admin: { listen: 127.0.0.1:$admin }
+log: { level: warn, format: json }
+outbound:
+  listen: 127.0.0.1:$port
+  unmatched: reject
+  routes:
+    - { name: bench, match: { host: bench }, backends: [{ service: upstream }] }
+services:
+  upstream: { endpoints: ["127.0.0.1:$UP"], protocol: http1 }
+YAML
+    if [ "$pct" != off ]; then
+      echo "tracing: { otlp_endpoint: \"http://127.0.0.1:$UP\", sample_percent: $pct }" >> "$work/cg-$pct.yaml"
+    fi
+    TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" valgrind --tool=callgrind --callgrind-out-file="$out" \
+      target/release/remora run --workers 1 --config "$work/cg-$pct.yaml" >/dev/null 2>"$work/cg-$pct.err" &
+    local vg=$!
+    for _ in $(seq 600); do
+      python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && break
+      sleep 0.1
+    done
+    taskset -c "$LOAD_CPU" h2load --h1 -n "$CG_REQUESTS" -c 10 -m 1 -H ":authority: bench" "http://127.0.0.1:$port/" >/dev/null
+    kill -INT "$vg"; wait "$vg" || true
+    awk -v n="$CG_REQUESTS" '/^(summary|totals):/ { print int($2 / n); exit }' "$out"
+  }
+  echo
+  echo "instructions per HTTP/1.1 request (callgrind, $CG_REQUESTS requests, one worker):"
+  off=$(cg_per_request off)
+  t1=$(cg_per_request 1)
+  t100=$(cg_per_request 100)
+  awk -v o="$off" -v a="$t1" -v b="$t100" 'BEGIN {
+    printf "  no tracing %d; tracing at 1%% %d (%+.1f%%); at 100%% %d (%+.1f%%)\n", o, a, (a / o - 1) * 100, b, (b / o - 1) * 100 }'
+fi

@@ -4,6 +4,7 @@ mod support;
 
 mod admin;
 mod config_errors;
+mod dashboard;
 mod explain;
 mod hardening;
 mod inject;
