@@ -12,7 +12,8 @@
 //! - [`runtime`]: the config snapshot published atomically, and process-wide state.
 //! - [`config`]: the control file, its validation and compilation; [`reload`]: live reloads.
 //! - [`explain`], [`route_test`]: which route a request takes and why; route test cases.
-//! - [`inject`]: `remora inject`, the sidecar added to Kubernetes pod templates.
+//! - [`inject`]: `remora inject`, the sidecar added to Kubernetes pod templates; [`import`]:
+//!   `remora import`, Gateway API routes turned into a control file.
 //! - [`tls`]: mutual TLS: identities, termination, origination, rotation, dev certificates.
 //! - [`metrics`], [`admin`], [`telemetry`]: Prometheus metrics, the admin listener, logs.
 //! - [`body`]: the body type moved in both directions; [`context`]: the per-request context
@@ -30,6 +31,7 @@ pub mod error;
 pub mod explain;
 pub mod files;
 pub mod headers;
+pub mod import;
 pub mod inject;
 pub mod iptables;
 pub mod metrics;

@@ -1,4 +1,5 @@
 //! The `remora` command line: `run`, `check`, `explain`, `test`, `certs`, `iptables`, `inject`,
+//! `import`,
 //! `--version`. The only place errors become exit codes: 0 success, 64 bad config or
 //! arguments, 1 runtime failure.
 
@@ -144,6 +145,19 @@ enum Command {
         #[arg(long)]
         uninject: bool,
     },
+    /// Turn Gateway API HTTPRoutes and GRPCRoutes (and the Services they name) into a control
+    /// file on stdout. A field that cannot be mapped is an error with its path.
+    Import {
+        /// The YAML to read; `-` for stdin.
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        file: String,
+        /// The YAML to read, as `-f`.
+        #[arg(value_name = "FILE", conflicts_with = "file")]
+        input: Option<String>,
+        /// The namespace of resources that name none.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -160,6 +174,33 @@ fn main() -> ExitCode {
             }
         },
         Command::Test { file, cases } => route_test(&file, &cases),
+        Command::Import {
+            file,
+            input,
+            namespace,
+        } => {
+            let file = input.unwrap_or(file);
+            let text = match read_input(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("remora import: {file}: {e}");
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
+            };
+            match remora::import::import(&text, &namespace) {
+                Ok(out) => {
+                    for n in &out.notes {
+                        eprintln!("remora import: note: {n}");
+                    }
+                    print!("{}", out.text);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("remora import: {file}: {e}");
+                    ExitCode::from(EXIT_BAD_CONFIG)
+                }
+            }
+        }
         Command::Inject {
             file,
             input,
@@ -171,13 +212,7 @@ fn main() -> ExitCode {
             uninject,
         } => {
             let file = input.unwrap_or(file);
-            let input = if file == "-" {
-                let mut text = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
-            } else {
-                std::fs::read_to_string(&file)
-            };
-            let input = match input {
+            let input = match read_input(&file) {
                 Ok(text) => text,
                 Err(e) => {
                     eprintln!("remora inject: {file}: {e}");
@@ -448,3 +483,13 @@ fn route_test(file: &std::path::Path, cases: &std::path::Path) -> ExitCode {
 /// with the background purging `.cargo/config.toml` turns on, returns it within seconds.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// A file's text, or stdin's for `-`.
+fn read_input(file: &str) -> std::io::Result<String> {
+    if file == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(file)
+    }
+}

@@ -7,6 +7,7 @@ mod config_errors;
 mod dashboard;
 mod explain;
 mod hardening;
+mod import;
 mod inject;
 mod mtls;
 mod netns;
