@@ -34,141 +34,59 @@ pub fn export_request(service_name: &str, spans: &[Vec<u8>]) -> Vec<u8> {
 /// A `KeyValue` with a string value, as repeated field `field`.
 pub fn kv_str(out: &mut Vec<u8>, field: u32, k: &str, v: &str) {
     let any = 1 + varint_len(v.len() as u64) + v.len();
-    kv(out, field, k, any, |c| {
-        c.byte(0x0a); // AnyValue.string_value
-        c.varint(v.len() as u64);
-        c.slice(v.as_bytes());
-    });
+    kv_head(out, field, k, any);
+    out.push(0x0a); // AnyValue.string_value
+    small_varint(out, v.len() as u64);
+    out.extend_from_slice(v.as_bytes());
 }
 
 /// A `KeyValue` with an integer value.
 pub fn kv_int(out: &mut Vec<u8>, field: u32, k: &str, v: i64) {
-    kv(out, field, k, 1 + varint_len(v as u64), |c| {
-        c.byte(0x18); // AnyValue.int_value
-        c.varint(v as u64);
-    });
+    kv_head(out, field, k, 1 + varint_len(v as u64));
+    out.push(0x18); // AnyValue.int_value
+    small_varint(out, v as u64);
 }
 
 /// A `KeyValue` with a double value.
 pub fn kv_double(out: &mut Vec<u8>, field: u32, k: &str, v: f64) {
-    kv(out, field, k, 9, |c| {
-        c.byte(0x21); // AnyValue.double_value
-        c.slice(&v.to_bits().to_le_bytes());
-    });
+    kv_head(out, field, k, 9);
+    out.push(0x21); // AnyValue.double_value
+    out.extend_from_slice(&v.to_bits().to_le_bytes());
 }
 
-/// A `KeyValue` whose `AnyValue` takes `any` bytes, which `value` writes. Every length is
-/// known beforehand, so the pair's room is made at once and filled front to back: a span
-/// writes a score of these per request, and writing them as nested messages in place, or
-/// appending piece by piece, cost half as much again.
-#[inline]
-fn kv(out: &mut Vec<u8>, field: u32, k: &str, any: usize, value: impl FnOnce(&mut Cursor<'_>)) {
-    let tag = (u64::from(field) << 3) | 2;
+/// A `KeyValue`'s field key and length, its `key` field, and the key and length of its value
+/// (an `AnyValue` of `any` bytes, which the caller writes next). Every length is known
+/// beforehand, so the pair's room is reserved once and it is written front to back, the
+/// one-byte keys and lengths pushed in place: a span writes a score of these per request,
+/// and writing them as nested messages, or through a buffer, cost half as much again.
+#[inline(always)]
+fn kv_head(out: &mut Vec<u8>, field: u32, k: &str, any: usize) {
     let len = 1 + varint_len(k.len() as u64) + k.len() + 1 + varint_len(any as u64) + any;
-    let total = varint_len(tag) + varint_len(len as u64) + len;
-    let start = out.len();
-    // Room made by one copy of zeros (`resize` writes them a byte at a time).
-    const ZEROS: [u8; 128] = [0; 128];
-    match ZEROS.get(..total) {
-        Some(zeros) => out.extend_from_slice(zeros),
-        None => out.resize(start + total, 0),
-    }
-    let mut c = Cursor {
-        buf: &mut out[start..],
-        at: 0,
-    };
-    c.varint(tag);
-    c.varint(len as u64);
-    c.byte(0x0a); // KeyValue.key
-    c.varint(k.len() as u64);
-    c.slice(k.as_bytes());
-    c.byte(0x12); // KeyValue.value
-    c.varint(any as u64);
-    value(&mut c);
-    debug_assert_eq!(c.at, total, "a KeyValue's computed length");
+    out.reserve(len + 12);
+    small_varint(out, (u64::from(field) << 3) | 2);
+    small_varint(out, len as u64);
+    out.push(0x0a); // KeyValue.key
+    small_varint(out, k.len() as u64);
+    out.extend_from_slice(k.as_bytes());
+    out.push(0x12); // KeyValue.value
+    small_varint(out, any as u64);
 }
 
-/// Writes into room already made.
-struct Cursor<'a> {
-    buf: &'a mut [u8],
-    at: usize,
-}
-
-impl Cursor<'_> {
-    fn byte(&mut self, b: u8) {
-        self.buf[self.at] = b;
-        self.at += 1;
-    }
-
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.byte((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.byte(v as u8);
-    }
-
-    fn slice(&mut self, s: &[u8]) {
-        self.buf[self.at..self.at + s.len()].copy_from_slice(s);
-        self.at += s.len();
+/// A varint, inline for the one-byte case that keys and short lengths are.
+#[inline(always)]
+fn small_varint(out: &mut Vec<u8>, v: u64) {
+    if v < 0x80 {
+        out.push(v as u8);
+    } else {
+        long_varint(out, v);
     }
 }
 
-/// A short run of fixed fields gathered on the stack and appended as one fixed-size copy,
-/// cut to length: a copy of a size known at compile time is a few moves, where one of
-/// unknown size is a call.
-#[derive(Clone, Copy)]
-pub struct Run {
-    buf: [u8; Run::SIZE],
-    len: usize,
-}
-
-impl Run {
-    /// The most a run holds.
-    pub const SIZE: usize = 48;
-
-    /// An empty run.
-    #[inline]
-    pub fn new() -> Self {
-        Self {
-            buf: [0; Self::SIZE],
-            len: 0,
-        }
-    }
-
-    /// One byte.
-    #[inline]
-    pub fn byte(mut self, b: u8) -> Self {
-        self.buf[self.len] = b;
-        self.len += 1;
-        self
-    }
-
-    /// A varint.
-    #[inline]
-    pub fn varint(mut self, mut v: u64) -> Self {
-        while v >= 0x80 {
-            self = self.byte((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.byte(v as u8)
-    }
-
-    /// A few bytes.
-    #[inline]
-    pub fn bytes(mut self, b: &[u8]) -> Self {
-        self.buf[self.len..self.len + b.len()].copy_from_slice(b);
-        self.len += b.len();
-        self
-    }
-
-    /// Appends the run to `out`.
-    #[inline]
-    pub fn put(self, out: &mut Vec<u8>) {
-        let at = out.len();
-        out.extend_from_slice(&self.buf);
-        out.truncate(at + self.len);
-    }
+#[cold]
+fn long_varint(out: &mut Vec<u8>, v: u64) {
+    let mut buf = [0u8; 10];
+    let n = varint_into(&mut buf, v);
+    out.extend_from_slice(&buf[..n]);
 }
 
 /// A length-delimited field whose contents `write` appends in place: one byte is kept for

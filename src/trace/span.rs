@@ -42,20 +42,17 @@ impl Record {
     ) -> Self {
         // A span with its usual attributes and a try or two fits without growing.
         let mut buf = Vec::with_capacity(1024);
-        let run = otlp::Run::new()
-            .byte(0x0a) // trace_id
-            .byte(16)
-            .bytes(&trace_id.0)
-            .byte(0x12) // span_id
-            .byte(8)
-            .bytes(&span_id.0);
-        let run = match parent {
-            Some(p) => run.byte(0x22).byte(8).bytes(&p.0), // parent_span_id
-            None => run,
-        };
-        run.byte(0x39) // start_time_unix_nano (fixed64 7)
-            .bytes(&start_unix_nanos.to_le_bytes())
-            .put(&mut buf);
+        // Fixed-size pieces: each copy is a few moves, not a call.
+        buf.extend_from_slice(&[0x0a, 16]); // trace_id
+        buf.extend_from_slice(&trace_id.0);
+        buf.extend_from_slice(&[0x12, 8]); // span_id
+        buf.extend_from_slice(&span_id.0);
+        if let Some(p) = parent {
+            buf.extend_from_slice(&[0x22, 8]); // parent_span_id
+            buf.extend_from_slice(&p.0);
+        }
+        buf.push(0x39); // start_time_unix_nano (fixed64 7)
+        buf.extend_from_slice(&start_unix_nanos.to_le_bytes());
         Self {
             buf,
             start_unix_nanos,
@@ -105,23 +102,17 @@ impl Record {
         for part in name {
             b.extend_from_slice(part.as_bytes());
         }
-        otlp::Run::new()
-            .byte(0x30) // kind (varint 6)
-            .byte(kind as u8)
-            .byte(0x41) // end_time_unix_nano (fixed64 8)
-            .bytes(&end.to_le_bytes())
-            .put(b);
+        b.extend_from_slice(&[0x30, kind as u8]); // kind (varint 6)
+        b.push(0x41); // end_time_unix_nano (fixed64 8)
+        b.extend_from_slice(&end.to_le_bytes());
         otlp::nested(b, 15, |status| {
             if let Some(message) = error {
                 otlp::bytes(status, 2, message.as_bytes());
                 otlp::varint_field(status, 3, 2); // STATUS_CODE_ERROR
             }
         });
-        // Span.flags (fixed32 16): the sampled bit of the W3C trace flags.
-        otlp::Run::new()
-            .varint((16 << 3) | 5)
-            .bytes(&1u32.to_le_bytes())
-            .put(b);
+        // Span.flags (fixed32 16, key 0x85 0x01): the sampled bit of the W3C trace flags.
+        b.extend_from_slice(&[0x85, 0x01, 1, 0, 0, 0]);
         self.buf
     }
 }
