@@ -18,6 +18,10 @@ pub use compile::{
 };
 use position::{Pos, PositionIndex};
 
+/// The environment variable whose comma-separated ports join both directions'
+/// `opaque_ports` (how `remora inject` passes a pod's `remora.io/opaque-ports`).
+pub const OPAQUE_PORTS_ENV: &str = "REMORA_OPAQUE_PORTS";
+
 /// A config that cannot be used, with every problem found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {

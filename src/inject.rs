@@ -33,6 +33,9 @@ pub const SKIP_INBOUND_PORTS: &str = "remora.io/skip-inbound-ports";
 pub const SKIP_OUTBOUND_PORTS: &str = "remora.io/skip-outbound-ports";
 /// Outbound destination ranges not redirected, comma-separated CIDRs.
 pub const SKIP_OUTBOUND_CIDRS: &str = "remora.io/skip-outbound-cidrs";
+/// Ports proxied as opaque TCP without protocol detection, comma-separated (server-first
+/// protocols: MySQL, SMTP, NATS), added to the control file's `opaque_ports`.
+pub const OPAQUE_PORTS: &str = "remora.io/opaque-ports";
 /// The sidecar's CPU request, memory request, CPU limit and memory limit.
 pub const PROXY_CPU_REQUEST: &str = "remora.io/proxy-cpu-request";
 /// See [`PROXY_CPU_REQUEST`].
@@ -688,6 +691,20 @@ volumeMounts:
 "#,
         image = quoted(&opts.image)
     ));
+    if let Some(ports) = note(OPAQUE_PORTS).filter(|v| !v.is_empty()) {
+        Check::Ports.validate(OPAQUE_PORTS, ports)?;
+        let list: Vec<&str> = ports.split(',').map(str::trim).collect();
+        c.as_mapping_mut()
+            .expect("a container is a mapping")
+            .insert(
+                "env".into(),
+                yaml(&format!(
+                    "[{{ name: {}, value: {} }}]",
+                    crate::config::OPAQUE_PORTS_ENV,
+                    quoted(&list.join(","))
+                )),
+            );
+    }
     if opts.identity_secret.is_some() {
         if let Some(Value::Sequence(mounts)) = c.get_mut("volumeMounts") {
             mounts.push(yaml(&format!(
@@ -1013,7 +1030,7 @@ spec:
     fn annotations_tune_the_redirect_and_the_resources() {
         let doc = DEPLOYMENT.replace(
             "      labels: { app: orders }\n",
-            "      labels: { app: orders }\n      annotations:\n        remora.io/skip-inbound-ports: \"9000, 9001\"\n        remora.io/skip-outbound-cidrs: 10.0.0.0/8\n        remora.io/proxy-memory-limit: 256Mi\n        remora.io/proxy-cpu-limit: \"1\"\n",
+            "      labels: { app: orders }\n      annotations:\n        remora.io/opaque-ports: \"3306, 4222\"\n        remora.io/skip-inbound-ports: \"9000, 9001\"\n        remora.io/skip-outbound-cidrs: 10.0.0.0/8\n        remora.io/proxy-memory-limit: 256Mi\n        remora.io/proxy-cpu-limit: \"1\"\n",
         );
         let v = &values(&inject(&doc, &opts()).unwrap())[0];
         let spec = &v["spec"]["template"]["spec"];
@@ -1027,6 +1044,11 @@ spec:
         assert_eq!(after("--skip-inbound-ports"), "9000,9001");
         assert_eq!(after("--skip-outbound-cidrs"), "10.0.0.0/8");
         assert_eq!(after("--proxy-uid"), "1337");
+        let env = &spec["initContainers"][1]["env"][0];
+        assert_eq!(
+            (env["name"].as_str(), env["value"].as_str()),
+            (Some("REMORA_OPAQUE_PORTS"), Some("3306,4222"))
+        );
         let res = &spec["initContainers"][1]["resources"];
         assert_eq!(res["limits"]["memory"], "256Mi");
         assert_eq!(res["limits"]["cpu"], "1");

@@ -210,6 +210,29 @@ pub struct OutboundSpec {
     pub tcp_routes: Vec<TcpRouteSpec>,
 }
 
+/// The ports of a comma-separated list (`4222, 5432`); none for an absent or empty one.
+pub fn opaque_ports_from(text: Option<&str>) -> Result<PortSet, String> {
+    let mut out = PortSet::new();
+    for item in text
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+    {
+        match item.parse::<u16>() {
+            Ok(p) if p > 0 => {
+                out.insert(p);
+            }
+            _ => {
+                return Err(format!(
+                    "{item:?} is not a port (1-65535); expected a list such as 4222,5432"
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Compiles `file`, parsed from `text`; `Err` lists every problem found. Relative file paths
 /// in it are taken from `base` (the control file's directory).
 pub fn compile(file: File, text: &str, base: Option<&Path>) -> Result<Compiled, Vec<Problem>> {
@@ -308,6 +331,18 @@ pub fn compile(file: File, text: &str, base: Option<&Path>) -> Result<Compiled, 
         }
     }
 
+    // Ports a pod adds to both directions' opaque_ports through its environment: one
+    // ConfigMap serves every replica, so `remora inject` passes a pod's own
+    // (`remora.io/opaque-ports`) this way.
+    let env_opaque = match opaque_ports_from(std::env::var(super::OPAQUE_PORTS_ENV).ok().as_deref())
+    {
+        Ok(ports) => ports,
+        Err(e) => {
+            c.err(super::OPAQUE_PORTS_ENV, e);
+            PortSet::new()
+        }
+    };
+
     let inbound = c.part(&file.inbound, "inbound").map(|ib| {
         let listen = c.addr("inbound.listen", &ib.listen);
         let app = c.addr("inbound.app", &ib.app);
@@ -334,7 +369,7 @@ pub fn compile(file: File, text: &str, base: Option<&Path>) -> Result<Compiled, 
                 .and_then(|r| c.rate_limit("inbound.rate_limit", r)),
             tls,
             authorize,
-            opaque_ports: ib.opaque_ports.iter().copied().collect(),
+            opaque_ports: ib.opaque_ports.iter().chain(&env_opaque).copied().collect(),
         }
     });
 
@@ -365,7 +400,7 @@ pub fn compile(file: File, text: &str, base: Option<&Path>) -> Result<Compiled, 
                 file::Unmatched::Reject => Unmatched::Reject,
             },
             routes,
-            opaque_ports: ob.opaque_ports.iter().copied().collect(),
+            opaque_ports: ob.opaque_ports.iter().chain(&env_opaque).copied().collect(),
             tcp_routes,
         }
     });
@@ -1264,6 +1299,21 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn opaque_port_lists_from_the_environment() {
+        use super::opaque_ports_from;
+        assert!(opaque_ports_from(None).unwrap().is_empty());
+        assert!(opaque_ports_from(Some(" ")).unwrap().is_empty());
+        let ports: Vec<u16> = opaque_ports_from(Some("5432, 4222,4222"))
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(ports, [4222, 5432]);
+        for bad in ["0", "65536", "nats", "1;2"] {
+            assert!(opaque_ports_from(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

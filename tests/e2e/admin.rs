@@ -387,10 +387,16 @@ struct Running {
 
 impl Running {
     fn start(cfg: &std::path::Path) -> Self {
+        Self::start_with(cfg, &[])
+    }
+
+    /// Starts the binary on `cfg` with `env` added to its environment.
+    fn start_with(cfg: &std::path::Path, env: &[(&str, &str)]) -> Self {
         // One worker: the single-threaded scheduler a one-CPU sidecar runs.
         let child = remora()
             .args(["run", "--workers", "1", "--config"])
             .arg(cfg)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -571,6 +577,57 @@ services:
     );
     run.signal("-TERM");
     assert_eq!(run.wait_exit(), Some(0));
+}
+
+/// `REMORA_OPAQUE_PORTS` (what `remora inject` sets from a pod's `remora.io/opaque-ports`)
+/// adds ports to `opaque_ports`: a server-first protocol's greeting comes through at once,
+/// where detection would wait for the client (here, an hour). A bad value is refused.
+#[test]
+fn opaque_ports_from_the_environment_skip_detection() {
+    use std::io::{Read, Write};
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_addr = app.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in app.incoming().flatten().take(4) {
+            let _ = s.write_all(b"220 ready\r\n");
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 64];
+                while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    // Explicit mode has no original destination: the port is the listener's own.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = temp_config(
+        "opaque-env",
+        &format!(
+            "version: 1\nadmin: {{ listen: 127.0.0.1:0 }}\nlog: {{ format: json, level: info }}\nlimits: {{ detect_timeout: 1h }}\ninbound:\n  listen: 127.0.0.1:{port}\n  app: \"{app_addr}\"\noutbound: {{ listen: 127.0.0.1:0 }}\n"
+        ),
+    );
+    let run = Running::start_with(&cfg, &[("REMORA_OPAQUE_PORTS", &format!("4222, {port}"))]);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut greeting = [0u8; 11];
+    s.read_exact(&mut greeting)
+        .expect("the greeting, without detection's wait");
+    assert_eq!(&greeting, b"220 ready\r\n");
+    run.signal("-TERM");
+    let out = remora()
+        .arg("check")
+        .arg(&cfg)
+        .env("REMORA_OPAQUE_PORTS", "4222,nats")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("REMORA_OPAQUE_PORTS: \"nats\" is not a port"),
+        "{err}"
+    );
 }
 
 /// `POST /shutdown` stops the process as SIGTERM does: how a Job's app ends a sidecar that
