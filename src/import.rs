@@ -11,33 +11,9 @@ use std::{collections::BTreeMap, fmt};
 
 use serde_yaml::{Mapping, Value};
 
-/// A resource that could not be imported: which document, which field, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Error {
-    /// 1-based document number.
-    pub document: usize,
-    /// `Kind namespace/name`.
-    pub resource: String,
-    /// The field, dotted (`spec.rules[0].filters[1].type`).
-    pub path: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "document {}", self.document)?;
-        if !self.resource.is_empty() {
-            write!(f, " ({})", self.resource)?;
-        }
-        if !self.path.is_empty() {
-            write!(f, ": {}", self.path)?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl std::error::Error for Error {}
+/// A resource that could not be imported: which document, which field, and why (the error
+/// type `remora inject` reports with too).
+pub use crate::inject::Error;
 
 /// The control file made, and the notes about what Remora does more coarsely.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,12 +37,8 @@ pub fn import(input: &str, namespace: &str) -> Result<Imported, Error> {
     let docs: Vec<Value> = serde_yaml::Deserializer::from_str(input)
         .enumerate()
         .map(|(i, d)| {
-            serde::Deserialize::deserialize(d).map_err(|e: serde_yaml::Error| Error {
-                document: i + 1,
-                resource: String::new(),
-                path: String::new(),
-                message: e.to_string(),
-            })
+            serde::Deserialize::deserialize(d)
+                .map_err(|e: serde_yaml::Error| Error::new(i + 1, None, "", e.to_string()))
         })
         .collect::<Result<_, _>>()?;
     // Services first, wherever they are in the input, for the routes' ports and protocols.
@@ -96,12 +68,12 @@ pub fn import(input: &str, namespace: &str) -> Result<Imported, Error> {
         }
     }
     if routes.is_empty() {
-        return Err(Error {
-            document: 0,
-            resource: String::new(),
-            path: String::new(),
-            message: "no HTTPRoute or GRPCRoute in the input".into(),
-        });
+        return Err(Error::new(
+            1,
+            None,
+            "",
+            "no HTTPRoute or GRPCRoute in the input",
+        ));
     }
     // Remora takes the first route that matches; the Gateway API the most specific one.
     routes.sort_by(|a, b| a.0.cmp(&b.0));
@@ -158,12 +130,7 @@ struct At<'a> {
 
 impl At<'_> {
     fn error(&self, path: &str, message: impl Into<String>) -> Error {
-        Error {
-            document: self.document,
-            resource: self.resource.clone(),
-            path: path.to_owned(),
-            message: message.into(),
-        }
+        Error::new(self.document, Some(self.resource.clone()), path, message)
     }
 
     fn note(&mut self, path: &str, message: impl fmt::Display) {

@@ -78,7 +78,8 @@ pub struct Options {
     pub legacy: bool,
 }
 
-/// A document that could not be handled: which one, where in it, and why.
+/// A document that could not be handled (by `remora inject`, or `remora import`): which one,
+/// where in it, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     /// 1-based document number.
@@ -92,19 +93,41 @@ pub struct Error {
 }
 
 impl fmt::Display for Error {
+    /// `document 2 (Deployment shop/orders): spec.template: message`; the input as a whole
+    /// (document 0) is named by nothing.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "document {}", self.document)?;
-        if let Some(r) = &self.resource {
-            write!(f, " ({r})")?;
+        if self.document > 0 {
+            write!(f, "document {}", self.document)?;
+            if let Some(r) = &self.resource {
+                write!(f, " ({r})")?;
+            }
+            if !self.path.is_empty() {
+                write!(f, ": {}", self.path)?;
+            }
+            f.write_str(": ")?;
         }
-        if !self.path.is_empty() {
-            write!(f, ": {}", self.path)?;
-        }
-        write!(f, ": {}", self.message)
+        f.write_str(&self.message)
     }
 }
 
 impl std::error::Error for Error {}
+
+impl Error {
+    /// An error in document `document` (1-based), of `resource`, at field `path`.
+    pub fn new(
+        document: usize,
+        resource: Option<String>,
+        path: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            document,
+            resource,
+            path: path.to_owned(),
+            message: message.into(),
+        }
+    }
+}
 
 /// Adds the sidecar to every pod template in `input` (one or more YAML documents).
 pub fn inject(input: &str, opts: &Options) -> Result<String, Error> {
@@ -229,12 +252,7 @@ struct At {
 
 impl At {
     fn error(&self, path: &str, message: impl Into<String>) -> Error {
-        Error {
-            document: self.document,
-            resource: self.resource.clone(),
-            path: path.to_owned(),
-            message: message.into(),
-        }
+        Error::new(self.document, self.resource.clone(), path, message)
     }
 }
 

@@ -180,12 +180,9 @@ fn main() -> ExitCode {
             namespace,
         } => {
             let file = input.unwrap_or(file);
-            let text = match read_input(&file) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("remora import: {file}: {e}");
-                    return ExitCode::from(EXIT_BAD_CONFIG);
-                }
+            let text = match read_input("import", &file) {
+                Ok(text) => text,
+                Err(code) => return code,
             };
             match remora::import::import(&text, &namespace) {
                 Ok(out) => {
@@ -212,12 +209,9 @@ fn main() -> ExitCode {
             uninject,
         } => {
             let file = input.unwrap_or(file);
-            let input = match read_input(&file) {
+            let input = match read_input("inject", &file) {
                 Ok(text) => text,
-                Err(e) => {
-                    eprintln!("remora inject: {file}: {e}");
-                    return ExitCode::from(EXIT_BAD_CONFIG);
-                }
+                Err(code) => return code,
             };
             let opts = remora::inject::Options {
                 image,
@@ -484,12 +478,17 @@ fn route_test(file: &std::path::Path, cases: &std::path::Path) -> ExitCode {
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// A file's text, or stdin's for `-`.
-fn read_input(file: &str) -> std::io::Result<String> {
-    if file == "-" {
+/// A file's text, or stdin's for `-`; when it cannot be read, says so as `remora COMMAND`
+/// and gives the exit code.
+fn read_input(command: &str, file: &str) -> Result<String, ExitCode> {
+    let read = if file == "-" {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
     } else {
         std::fs::read_to_string(file)
-    }
+    };
+    read.map_err(|e| {
+        eprintln!("remora {command}: {file}: {e}");
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
 }
