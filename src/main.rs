@@ -165,7 +165,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { file } => match config::load(&file) {
             Ok(_) => {
-                println!("{}: ok", file.display());
+                emit(format_args!("{}: ok\n", file.display()));
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -189,7 +189,7 @@ fn main() -> ExitCode {
                     for n in &out.notes {
                         eprintln!("remora import: note: {n}");
                     }
-                    print!("{}", out.text);
+                    emit(format_args!("{}", out.text));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -227,7 +227,7 @@ fn main() -> ExitCode {
             };
             match out {
                 Ok(text) => {
-                    print!("{text}");
+                    emit(format_args!("{text}"));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -281,7 +281,7 @@ fn main() -> ExitCode {
             };
             match remora::iptables::run(&opts, backend, remove, dry_run) {
                 Ok(report) => {
-                    print!("{}", report.render(dry_run, remove));
+                    emit(format_args!("{}", report.render(dry_run, remove)));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -294,9 +294,9 @@ fn main() -> ExitCode {
             match remora::tls::certs::write_dev_certs(&out, &ids, i64::from(days)) {
                 Ok(w) => {
                     let ca = if w.new_ca { "created" } else { "reused" };
-                    println!("{}: CA {ca}", out.join("ca.crt").display());
+                    emit(format_args!("{}: CA {ca}\n", out.join("ca.crt").display()));
                     for (id, crt, key) in w.workloads {
-                        println!("{}, {}: {id}", crt.display(), key.display());
+                        emit(format_args!("{}, {}: {id}\n", crt.display(), key.display()));
                     }
                     ExitCode::SUCCESS
                 }
@@ -418,14 +418,14 @@ fn explain(
     );
     if json {
         match serde_json::to_string_pretty(&explanation) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => emit(format_args!("{text}\n")),
             Err(e) => {
                 eprintln!("remora explain: {e}");
                 return ExitCode::FAILURE;
             }
         }
     } else {
-        print!("{explanation}");
+        emit(format_args!("{explanation}"));
     }
     ExitCode::SUCCESS
 }
@@ -458,7 +458,7 @@ fn route_test(file: &std::path::Path, cases: &std::path::Path) -> ExitCode {
     };
     match remora::route_test::run(&compiled, &case_file) {
         Ok(report) => {
-            print!("{report}");
+            emit(format_args!("{report}"));
             if report.failed() == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -491,4 +491,16 @@ fn read_input(command: &str, file: &str) -> Result<String, ExitCode> {
         eprintln!("remora {command}: {file}: {e}");
         ExitCode::from(EXIT_BAD_CONFIG)
     })
+}
+
+/// Writes to stdout. A reader that went away (`remora explain ... | head`) ends the output,
+/// not the process with a panic.
+fn emit(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("remora: stdout: {e}");
+        }
+    }
 }

@@ -220,3 +220,26 @@ fn shipped_route_tests_pass_against_the_demo() {
     }
     assert!(n >= 1);
 }
+
+/// A reader that goes away (`remora explain ... | head`) ends the output quietly: no panic,
+/// exit 0.
+#[test]
+fn a_closed_stdout_ends_the_output_without_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_remora"))
+        .args([
+            "explain",
+            "--config",
+            "config/demo.yaml",
+            "GET",
+            "http://demo/api/live",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
