@@ -6,7 +6,7 @@
 
 use std::{
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -70,47 +70,6 @@ fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Prometheus scraping `targets` every second, with its web address.
-fn prometheus(dir: &std::path::Path, targets: &[SocketAddr]) -> (Kill, SocketAddr) {
-    let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: remora\n    static_configs: [{{ targets: [{}] }}]\n",
-            list.join(", ")
-        ),
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let web = SocketAddr::from(([127, 0, 0, 1], port));
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus (tests/install-deps.sh installs it)");
-    (Kill(child), web)
 }
 
 /// Traffic for every panel: good calls over mTLS (some with bodies), failing ones that retry,
@@ -212,7 +171,7 @@ services:
     .await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
 
-    let (_prometheus, web) = prometheus(&dir, &[a.admin, b.admin]);
+    let (_prometheus, web) = start_prometheus(&dir, &[a.admin, b.admin], &[]);
     let queries = panel_queries();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

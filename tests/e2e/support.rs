@@ -639,3 +639,54 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+// === a real Prometheus ===
+
+/// A process killed (and reaped) when dropped.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Prometheus scraping `targets` every second, storing in `dir`, with `flags` added; the
+/// process and its web address.
+pub fn start_prometheus(
+    dir: &std::path::Path,
+    targets: &[SocketAddr],
+    flags: &[&str],
+) -> (Kill, SocketAddr) {
+    let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: remora\n    static_configs: [{{ targets: [{}] }}]\n",
+            list.join(", ")
+        ),
+    )
+    .unwrap();
+    // Prometheus takes a port, not a socket: a free one, found by binding port 0.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let web = SocketAddr::from(([127, 0, 0, 1], port));
+    let child = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .args(flags)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus (tests/install-deps.sh installs it)");
+    (Kill(child), web)
+}

@@ -500,42 +500,8 @@ async fn prometheus_stores_the_exemplars() {
     let dir = std::env::temp_dir().join(format!("remora-test-{}-prometheus", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: remora\n    static_configs: [{{ targets: [\"{}\"] }}]\n",
-            p.admin
-        ),
-    )
-    .unwrap();
-    // Prometheus takes a port, not a socket: a free one, found by binding port 0.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let web = SocketAddr::from(([127, 0, 0, 1], port));
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .arg("--enable-feature=exemplar-storage")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus (tests/install-deps.sh installs it)");
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _prometheus = Kill(child);
+    let (_prometheus, web) =
+        start_prometheus(&dir, &[p.admin], &["--enable-feature=exemplar-storage"]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
