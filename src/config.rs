@@ -10,13 +10,16 @@ pub mod compile;
 pub mod duration;
 pub mod file;
 mod position;
+mod spelling;
+pub mod yaml;
 
 use std::{fmt, path::Path};
 
 pub use compile::{
     Compiled, Effective, InboundSpec, Limits, OutboundSpec, Problem, ShutdownSettings, Startup,
 };
-use position::{Pos, PositionIndex};
+pub use position::Pos;
+use position::PositionIndex;
 
 /// The environment variable whose comma-separated ports join both directions'
 /// `opaque_ports` (how `remora inject` passes a pod's `remora.io/opaque-ports`).
@@ -152,51 +155,52 @@ fn check_shape(text: &str) -> Option<Located> {
     None
 }
 
-/// Parses and compiles control file text; `name` prefixes the error lines.
+/// Parses and compiles control file text; `name` prefixes the error lines. Every problem is
+/// reported: those of the YAML and its types, and those of the parts that read whole.
 pub fn parse(name: &str, text: &str) -> Result<Compiled, ConfigError> {
-    let fail = |problems| ConfigError {
-        file: name.to_owned(),
-        problems,
+    let fail = |mut problems: Vec<Located>| {
+        problems.sort_by_key(|l| (l.line, l.column));
+        ConfigError {
+            file: name.to_owned(),
+            problems,
+        }
     };
-    let file = deserialize(name, text)?;
-    compile::compile(file, text, Path::new(name).parent()).map_err(|problems| {
-        let index = PositionIndex::build(text);
-        let mut located: Vec<Located> = problems.into_iter().map(|p| locate(&index, p)).collect();
-        located.sort_by_key(|l| (l.line, l.column));
-        fail(located)
-    })
+    let (root, file, mut problems) = deserialize(text);
+    let (Some(root), Some(file)) = (root, file) else {
+        return Err(fail(problems));
+    };
+    match compile::compile(file, text, Path::new(name).parent()) {
+        Ok(compiled) if problems.is_empty() => Ok(compiled),
+        Ok(_) => Err(fail(problems)),
+        Err(found) => {
+            let index = PositionIndex::build(&root);
+            problems.extend(found.into_iter().map(|p| locate(&index, p)));
+            Err(fail(problems))
+        }
+    }
 }
 
 /// How long the proxy may take to stop (`shutdown.grace + drain_timeout`) under control file
 /// `text`, checked for syntax and types only: what `remora inject` reads from a ConfigMap,
 /// away from the files the config names.
 pub fn shutdown_budget(name: &str, text: &str) -> Result<std::time::Duration, ConfigError> {
-    let shutdown = match deserialize(name, text)?.shutdown {
-        None => file::ShutdownFile::default(),
-        Some(file::Lenient::Ok(s)) => s,
-        Some(file::Lenient::Err { path, message }) => {
-            let path = if path.is_empty() {
-                "shutdown".to_owned()
-            } else {
-                format!("shutdown.{path}")
-            };
-            let pos = PositionIndex::build(text).locate(&path);
+    let (_, file, problems) = deserialize(text);
+    let shutdown = match file.map(|f| f.shutdown) {
+        Some(None) => file::ShutdownFile::default(),
+        Some(Some(file::Lenient::Ok(s))) => s,
+        _ => {
             return Err(ConfigError {
                 file: name.to_owned(),
-                problems: vec![Located {
-                    line: pos.line,
-                    column: pos.column,
-                    path,
-                    message: strip_location(&message),
-                }],
-            });
+                problems,
+            })
         }
     };
     Ok(shutdown.grace.0 + shutdown.drain_timeout.0)
 }
 
-/// The file's serde shape, or its first syntax error with its position.
-fn deserialize(name: &str, text: &str) -> Result<file::File, ConfigError> {
+/// Reads `text` (a YAML file of the CLI's other than the control file, such as route test
+/// cases) as `T`, with every problem at its line and column.
+pub fn parse_as<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<T, ConfigError> {
     let fail = |problems| ConfigError {
         file: name.to_owned(),
         problems,
@@ -204,57 +208,27 @@ fn deserialize(name: &str, text: &str) -> Result<file::File, ConfigError> {
     if let Some(problem) = check_shape(text) {
         return Err(fail(vec![problem]));
     }
-    let de = serde_yaml::Deserializer::from_str(text);
-    match serde_path_to_error::deserialize(de) {
-        Ok(f) => Ok(f),
-        Err(e) => {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            let inner = e.into_inner();
-            let pos = match inner.location() {
-                Some(l) => Pos {
-                    line: l.line(),
-                    column: l.column(),
-                },
-                None => PositionIndex::build(text).locate(&path),
-            };
-            let message = strip_location(&inner.to_string());
-            Err(fail(vec![Located {
-                line: pos.line,
-                column: pos.column,
-                path,
-                message,
-            }]))
-        }
+    match yaml::from_str(text) {
+        (_, Some(value), problems) if problems.is_empty() => Ok(value),
+        (_, _, problems) => Err(fail(problems)),
     }
 }
 
+/// The file's tree and serde shape (absent after a syntax error, or a problem outside every
+/// part that can fail alone), and every problem of syntax and types.
+fn deserialize(text: &str) -> (Option<yaml::Node>, Option<file::File>, Vec<Located>) {
+    if let Some(problem) = check_shape(text) {
+        return (None, None, vec![problem]);
+    }
+    yaml::from_str(text)
+}
+
 fn locate(index: &PositionIndex, p: Problem) -> Located {
-    // serde names an unknown field in the message; point at that key, not its mapping.
-    // serde_path_to_error may or may not have appended the field to the path.
-    let unknown_key = p
-        .message
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split('`').next())
-        .and_then(|field| {
-            let parent = p.path.strip_suffix(field).map(|s| s.trim_end_matches('.'));
-            index
-                .key(&p.path, field)
-                .or_else(|| index.key(parent?, field))
-        });
-    let pos = unknown_key.unwrap_or_else(|| index.locate(&p.path));
+    let pos = index.locate(&p.path);
     Located {
         line: pos.line,
         column: pos.column,
         path: p.path,
-        message: strip_location(&p.message),
-    }
-}
-
-/// serde_yaml appends " at line L column C" to some messages; the report has its own.
-fn strip_location(message: &str) -> String {
-    match message.find(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
+        message: p.message,
     }
 }

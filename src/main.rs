@@ -442,12 +442,8 @@ fn route_test(file: &std::path::Path, cases: &std::path::Path) -> ExitCode {
     let case_file = std::fs::read_to_string(cases)
         .map_err(|e| format!("{}: cannot read the file: {e}", cases.display()))
         .and_then(|text| {
-            serde_yaml::from_str::<remora::route_test::CaseFile>(&text).map_err(|e| {
-                match e.location() {
-                    Some(l) => format!("{}:{}:{}: {e}", cases.display(), l.line(), l.column()),
-                    None => format!("{}: {e}", cases.display()),
-                }
-            })
+            config::parse_as::<remora::route_test::CaseFile>(&cases.display().to_string(), &text)
+                .map_err(|e| e.to_string())
         });
     let case_file = match case_file {
         Ok(c) => c,

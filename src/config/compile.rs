@@ -17,6 +17,7 @@ use super::file::{
     self, AuthorizeRuleFile, File, HeaderEditsFile, InboundTls, Lenient, LoadBalancerFile,
     MatchFile, PathMatchFile, RouteFile, ServiceFile, ValueMatchFile,
 };
+use super::spelling::closest;
 use crate::{
     authorize::{self, IdPattern, PathPattern},
     balance::Policy,
@@ -52,7 +53,7 @@ impl Effective {
     /// The effective config as YAML: the file as parsed, the sections it left out filled in
     /// with the values in force.
     pub fn render(&self) -> String {
-        let Ok(mut file) = serde_yaml::from_str::<file::File>(&self.0) else {
+        let (_, Some(mut file), _) = super::yaml::from_str::<file::File>(&self.0) else {
             return String::new();
         };
         fn fill<T: Default>(section: &mut Option<Lenient<T>>) {
@@ -240,7 +241,7 @@ pub fn compile(file: File, text: &str, base: Option<&Path>) -> Result<Compiled, 
         has_identity: file.identity.is_some(),
         ..Ctx::default()
     };
-    let identity = c.part(&file.identity, "identity").and_then(|id| {
+    let identity = section(&file.identity).and_then(|id| {
         let resolve = |p: &str| match base {
             Some(dir) if Path::new(p).is_relative() => dir.join(p),
             _ => PathBuf::from(p),
@@ -263,10 +264,10 @@ pub fn compile(file: File, text: &str, base: Option<&Path>) -> Result<Compiled, 
             ),
         );
     }
-    let admin_file = c.part(&file.admin, "admin").cloned().unwrap_or_default();
+    let admin_file = section(&file.admin).cloned().unwrap_or_default();
     let admin = c.addr("admin.listen", &admin_file.listen);
     let admin_remote_control = admin_file.remote_control;
-    let limits_file = c.part(&file.limits, "limits").cloned().unwrap_or_default();
+    let limits_file = section(&file.limits).cloned().unwrap_or_default();
     if limits_file.max_header_bytes < 1024 {
         c.err("limits.max_header_bytes", "must be at least 1024".into());
     }
@@ -284,11 +285,8 @@ pub fn compile(file: File, text: &str, base: Option<&Path>) -> Result<Compiled, 
             c.err(path, "must be more than 0".into());
         }
     }
-    let shutdown_file = c
-        .part(&file.shutdown, "shutdown")
-        .cloned()
-        .unwrap_or_default();
-    let log_file = c.part(&file.log, "log").cloned().unwrap_or_default();
+    let shutdown_file = section(&file.shutdown).cloned().unwrap_or_default();
+    let log_file = section(&file.log).cloned().unwrap_or_default();
     if let Err(e) = telemetry::check_filter(&log_file.level) {
         c.err("log.level", e);
     }
@@ -300,7 +298,7 @@ pub fn compile(file: File, text: &str, base: Option<&Path>) -> Result<Compiled, 
         },
         access_log: log_file.access_log,
     };
-    let tracing = c.part(&file.tracing, "tracing").cloned().and_then(|t| {
+    let tracing = section(&file.tracing).cloned().and_then(|t| {
         let endpoint = crate::trace::Endpoint::parse(&t.otlp_endpoint)
             .map_err(|e| c.err("tracing.otlp_endpoint", e))
             .ok();
@@ -324,7 +322,7 @@ pub fn compile(file: File, text: &str, base: Option<&Path>) -> Result<Compiled, 
     let mut services = BTreeMap::new();
     for (name, svc) in &file.services {
         let path = format!("services.{name}");
-        if let Some(svc) = c.part_at(svc, &path) {
+        if let Some(svc) = whole(svc) {
             if let Some(spec) = c.service(&path, svc) {
                 services.insert(name.clone(), spec);
             }
@@ -343,7 +341,7 @@ pub fn compile(file: File, text: &str, base: Option<&Path>) -> Result<Compiled, 
         }
     };
 
-    let inbound = c.part(&file.inbound, "inbound").map(|ib| {
+    let inbound = section(&file.inbound).map(|ib| {
         let listen = c.addr("inbound.listen", &ib.listen);
         let app = c.addr("inbound.app", &ib.app);
         let tls = c.inbound_tls(ib.tls);
@@ -373,13 +371,13 @@ pub fn compile(file: File, text: &str, base: Option<&Path>) -> Result<Compiled, 
         }
     });
 
-    let outbound = c.part(&file.outbound, "outbound").map(|ob| {
+    let outbound = section(&file.outbound).map(|ob| {
         let listen = c.addr("outbound.listen", &ob.listen);
         let mut names = HashSet::new();
         let mut routes = Vec::new();
         for (i, route) in ob.routes.iter().enumerate() {
             let path = format!("outbound.routes[{i}]");
-            let Some(route) = c.part_at(route, &path) else {
+            let Some(route) = whole(route) else {
                 continue;
             };
             if !names.insert(route.name.as_str()) {
@@ -483,33 +481,25 @@ struct Ctx {
     has_identity: bool,
 }
 
+/// The part when it read whole (a failed part's problems were reported as it was read).
+fn whole<T>(part: &Lenient<T>) -> Option<&T> {
+    match part {
+        Lenient::Ok(t) => Some(t),
+        Lenient::Failed => None,
+    }
+}
+
+/// A section given and whole.
+fn section<T>(part: &Option<Lenient<T>>) -> Option<&T> {
+    part.as_ref().and_then(whole)
+}
+
 impl Ctx {
     fn err(&mut self, path: &str, message: String) {
         self.problems.push(Problem {
             path: path.to_owned(),
             message,
         });
-    }
-
-    /// The parsed part, or `None` after recording its problem.
-    fn part_at<'a, T>(&mut self, part: &'a Lenient<T>, at: &str) -> Option<&'a T> {
-        match part {
-            Lenient::Ok(t) => Some(t),
-            Lenient::Err { path, message } => {
-                let full = match (at.is_empty(), path.is_empty()) {
-                    (_, true) => at.to_owned(),
-                    (true, false) => path.clone(),
-                    (false, false) if path.starts_with('[') => format!("{at}{path}"),
-                    (false, false) => format!("{at}.{path}"),
-                };
-                self.err(&full, message.clone());
-                None
-            }
-        }
-    }
-
-    fn part<'a, T>(&mut self, part: &'a Option<Lenient<T>>, at: &str) -> Option<&'a T> {
-        part.as_ref().and_then(|p| self.part_at(p, at))
     }
 
     fn addr(&mut self, path: &str, text: &str) -> SocketAddr {
@@ -636,7 +626,7 @@ impl Ctx {
         let mut out = Vec::new();
         for (i, route) in routes.iter().enumerate() {
             let path = format!("outbound.tcp_routes[{i}]");
-            let Some(r) = self.part_at(route, &path) else {
+            let Some(r) = whole(route) else {
                 continue;
             };
             if !names.insert(r.name.clone()) {
@@ -1103,7 +1093,7 @@ impl Ctx {
             let mut total = 0u64;
             for (i, b) in backends.iter().enumerate() {
                 if !services.contains_key(&b.service) {
-                    let hint = closest(&b.service, services.keys())
+                    let hint = closest(&b.service, services.keys().map(String::as_str))
                         .map(|s| format!(" (did you mean {s:?}?)"));
                     self.err(
                         &format!("{path}.backends[{i}].service"),
@@ -1273,30 +1263,6 @@ impl Ctx {
     }
 }
 
-/// The known name closest to `name` when it is a likely typo (edit distance at most 2).
-fn closest<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> Option<&'a str> {
-    known
-        .map(|k| (edit_distance(name, k), k))
-        .filter(|(d, _)| *d <= 2)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k.as_str())
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -1312,15 +1278,5 @@ mod tests {
         for bad in ["0", "65536", "nats", "1;2"] {
             assert!(opaque_ports_from(Some(bad)).is_err(), "{bad}");
         }
-    }
-
-    use super::*;
-
-    #[test]
-    fn edit_distance_finds_typos() {
-        assert_eq!(edit_distance("invntory", "inventory"), 1);
-        let known = ["inventory".to_owned(), "orders".to_owned()];
-        assert_eq!(closest("invntory", known.iter()), Some("inventory"));
-        assert_eq!(closest("zzz", known.iter()), None);
     }
 }

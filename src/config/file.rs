@@ -9,34 +9,37 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration::HumanDuration;
 
-/// A part of the file that is parsed on its own, so that one bad route or service does not
-/// hide the problems of the others: every part's first problem is reported.
+/// A part of the file that is read on its own (a section, a route, a service), so that its
+/// problems do not stop the rest of the file from being checked.
 #[derive(Debug, Clone)]
 pub enum Lenient<T> {
-    /// The part parsed.
+    /// The part is whole.
     Ok(T),
-    /// The part did not parse; `path` is relative to the part.
-    Err {
-        /// Field path inside the part, e.g. `backends[0].weight`.
-        path: String,
-        /// What was wrong, as serde said it.
-        message: String,
-    },
+    /// The part has problems, already reported with their places.
+    Failed,
 }
 
-impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Lenient<T> {
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = serde_yaml::Value::deserialize(d)?;
-        Ok(match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(t) => Lenient::Ok(t),
-            Err(e) => {
-                let path = e.path().to_string();
-                Lenient::Err {
-                    path: if path == "." { String::new() } else { path },
-                    message: e.into_inner().to_string(),
-                }
+        struct Part<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Part<T> {
+            type Value = Lenient<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a part of the control file")
             }
-        })
+            fn visit_newtype_struct<D: Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<Lenient<T>, D::Error> {
+                // The config deserializer records a problem where it arises, so the part
+                // can fail alone.
+                Ok(T::deserialize(d).map_or(Lenient::Failed, Lenient::Ok))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Lenient<T>, E> {
+                Ok(Lenient::Failed)
+            }
+        }
+        d.deserialize_newtype_struct(super::yaml::LENIENT, Part(std::marker::PhantomData))
     }
 }
 
@@ -44,7 +47,7 @@ impl<T: Serialize> Serialize for Lenient<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Lenient::Ok(t) => t.serialize(s),
-            Lenient::Err { .. } => s.serialize_unit(),
+            Lenient::Failed => s.serialize_unit(),
         }
     }
 }

@@ -792,7 +792,7 @@ services:
     let expect = [
         "f.yaml:4:8: inbound.tls: needs the `identity` section",
         "f.yaml:6:14: inbound.authorize[0].from[0]: \"frontend\" is not a SPIFFE ID",
-        "f.yaml:7:11: inbound.authorize[1]: matches no caller",
+        "f.yaml:7:7: inbound.authorize[1]: matches no caller",
         "f.yaml:8:14: inbound.authorize[2].from[0]: \"spiffe://d/ns*\": a wildcard is allowed only as a whole last segment",
         "f.yaml:9:15: inbound.authorize[2].paths[0]: \"api\" must start with \"/\"",
         "f.yaml:10:17: inbound.authorize[2].methods[0]: invalid method \"GE T\"",
