@@ -10,7 +10,7 @@ pub mod compile;
 pub mod duration;
 pub mod file;
 mod position;
-mod spelling;
+pub mod spelling;
 pub mod yaml;
 
 use std::{fmt, path::Path};

@@ -153,21 +153,152 @@ pub struct Matched {
     /// The route's action.
     pub action: Action,
     /// Time the upstream has for response headers.
-    pub timeout: String,
+    pub timeout: HumanDuration,
     /// The path and query sent upstream, when a rewrite changes it.
     pub rewritten_path: Option<String>,
     /// Request header edits.
-    pub request_headers: Vec<String>,
+    pub request_headers: Vec<HeaderEdit>,
     /// Response header edits.
-    pub response_headers: Vec<String>,
-    /// Local rate limit, e.g. `200/s, burst 50`.
-    pub rate_limit: Option<String>,
-    /// Injected faults, e.g. `delay 1% by 100ms; abort 0.1% with 503`.
-    pub fault: Option<String>,
+    pub response_headers: Vec<HeaderEdit>,
+    /// Local rate limit.
+    pub rate_limit: Option<RateLimit>,
+    /// Injected faults.
+    pub fault: Option<Fault>,
     /// Retry policy.
-    pub retry: Option<String>,
-    /// Mirroring, e.g. `5% to shadow`.
-    pub mirror: Option<String>,
+    pub retry: Option<Retry>,
+    /// Mirroring.
+    pub mirror: Option<Mirror>,
+}
+
+/// One header edit.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeaderEdit {
+    /// `set`, `add` or `remove`.
+    pub op: &'static str,
+    /// Header name.
+    pub name: String,
+    /// The value set or added.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+impl fmt::Display for HeaderEdit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{} {}: {v}", self.op, self.name),
+            None => write!(f, "{} {}", self.op, self.name),
+        }
+    }
+}
+
+/// A local rate limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateLimit {
+    /// Requests per second on average.
+    pub requests_per_second: u32,
+    /// Requests at once.
+    pub burst: u32,
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/s, burst {}", self.requests_per_second, self.burst)
+    }
+}
+
+/// Injected faults.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fault {
+    /// Requests delayed.
+    pub delay: Option<FaultDelay>,
+    /// Requests answered with an error.
+    pub abort: Option<FaultAbort>,
+}
+
+/// Delayed requests.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultDelay {
+    /// Share of requests, in percent.
+    pub percent: f64,
+    /// How long.
+    pub duration: HumanDuration,
+}
+
+/// Aborted requests.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultAbort {
+    /// Share of requests, in percent.
+    pub percent: f64,
+    /// The status they get.
+    pub status: u16,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(d) = &self.delay {
+            write!(f, "delay {}% by {}", d.percent, d.duration)?;
+        }
+        if let Some(a) = &self.abort {
+            if self.delay.is_some() {
+                f.write_str("; ")?;
+            }
+            write!(f, "abort {}% with {}", a.percent, a.status)?;
+        }
+        Ok(())
+    }
+}
+
+/// A retry policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct Retry {
+    /// Tries in all, the first included.
+    pub attempts: u32,
+    /// Time each try has, when limited.
+    pub per_try_timeout: Option<HumanDuration>,
+    /// What is retried: `5xx`, `gateway-error`, `connect-failure`, `reset`, statuses, and
+    /// gRPC codes as `grpc NAME`.
+    pub on: Vec<String>,
+    /// First backoff.
+    pub backoff_base: HumanDuration,
+    /// Longest backoff.
+    pub backoff_max: HumanDuration,
+    /// Whether POST and PATCH are retried too.
+    pub non_idempotent: bool,
+}
+
+impl fmt::Display for Retry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} attempts", self.attempts)?;
+        if let Some(t) = self.per_try_timeout {
+            write!(f, " of at most {t}")?;
+        }
+        write!(
+            f,
+            ", on {}, backoff {}..{}",
+            self.on.join(", "),
+            self.backoff_base,
+            self.backoff_max
+        )?;
+        if self.non_idempotent {
+            f.write_str(", POST and PATCH too")?;
+        }
+        Ok(())
+    }
+}
+
+/// Mirroring.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mirror {
+    /// Share of requests copied, in percent.
+    pub percent: f64,
+    /// The service that gets the copies.
+    pub service: String,
+}
+
+impl fmt::Display for Mirror {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}% to {}", self.percent, self.service)
+    }
 }
 
 /// A route's action.
@@ -204,25 +335,141 @@ pub struct Backend {
     pub weight: u32,
     /// Share of the route's traffic, in percent.
     pub share_percent: f64,
-    /// Upstream protocol.
-    pub protocol: String,
+    /// Upstream protocol (`None`: the service is not defined).
+    pub protocol: Option<String>,
     /// Load balancer.
-    pub load_balancer: String,
+    pub load_balancer: Option<LoadBalancer>,
     /// Connect timeout.
-    pub connect_timeout: String,
+    pub connect_timeout: Option<HumanDuration>,
     /// Where endpoints come from.
-    pub discovery: String,
+    pub discovery: Option<DiscoveryInfo>,
     /// Circuit breaker limits.
-    pub circuit_breaker: String,
+    pub circuit_breaker: Option<CircuitBreaker>,
     /// Outlier detection, when on.
-    pub outlier_detection: Option<String>,
+    pub outlier_detection: Option<Outlier>,
     /// Health checks, when on.
-    pub health_check: Option<String>,
+    pub health_check: Option<HealthCheck>,
     /// The SPIFFE ID required of the endpoints, when the service is called over mTLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mtls_peer_identity: Option<SpiffeId>,
     /// Current endpoints (`None`: resolved only at run time).
     pub endpoints: Option<Vec<String>>,
+}
+
+/// A load balancer.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadBalancer {
+    /// `least_request`, `round_robin`, `random` or `ring_hash`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The request header a ring hash keys on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+}
+
+impl fmt::Display for LoadBalancer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind)?;
+        match &self.header {
+            Some(h) => write!(f, " on {h}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where a service's endpoints come from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DiscoveryInfo {
+    /// Listed in the file.
+    Static,
+    /// Resolved from DNS.
+    Dns {
+        /// Name resolved.
+        host: String,
+        /// Port called.
+        port: u16,
+        /// How often.
+        refresh: HumanDuration,
+    },
+}
+
+impl fmt::Display for DiscoveryInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Static => f.write_str("static"),
+            Self::Dns {
+                host,
+                port,
+                refresh,
+            } => write!(f, "dns {host}:{port} every {refresh}"),
+        }
+    }
+}
+
+/// Circuit breaker limits.
+#[derive(Debug, Clone, Serialize)]
+pub struct CircuitBreaker {
+    /// Requests in flight.
+    pub max_requests: usize,
+    /// Upstream connections.
+    pub max_connections: usize,
+    /// Requests waiting for a connection.
+    pub max_pending_requests: usize,
+}
+
+impl fmt::Display for CircuitBreaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "at most {} requests, {} connections, {} pending",
+            self.max_requests, self.max_connections, self.max_pending_requests
+        )
+    }
+}
+
+/// Outlier detection.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outlier {
+    /// Failures in a row that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// Ejection time, multiplied by the times the endpoint was ejected.
+    pub base_ejection: HumanDuration,
+    /// Most endpoints out at once, in percent.
+    pub max_ejected_percent: u32,
+}
+
+impl fmt::Display for Outlier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "eject after {} failures in a row for {} x times ejected, at most {}% at once",
+            self.consecutive_failures, self.base_ejection, self.max_ejected_percent
+        )
+    }
+}
+
+/// Active health checks.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthCheck {
+    /// Path asked with GET.
+    pub path: String,
+    /// How often.
+    pub interval: HumanDuration,
+    /// Failures in a row that take an endpoint out.
+    pub unhealthy_after: u32,
+    /// Passes in a row that bring it back.
+    pub healthy_after: u32,
+}
+
+impl fmt::Display for HealthCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "GET {} every {}, out after {} failures, back after {} passes",
+            self.path, self.interval, self.unhealthy_after, self.healthy_after
+        )
+    }
 }
 
 /// Explains `probe` against `routes` (in order).
@@ -320,8 +567,7 @@ fn describe(m: Mismatch<'_>, matcher: &RouteMatch, view: &RequestView<'_>) -> St
     }
 }
 
-/// A retry policy in words.
-fn describe_retry(r: &crate::resilience::retry::Policy) -> String {
+fn retry(r: &crate::resilience::retry::Policy) -> Retry {
     let c = &r.on;
     let mut on: Vec<String> = [
         (c.server_error, "5xx"),
@@ -335,21 +581,14 @@ fn describe_retry(r: &crate::resilience::retry::Policy) -> String {
     .collect();
     on.extend(c.statuses.iter().map(|s| s.to_string()));
     on.extend(c.grpc.iter().map(|g| format!("grpc {g}")));
-    format!(
-        "{} attempts{}, on {}, backoff {}..{}{}",
-        r.attempts,
-        r.per_try_timeout
-            .map(|t| format!(" of at most {}", HumanDuration(t)))
-            .unwrap_or_default(),
-        on.join(", "),
-        HumanDuration(r.backoff_base),
-        HumanDuration(r.backoff_max),
-        if r.non_idempotent {
-            ", POST and PATCH too"
-        } else {
-            ""
-        }
-    )
+    Retry {
+        attempts: r.attempts,
+        per_try_timeout: r.per_try_timeout.map(HumanDuration),
+        on,
+        backoff_base: HumanDuration(r.backoff_base),
+        backoff_max: HumanDuration(r.backoff_max),
+        non_idempotent: r.non_idempotent,
+    }
 }
 
 /// A compiled whole-string regex as it was written.
@@ -379,44 +618,44 @@ fn matched(spec: &RouteSpec, view: &RequestView<'_>, services: &dyn ServiceInfo)
         },
     };
     let edits = |e: &crate::routing::HeaderEdits| {
-        let mut out: Vec<String> = e.remove.iter().map(|n| format!("remove {n}")).collect();
-        out.extend(
-            e.set
-                .iter()
-                .map(|(n, v)| format!("set {n}: {}", v.to_str().unwrap_or("?"))),
-        );
-        out.extend(
-            e.add
-                .iter()
-                .map(|(n, v)| format!("add {n}: {}", v.to_str().unwrap_or("?"))),
-        );
+        let edit = |op, name: &HeaderName, value: Option<&HeaderValue>| HeaderEdit {
+            op,
+            name: name.to_string(),
+            value: value.map(|v| v.to_str().unwrap_or("?").to_owned()),
+        };
+        let mut out: Vec<HeaderEdit> = e.remove.iter().map(|n| edit("remove", n, None)).collect();
+        out.extend(e.set.iter().map(|(n, v)| edit("set", n, Some(v))));
+        out.extend(e.add.iter().map(|(n, v)| edit("add", n, Some(v))));
         out
     };
     Matched {
         route: spec.name.to_string(),
         action,
-        timeout: HumanDuration(spec.timeout).to_string(),
+        timeout: HumanDuration(spec.timeout),
         rewritten_path: spec
             .rewrite
             .as_ref()
             .map(|rw| rw.apply(view.path, view.query)),
         request_headers: edits(&spec.request_headers),
         response_headers: edits(&spec.response_headers),
-        rate_limit: spec.rate_limit.map(|l| l.to_string()),
-        retry: spec.retry.as_ref().map(describe_retry),
-        mirror: spec
-            .mirror
-            .as_ref()
-            .map(|m| format!("{}% to {}", m.percent, m.service)),
-        fault: spec.fault.as_ref().map(|f| {
-            let mut parts = Vec::new();
-            if let Some((p, d)) = f.delay {
-                parts.push(format!("delay {p}% by {}", HumanDuration(d)));
-            }
-            if let Some((p, s)) = f.abort {
-                parts.push(format!("abort {p}% with {}", s.as_u16()));
-            }
-            parts.join("; ")
+        rate_limit: spec.rate_limit.map(|l| RateLimit {
+            requests_per_second: l.per_second.get(),
+            burst: l.burst.get(),
+        }),
+        retry: spec.retry.as_ref().map(retry),
+        mirror: spec.mirror.as_ref().map(|m| Mirror {
+            percent: m.percent,
+            service: m.service.to_string(),
+        }),
+        fault: spec.fault.as_ref().map(|f| Fault {
+            delay: f.delay.map(|(percent, d)| FaultDelay {
+                percent,
+                duration: HumanDuration(d),
+            }),
+            abort: f.abort.map(|(percent, s)| FaultAbort {
+                percent,
+                status: s.as_u16(),
+            }),
         }),
     }
 }
@@ -428,52 +667,48 @@ fn backend(name: &str, weight: u32, total: u32, services: &dyn ServiceInfo) -> B
         f64::from(weight) * 100.0 / f64::from(total)
     };
     let spec = services.spec(name);
-    let text = |f: &dyn Fn(&ServiceSpec) -> String| spec.map_or_else(|| "?".to_owned(), f);
     Backend {
         service: name.to_owned(),
         weight,
         share_percent,
-        protocol: text(&|s| format!("{:?}", s.protocol).to_lowercase()),
-        load_balancer: text(&|s| match &s.policy {
-            crate::balance::Policy::LeastRequest => "least_request".to_owned(),
-            crate::balance::Policy::RoundRobin => "round_robin".to_owned(),
-            crate::balance::Policy::Random => "random".to_owned(),
-            crate::balance::Policy::RingHash(h) => format!("ring_hash on {h}"),
+        protocol: spec.map(|s| format!("{:?}", s.protocol).to_lowercase()),
+        load_balancer: spec.map(|s| {
+            let (kind, header) = match &s.policy {
+                crate::balance::Policy::LeastRequest => ("least_request", None),
+                crate::balance::Policy::RoundRobin => ("round_robin", None),
+                crate::balance::Policy::Random => ("random", None),
+                crate::balance::Policy::RingHash(h) => ("ring_hash", Some(h.to_string())),
+            };
+            LoadBalancer { kind, header }
         }),
-        connect_timeout: text(&|s| HumanDuration(s.connect_timeout).to_string()),
-        discovery: text(&|s| match &s.discovery {
-            Discovery::Static(_) => "static".to_owned(),
+        connect_timeout: spec.map(|s| HumanDuration(s.connect_timeout)),
+        discovery: spec.map(|s| match &s.discovery {
+            Discovery::Static(_) => DiscoveryInfo::Static,
             Discovery::Dns {
                 host,
                 port,
                 refresh,
-            } => {
-                format!("dns {host}:{port} every {}", HumanDuration(*refresh))
-            }
+            } => DiscoveryInfo::Dns {
+                host: host.to_string(),
+                port: *port,
+                refresh: HumanDuration(*refresh),
+            },
         }),
-        circuit_breaker: text(&|s| {
-            let b = s.breaker;
-            format!(
-                "at most {} requests, {} connections, {} pending",
-                b.max_requests, b.max_connections, b.max_pending_requests
-            )
+        circuit_breaker: spec.map(|s| CircuitBreaker {
+            max_requests: s.breaker.max_requests,
+            max_connections: s.breaker.max_connections,
+            max_pending_requests: s.breaker.max_pending_requests,
         }),
-        outlier_detection: spec.and_then(|s| s.outlier).map(|o| {
-            format!(
-                "eject after {} failures in a row for {} x times ejected, at most {}% at once",
-                o.consecutive_failures,
-                HumanDuration(o.base_ejection),
-                o.max_ejected_percent
-            )
+        outlier_detection: spec.and_then(|s| s.outlier).map(|o| Outlier {
+            consecutive_failures: o.consecutive_failures,
+            base_ejection: HumanDuration(o.base_ejection),
+            max_ejected_percent: o.max_ejected_percent.into(),
         }),
-        health_check: spec.and_then(|s| s.health.as_ref()).map(|h| {
-            format!(
-                "GET {} every {}, out after {} failures, back after {} passes",
-                h.path,
-                HumanDuration(h.interval),
-                h.unhealthy_after,
-                h.healthy_after
-            )
+        health_check: spec.and_then(|s| s.health.as_ref()).map(|h| HealthCheck {
+            path: h.path.to_string(),
+            interval: HumanDuration(h.interval),
+            unhealthy_after: h.unhealthy_after,
+            healthy_after: h.healthy_after,
         }),
         mtls_peer_identity: spec.and_then(|s| s.tls.clone()),
         endpoints: services
@@ -533,22 +768,41 @@ impl fmt::Display for Explanation {
                             ("response", &m.response_headers),
                         ] {
                             if !edits.is_empty() {
+                                let edits: Vec<String> =
+                                    edits.iter().map(ToString::to_string).collect();
                                 writeln!(f, "    {label} headers: {}", edits.join("; "))?;
                             }
                         }
                         for b in backends {
+                            let (
+                                Some(protocol),
+                                Some(lb),
+                                Some(connect),
+                                Some(discovery),
+                                Some(cb),
+                            ) = (
+                                &b.protocol,
+                                &b.load_balancer,
+                                &b.connect_timeout,
+                                &b.discovery,
+                                &b.circuit_breaker,
+                            )
+                            else {
+                                writeln!(
+                                    f,
+                                    "    backend {} weight {}: no such service",
+                                    b.service, b.weight
+                                )?;
+                                continue;
+                            };
                             writeln!(
                                 f,
-                                "    backend {} weight {} ({:.1}%): {}, {}, connect timeout {}, {}",
+                                "    backend {} weight {} ({:.1}%): {protocol}, {lb}, connect timeout {connect}, {discovery}",
                                 b.service,
                                 b.weight,
                                 b.share_percent,
-                                b.protocol,
-                                b.load_balancer,
-                                b.connect_timeout,
-                                b.discovery
                             )?;
-                            writeln!(f, "      circuit breaker: {}", b.circuit_breaker)?;
+                            writeln!(f, "      circuit breaker: {cb}")?;
                             if let Some(o) = &b.outlier_detection {
                                 writeln!(f, "      outlier detection: {o}")?;
                             }

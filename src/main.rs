@@ -58,6 +58,9 @@ enum Command {
         /// The cases: a YAML file with `cases: [{ name, request: { method, url, headers },
         /// expect: { route, backend, status, path, location, passthrough } }]`.
         cases: PathBuf,
+        /// Fail unless the cases' requests match at least this percent of the routes.
+        #[arg(long, value_name = "PERCENT")]
+        min_coverage: Option<f64>,
     },
     /// Validate a control file and exit (0 valid, 64 invalid; problems on stderr).
     Check {
@@ -173,7 +176,11 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
         },
-        Command::Test { file, cases } => route_test(&file, &cases),
+        Command::Test {
+            file,
+            cases,
+            min_coverage,
+        } => route_test(&file, &cases, min_coverage),
         Command::Import {
             file,
             input,
@@ -431,7 +438,11 @@ fn explain(
 }
 
 /// `remora test`: 0 when every case passes, 1 when one fails, 64 when a file is unusable.
-fn route_test(file: &std::path::Path, cases: &std::path::Path) -> ExitCode {
+fn route_test(
+    file: &std::path::Path,
+    cases: &std::path::Path,
+    min_coverage: Option<f64>,
+) -> ExitCode {
     let compiled = match config::load(file) {
         Ok(c) => c,
         Err(e) => {
@@ -452,10 +463,10 @@ fn route_test(file: &std::path::Path, cases: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    match remora::route_test::run(&compiled, &case_file) {
+    match remora::route_test::run(&compiled, &case_file, min_coverage) {
         Ok(report) => {
             emit(format_args!("{report}"));
-            if report.failed() == 0 {
+            if report.passed() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, fmt};
 use serde::Deserialize;
 
 use crate::{
-    config::Compiled,
+    config::{spelling::closest, Compiled},
     explain::{explain, Action, Outcome, Probe},
 };
 
@@ -90,12 +90,29 @@ pub struct Report {
     pub results: Vec<(String, Vec<String>)>,
     /// Routes that no case's request matched.
     pub uncovered: Vec<String>,
+    /// Routes in the config.
+    pub routes: usize,
+    /// The coverage required, in percent (`--min-coverage`).
+    pub min_coverage: Option<f64>,
 }
 
 impl Report {
     /// Cases that failed.
     pub fn failed(&self) -> usize {
         self.results.iter().filter(|(_, f)| !f.is_empty()).count()
+    }
+
+    /// Percent of the routes some case's request matched.
+    pub fn coverage(&self) -> f64 {
+        if self.routes == 0 {
+            return 100.0;
+        }
+        (self.routes - self.uncovered.len()) as f64 * 100.0 / self.routes as f64
+    }
+
+    /// Every case passed and the coverage is at least the required.
+    pub fn passed(&self) -> bool {
+        self.failed() == 0 && self.min_coverage.is_none_or(|min| self.coverage() >= min)
     }
 }
 
@@ -113,16 +130,43 @@ impl fmt::Display for Report {
         if !self.uncovered.is_empty() {
             writeln!(f, "routes no case covered: {}", self.uncovered.join(", "))?;
         }
-        Ok(())
+        let covered = self.routes - self.uncovered.len();
+        write!(
+            f,
+            "route coverage {:.1}% ({covered} of {} routes)",
+            self.coverage(),
+            self.routes
+        )?;
+        match self.min_coverage {
+            Some(min) if self.coverage() < min => writeln!(f, ", below the required {min}%"),
+            _ => writeln!(f),
+        }
     }
 }
 
-/// Runs `cases` against `compiled`; `Err` when the config has no routes to test.
-pub fn run(compiled: &Compiled, cases: &CaseFile) -> Result<Report, String> {
+/// Runs `cases` against `compiled`, requiring `min_coverage` percent of the routes to be
+/// matched by some case; `Err` when the config has no routes to test or the file no cases.
+pub fn run(
+    compiled: &Compiled,
+    cases: &CaseFile,
+    min_coverage: Option<f64>,
+) -> Result<Report, String> {
     let outbound = compiled
         .outbound
         .as_ref()
         .ok_or("the config has no outbound section, so no routes")?;
+    if cases.cases.is_empty() {
+        return Err("the case file has no cases: a test that checks nothing proves nothing".into());
+    }
+    if let Some(min) = min_coverage {
+        if !(0.0..=100.0).contains(&min) {
+            return Err(format!(
+                "--min-coverage {min}: give a percent from 0 to 100"
+            ));
+        }
+    }
+    let route_names: Vec<&str> = outbound.routes.iter().map(|r| &*r.name).collect();
+    let service_names: Vec<&str> = compiled.services.keys().map(|s| &**s).collect();
     let mut covered = std::collections::HashSet::new();
     let mut results = Vec::new();
     for (i, case) in cases.cases.iter().enumerate() {
@@ -148,7 +192,9 @@ pub fn run(compiled: &Compiled, cases: &CaseFile) -> Result<Report, String> {
                 if let Outcome::Route(m) = &ex.outcome {
                     covered.insert(m.route.clone());
                 }
-                check(&case.expect, &ex.outcome, &ex.path)
+                let mut failures = names(&case.expect, &route_names, &service_names);
+                failures.extend(check(&case.expect, &ex.outcome, &ex.path));
+                failures
             }
         };
         results.push((name, failures));
@@ -159,7 +205,47 @@ pub fn run(compiled: &Compiled, cases: &CaseFile) -> Result<Report, String> {
         .map(|r| r.name.to_string())
         .filter(|r| !covered.contains(r))
         .collect();
-    Ok(Report { results, uncovered })
+    Ok(Report {
+        results,
+        uncovered,
+        routes: outbound.routes.len(),
+        min_coverage,
+    })
+}
+
+/// Expectations that cannot hold whatever the request: none at all, or a route or backend
+/// the config does not have.
+fn names(expect: &Expect, routes: &[&str], services: &[&str]) -> Vec<String> {
+    let mut failures = Vec::new();
+    let e = expect;
+    if e.route.is_none()
+        && e.backend.is_none()
+        && e.status.is_none()
+        && e.path.is_none()
+        && e.location.is_none()
+        && e.passthrough.is_none()
+    {
+        failures.push(
+            "expects nothing: give route, backend, status, path, location or passthrough".into(),
+        );
+    }
+    let unknown = |kind: &str, name: &str, known: &[&str]| {
+        let hint = closest(name, known.iter().copied())
+            .map(|k| format!(" (did you mean {k:?}?)"))
+            .unwrap_or_default();
+        format!("the config has no {kind} named {name:?}{hint}")
+    };
+    if let Some(r) = &e.route {
+        if !routes.contains(&r.as_str()) {
+            failures.push(unknown("route", r, routes));
+        }
+    }
+    if let Some(b) = &e.backend {
+        if !services.contains(&b.as_str()) {
+            failures.push(unknown("service", b, services));
+        }
+    }
+    failures
 }
 
 fn check(expect: &Expect, outcome: &Outcome, request_path: &str) -> Vec<String> {

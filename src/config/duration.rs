@@ -20,7 +20,8 @@ impl HumanDuration {
     }
 }
 
-/// Parses `250ms`, `2s`, `1.5s`, `1m`, `1h`, `0`.
+/// Parses `250ms`, `2s`, `1.5s`, `0.3ms`, `1m`, `1h`, `0`, exactly: the decimal is read as
+/// written, to the nanosecond, never through a float.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     if t == "0" {
@@ -30,38 +31,62 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("invalid duration {text:?}: missing unit (ms, s, m or h)"))?;
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| {
-        format!("invalid duration {text:?}: expected a number followed by ms, s, m or h")
-    })?;
-    let scale = match unit {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
+    let nanos_per: u128 = match unit {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
         _ => {
             return Err(format!(
                 "invalid duration {text:?}: unknown unit {unit:?} (use ms, s, m or h)"
             ))
         }
     };
-    Duration::try_from_secs_f64(value * scale)
-        .map_err(|_| format!("invalid duration {text:?}: out of range"))
+    let bad = || format!("invalid duration {text:?}: expected a number followed by ms, s, m or h");
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    if (whole.is_empty() && frac.is_empty()) || frac.contains('.') || whole.len() > 20 {
+        return Err(bad());
+    }
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    let mut nanos = whole * nanos_per;
+    let mut scale = nanos_per;
+    for digit in frac.bytes() {
+        if scale % 10 != 0 {
+            return Err(format!(
+                "invalid duration {text:?}: finer than a nanosecond"
+            ));
+        }
+        scale /= 10;
+        nanos += u128::from(digit - b'0') * scale;
+    }
+    let secs = u64::try_from(nanos / 1_000_000_000)
+        .map_err(|_| format!("invalid duration {text:?}: out of range"))?;
+    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
 }
 
 impl fmt::Display for HumanDuration {
+    /// The largest unit that shows the duration whole, or milliseconds with as many decimals
+    /// as it needs: what is printed parses back to the same duration.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if ms == 0 {
-            f.write_str("0s")
-        } else if ms % 3_600_000 == 0 {
-            write!(f, "{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 {
-            write!(f, "{}m", ms / 60_000)
-        } else if ms % 1000 == 0 {
-            write!(f, "{}s", ms / 1000)
-        } else {
-            write!(f, "{ms}ms")
+        let nanos = self.0.as_nanos();
+        const MS: u128 = 1_000_000;
+        if nanos == 0 {
+            return f.write_str("0s");
         }
+        for (unit, per) in [("h", 3_600_000 * MS), ("m", 60_000 * MS), ("s", 1000 * MS)] {
+            if nanos % per == 0 {
+                return write!(f, "{}{unit}", nanos / per);
+            }
+        }
+        if nanos % MS == 0 {
+            return write!(f, "{}ms", nanos / MS);
+        }
+        let frac = format!("{:06}", nanos % MS);
+        write!(f, "{}.{}ms", nanos / MS, frac.trim_end_matches('0'))
     }
 }
 
@@ -113,6 +138,9 @@ mod tests {
         assert_eq!(parse("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse("0"), Ok(Duration::ZERO));
+        assert_eq!(parse("0.3ms"), Ok(Duration::from_micros(300)));
+        assert_eq!(parse(".5s"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse("1.1s"), Ok(Duration::from_millis(1100)));
     }
 
     #[test]
@@ -121,11 +149,24 @@ mod tests {
         assert!(parse("2x").unwrap_err().contains("unknown unit"));
         assert!(parse("ms").is_err());
         assert!(parse("").is_err());
+        assert!(parse("0.0000001ms").unwrap_err().contains("nanosecond"));
+        assert!(parse("1..5s").is_err());
+        assert!(parse(".s").is_err());
     }
 
     #[test]
     fn displays_round_trip() {
-        for s in ["250ms", "2s", "1m", "1h", "0s", "1500ms"] {
+        for s in [
+            "250ms",
+            "2s",
+            "1m",
+            "1h",
+            "0s",
+            "1500ms",
+            "0.3ms",
+            "1.5ms",
+            "0.000001ms",
+        ] {
             let d = parse(s).unwrap();
             assert_eq!(HumanDuration(d).to_string(), s);
         }

@@ -193,10 +193,71 @@ fn route_tests_pass_fail_and_report_uncovered_routes() {
     );
     let (code, _, err) = remora(&["test", cfg.to_str().unwrap(), bad.to_str().unwrap()]);
     assert_eq!(code, Some(64));
+    // The position once, then the problem in the file's words.
     assert!(
-        err.contains("bad.routes-test.yaml:") && err.contains("unknown field `rout`"),
+        err.trim_end().ends_with(
+            "bad.routes-test.yaml:3:15: cases[0].expect.rout: unknown field `rout` (did you mean `route`?)"
+        ),
         "{err}"
     );
+    assert!(!err.contains(" at line "), "{err}");
+
+    // Cases that cannot fail are not passes.
+    let empty = write(
+        "empty.routes-test.yaml",
+        "cases: []
+",
+    );
+    let (code, _, err) = remora(&["test", cfg.to_str().unwrap(), empty.to_str().unwrap()]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("the case file has no cases"), "{err}");
+    let vacuous = write(
+        "vacuous.routes-test.yaml",
+        r#"cases:
+  - name: nothing
+    request: { url: http://inventory/api/x }
+    expect: {}
+  - name: typo
+    request: { url: http://inventory/api/x }
+    expect: { route: inventroy }
+  - name: no such service
+    request: { url: http://inventory/api/x }
+    expect: { backend: v9 }
+"#,
+    );
+    let (code, out, _) = remora(&["test", cfg.to_str().unwrap(), vacuous.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL  nothing: expects nothing"), "{out}");
+    assert!(
+        out.contains(
+            "FAIL  typo: the config has no route named \"inventroy\" (did you mean \"inventory\"?)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL  no such service: the config has no service named \"v9\""),
+        "{out}"
+    );
+
+    // --min-coverage: 3 of the 4 routes are covered by the passing cases.
+    let run = |min: &str| {
+        remora(&[
+            "test",
+            cfg.to_str().unwrap(),
+            passing.to_str().unwrap(),
+            "--min-coverage",
+            min,
+        ])
+    };
+    let (code, out, _) = run("75");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("route coverage 75.0% (3 of 4 routes)"),
+        "{out}"
+    );
+    let (code, out, _) = run("80");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("below the required 80%"), "{out}");
 }
 
 #[test]
@@ -242,4 +303,68 @@ fn a_closed_stdout_ends_the_output_without_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
+/// `--json` gives every policy as fields, and every duration exactly as it would be written
+/// back into the file (`0.3ms` does not become `0s`).
+#[test]
+fn explain_json_gives_policies_as_fields_with_exact_durations() {
+    let text = r#"
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - name: r
+      timeout: 1.5ms
+      backends: [{ service: s }]
+      retry: { attempts: 3, per_try_timeout: 0.3ms, on: [5xx, { retriable-status: [409] }] }
+      rate_limit: { requests_per_second: 200, burst: 50 }
+      fault: { delay: { percent: 1, duration: 100ms } }
+services:
+  s:
+    endpoints: ["10.0.0.5:8080"]
+    connect_timeout: 0.25ms
+    circuit_breaker: { max_requests: 7 }
+    load_balancer: { ring_hash: { header: x-user } }
+    outlier_detection: { consecutive_failures: 2, base_ejection: 1.5s, max_ejected_percent: 50 }
+"#;
+    let cfg = write("json-policies.yaml", &complete(text));
+    let (code, out, err) = remora(&[
+        "explain",
+        "-c",
+        cfg.to_str().unwrap(),
+        "GET",
+        "http://any/",
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let m = &v["outcome"];
+    assert_eq!(m["timeout"], "1.5ms");
+    assert_eq!(
+        m["retry"],
+        serde_json::json!({
+            "attempts": 3, "per_try_timeout": "0.3ms", "on": ["5xx", "409"],
+            "backoff_base": "25ms", "backoff_max": "250ms", "non_idempotent": false
+        })
+    );
+    assert_eq!(
+        m["rate_limit"],
+        serde_json::json!({"requests_per_second": 200, "burst": 50})
+    );
+    assert_eq!(m["fault"]["delay"]["duration"], "100ms");
+    let b = &m["action"]["backends"][0];
+    assert_eq!(b["connect_timeout"], "0.25ms");
+    assert_eq!(b["circuit_breaker"]["max_requests"], 7);
+    assert_eq!(
+        b["load_balancer"],
+        serde_json::json!({"type": "ring_hash", "header": "x-user"})
+    );
+    assert_eq!(b["outlier_detection"]["base_ejection"], "1500ms");
+    assert_eq!(b["discovery"], serde_json::json!({"type": "static"}));
+
+    // The text form says the same, as exactly.
+    let (_, out, _) = remora(&["explain", "-c", cfg.to_str().unwrap(), "GET", "http://any/"]);
+    assert!(out.contains("timeout 1.5ms"), "{out}");
+    assert!(out.contains("3 attempts of at most 0.3ms"), "{out}");
+    assert!(out.contains("connect timeout 0.25ms"), "{out}");
 }

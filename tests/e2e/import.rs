@@ -88,14 +88,21 @@ fn imported_routes_check_and_route_as_the_gateway_api_says() {
         // A headless Service is called at its pods' target port.
         assert_eq!(
             backends[0]["discovery"],
-            "dns inventory.shop.svc.cluster.local:8080 every 5s"
+            serde_json::json!({"type": "dns", "host": "inventory.shop.svc.cluster.local", "port": 8080, "refresh": "5s"})
         );
         assert_eq!(plain["rewritten_path"], "/v1/api/items", "{plain}");
         assert_eq!(plain["timeout"], "1500ms", "{plain}");
-        assert_eq!(plain["mirror"], "5% to inventory-v2-80", "{plain}");
+        assert_eq!(
+            plain["mirror"],
+            serde_json::json!({"percent": 5.0, "service": "inventory-v2-80"}),
+            "{plain}"
+        );
         assert_eq!(
             plain["request_headers"],
-            serde_json::json!(["remove x-debug", "set x-env: prod"])
+            serde_json::json!([
+                {"op": "remove", "name": "x-debug"},
+                {"op": "set", "name": "x-env", "value": "prod"}
+            ])
         );
     }
     let redirect = explain(&file, "GET", "http://inventory/old", &[]);
