@@ -8,6 +8,7 @@ use rcgen::{
     string::Ia5String, BasicConstraints, CertificateParams, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustls::pki_types::pem::PemObject;
 use time::{Duration, OffsetDateTime};
 
 /// A certificate and its private key, PEM encoded.
@@ -30,6 +31,20 @@ impl std::fmt::Debug for Ca {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ca").finish_non_exhaustive()
     }
+}
+
+/// Why an existing CA cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CaError {
+    /// The private key does not parse.
+    #[error("not a usable private key: {0}")]
+    Key(String),
+    /// The certificate does not parse or is not a CA.
+    #[error("not a usable CA certificate: {0}")]
+    Cert(String),
+    /// The key is not the certificate's.
+    #[error("the key does not belong to the certificate")]
+    Mismatch,
 }
 
 /// Validity period of a certificate.
@@ -90,13 +105,25 @@ impl Ca {
     }
 
     /// A CA from its PEM certificate and key (to issue more workloads with an existing CA).
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, rcgen::Error> {
-        let key = KeyPair::from_pem(key_pem)?;
+    /// The error names the part at fault: the key, the certificate, or the pair.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, CaError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::Key(e.to_string()))?;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| CaError::Cert(format!("no PEM certificate ({e})")))?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| CaError::Cert(e.to_string()))?;
+        if !parsed.is_ca() {
+            return Err(CaError::Cert("the certificate is not a CA".into()));
+        }
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(CaError::Mismatch);
+        }
         let pem = Issued {
             cert_pem: cert_pem.to_owned(),
             key_pem: key.serialize_pem(),
         };
-        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        let issuer =
+            Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| CaError::Cert(e.to_string()))?;
         Ok(Ca { issuer, pem })
     }
 
@@ -118,10 +145,8 @@ impl Ca {
                 .push(DnType::CommonName, "no-spiffe-id");
         }
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        // An ECDSA key signs; keyEncipherment is for RSA key transport (RFC 5480, 3).
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -137,21 +162,74 @@ impl Ca {
     }
 }
 
-/// The file stem for a workload's files: the SPIFFE ID's last path segment (`.../sa/web` →
-/// `web`), or the trust domain when the ID has no path.
-pub fn file_stem(spiffe_id: &str) -> String {
-    let rest = spiffe_id.strip_prefix("spiffe://").unwrap_or(spiffe_id);
-    rest.rsplit('/')
-        .find(|s| !s.is_empty())
-        .unwrap_or("workload")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
+/// The file stems for the workloads' files, one per ID and never two alike: an ID's last
+/// path segment (`.../sa/web` → `web`); where two IDs share it, or it is `ca`, the whole path
+/// (`ns-shop-sa-web`); where those still meet, the trust domain before it. Characters other
+/// than letters, digits, `-`, `_` and `.` become `_`.
+pub fn file_stems(ids: &[&str]) -> Result<Vec<String>, String> {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let parts = |id: &str| {
+        let rest = id.strip_prefix("spiffe://").unwrap_or(id);
+        let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
+        (
+            domain.to_owned(),
+            path.split('/')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let forms: [&dyn Fn(&str, &[String]) -> String; 3] = [
+        &|domain, path| path.last().cloned().unwrap_or_else(|| domain.to_owned()),
+        &|domain, path| {
+            if path.is_empty() {
+                domain.to_owned()
             } else {
-                '_'
+                path.join("-")
             }
-        })
+        },
+        &|domain, path| {
+            std::iter::once(domain.to_owned())
+                .chain(path.iter().cloned())
+                .collect::<Vec<_>>()
+                .join("-")
+        },
+    ];
+    let mut stems: Vec<Option<String>> = vec![None; ids.len()];
+    for form in forms {
+        let candidates: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                let (domain, path) = parts(id);
+                clean(&form(&domain, &path))
+            })
+            .collect();
+        for (i, c) in candidates.iter().enumerate() {
+            if stems[i].is_some() {
+                continue;
+            }
+            let shared = candidates
+                .iter()
+                .enumerate()
+                .any(|(j, o)| j != i && o == c && ids[j] != ids[i]);
+            if !shared && c != "ca" {
+                stems[i] = Some(c.clone());
+            }
+        }
+    }
+    ids.iter()
+        .zip(stems)
+        .map(|(id, stem)| stem.ok_or_else(|| format!("{id}: no file name of its own (another ID differs from it only in characters a file name cannot hold)")))
         .collect()
 }
 
@@ -165,7 +243,9 @@ pub struct Written {
 }
 
 /// Writes `ca.crt` and `ca.key` into `dir` (reusing them when both exist) and a certificate
-/// and key per SPIFFE ID, named by [`file_stem`]. Keys are written readable by the owner only.
+/// and key per SPIFFE ID, named by [`file_stems`]. Keys are written readable by the owner
+/// only. A certificate already in `dir` under a name this run uses is replaced only when it
+/// holds the same ID.
 pub fn write_dev_certs(dir: &Path, ids: &[String], days: i64) -> Result<Written, String> {
     if ids.is_empty() {
         return Err("give at least one SPIFFE ID, e.g. spiffe://demo.local/ns/shop/sa/web".into());
@@ -177,13 +257,60 @@ pub fn write_dev_certs(dir: &Path, ids: &[String], days: i64) -> Result<Written,
             Err(e) => return Err(e),
         }
     }
+    let mut unique: Vec<&str> = Vec::new();
+    for id in ids {
+        if !unique.contains(&id.as_str()) {
+            unique.push(id);
+        }
+    }
+    let stems = file_stems(&unique)?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    // A workload file this run would overwrite must hold the same ID (a renewal).
+    for (id, stem) in unique.iter().zip(&stems) {
+        let crt = dir.join(format!("{stem}.crt"));
+        if crt.exists() {
+            let text = read(&crt)?;
+            let held = rustls::pki_types::CertificateDer::from_pem_slice(text.as_bytes())
+                .ok()
+                .and_then(|der| super::verify::spiffe_id(&der).ok());
+            match held {
+                Some(held) if held.as_str() == *id => {}
+                Some(held) => {
+                    return Err(format!(
+                        "{}: holds {held}, not {id}; remove it or write into another --out",
+                        crt.display()
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "{}: exists and is not a workload certificate; remove it or write into another --out",
+                        crt.display()
+                    ))
+                }
+            }
+        }
+    }
     let (ca_cert, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
-    let (ca, new_ca) = if ca_cert.exists() && ca_key.exists() {
-        let read =
-            |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
-        let ca = Ca::from_pem(&read(&ca_cert)?, &read(&ca_key)?)
-            .map_err(|e| format!("{}: not a usable CA: {e}", ca_cert.display()))?;
+    let (ca, new_ca) = if ca_cert.exists() || ca_key.exists() {
+        for (p, other) in [(&ca_cert, &ca_key), (&ca_key, &ca_cert)] {
+            if !p.exists() {
+                return Err(format!(
+                    "{}: missing, but {} is there; restore it, or remove both for a new CA",
+                    p.display(),
+                    other.display()
+                ));
+            }
+        }
+        let ca = Ca::from_pem(&read(&ca_cert)?, &read(&ca_key)?).map_err(|e| match e {
+            CaError::Key(_) => format!("{}: {e}", ca_key.display()),
+            CaError::Cert(_) => format!("{}: {e}", ca_cert.display()),
+            CaError::Mismatch => format!(
+                "{}: the key does not belong to {}",
+                ca_key.display(),
+                ca_cert.display()
+            ),
+        })?;
         (ca, false)
     } else {
         let ca = Ca::new("Remora development CA", Validity::days(days.max(1) * 2))
@@ -193,18 +320,17 @@ pub fn write_dev_certs(dir: &Path, ids: &[String], days: i64) -> Result<Written,
         (ca, true)
     };
     let mut workloads = Vec::new();
-    for id in ids {
+    for (id, stem) in unique.iter().zip(&stems) {
         let issued = ca
             .issue(Some(id), Validity::days(days))
             .map_err(|e| format!("{id}: {e}"))?;
-        let stem = file_stem(id);
         let (crt, key) = (
             dir.join(format!("{stem}.crt")),
             dir.join(format!("{stem}.key")),
         );
         write(&crt, &issued.cert_pem, false)?;
         write(&key, &issued.key_pem, true)?;
-        workloads.push((id.clone(), crt, key));
+        workloads.push((id.to_string(), crt, key));
     }
     Ok(Written { new_ca, workloads })
 }

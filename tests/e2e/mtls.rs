@@ -885,6 +885,103 @@ fn remora_certs_makes_files_that_remora_check_accepts() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `remora certs` per the SPIFFE spec: IDs it forbids are refused, two IDs never share a
+/// file, a file holding another ID is not overwritten, the CA's broken part is named, and
+/// ECDSA workload keys are for signatures only.
+#[test]
+fn remora_certs_follows_the_spiffe_spec_and_never_overwrites_another_identity() {
+    use std::process::Command;
+    let dir = std::env::temp_dir().join(format!("remora-certs-spec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bin = env!("CARGO_BIN_EXE_remora");
+    let certs = |ids: &[&str]| {
+        let out = Command::new(bin)
+            .args(["certs", "--out"])
+            .arg(&dir)
+            .args(ids)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    for (bad, why) in [
+        ("spiffe://A.local/ns/x", "trust domain"),
+        ("spiffe://a.local/", "empty segment"),
+        ("spiffe://a.local/../etc", "\"..\" segment"),
+        ("spiffe://a.local/ns/./x", "\".\" segment"),
+    ] {
+        let (code, text) = certs(&[bad]);
+        assert_eq!(code, Some(64), "{bad}: {text}");
+        assert!(text.contains(why), "{bad}: {text}");
+    }
+    assert!(!dir.exists(), "nothing is written for a refused ID");
+
+    // Two IDs with the same last segment, and one whose name would be the CA's.
+    let (code, text) = certs(&[
+        "spiffe://a.local/ns/x/sa/web",
+        "spiffe://a.local/ns/y/sa/web",
+        "spiffe://a.local/ca",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    let held = |file: &str| {
+        let pem = std::fs::read(dir.join(file)).unwrap();
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+        remora::tls::verify::spiffe_id(&der).unwrap().to_string()
+    };
+    use rustls::pki_types::pem::PemObject;
+    assert_eq!(held("ns-x-sa-web.crt"), "spiffe://a.local/ns/x/sa/web");
+    assert_eq!(held("ns-y-sa-web.crt"), "spiffe://a.local/ns/y/sa/web");
+    assert_eq!(held("a.local-ca.crt"), "spiffe://a.local/ca");
+    assert!(!dir.join("web.crt").exists());
+
+    // A later run that would reuse a name holding another ID stops; the same ID renews.
+    let (code, text) = certs(&["spiffe://a.local/ns/z/sa/api"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = certs(&["spiffe://a.local/ns/w/sa/api"]);
+    assert_eq!(code, Some(64), "{text}");
+    assert!(
+        text.contains(
+            "api.crt: holds spiffe://a.local/ns/z/sa/api, not spiffe://a.local/ns/w/sa/api"
+        ),
+        "{text}"
+    );
+    assert_eq!(held("api.crt"), "spiffe://a.local/ns/z/sa/api");
+    let (code, text) = certs(&["spiffe://a.local/ns/z/sa/api"]);
+    assert_eq!(code, Some(0), "{text}");
+
+    // ECDSA: digitalSignature only.
+    let pem = std::fs::read(dir.join("api.crt")).unwrap();
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    let usage = cert.key_usage().unwrap().unwrap().value;
+    assert!(
+        usage.digital_signature() && !usage.key_encipherment(),
+        "{usage:?}"
+    );
+
+    // The CA's broken part is the one named.
+    let ca_key = std::fs::read(dir.join("ca.key")).unwrap();
+    std::fs::write(dir.join("ca.key"), "garbage").unwrap();
+    let (code, text) = certs(&["spiffe://a.local/ns/z/sa/db"]);
+    assert_eq!(code, Some(64), "{text}");
+    assert!(text.contains("ca.key: not a usable private key"), "{text}");
+    std::fs::write(dir.join("ca.key"), &ca_key).unwrap();
+    std::fs::write(dir.join("ca.crt"), "garbage").unwrap();
+    let (code, text) = certs(&["spiffe://a.local/ns/z/sa/db"]);
+    assert!(
+        code == Some(64) && text.contains("ca.crt: not a usable CA certificate"),
+        "{text}"
+    );
+    std::fs::remove_file(dir.join("ca.crt")).unwrap();
+    let (code, text) = certs(&["spiffe://a.local/ns/z/sa/db"]);
+    assert!(
+        code == Some(64) && text.contains("ca.crt: missing, but"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The README's two-sidecar demo, on free ports: certificates made as README says, the shipped
 /// files loaded from a copy of config/mtls/ next to them, and a request through both.
 #[tokio::test]
