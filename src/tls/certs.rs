@@ -189,29 +189,20 @@ pub fn file_stems(ids: &[&str]) -> Result<Vec<String>, String> {
                 .collect::<Vec<_>>(),
         )
     };
-    let forms: [&dyn Fn(&str, &[String]) -> String; 3] = [
-        &|domain, path| path.last().cloned().unwrap_or_else(|| domain.to_owned()),
-        &|domain, path| {
-            if path.is_empty() {
-                domain.to_owned()
-            } else {
-                path.join("-")
-            }
-        },
-        &|domain, path| {
-            std::iter::once(domain.to_owned())
-                .chain(path.iter().cloned())
-                .collect::<Vec<_>>()
-                .join("-")
-        },
-    ];
+    // The name at each level of detail: last segment, whole path, trust domain and path.
+    let form = |level: usize, domain: &str, path: &[String]| match (level, path.last()) {
+        (0, Some(last)) => last.clone(),
+        (1, Some(_)) => path.join("-"),
+        (2, Some(_)) => format!("{domain}-{}", path.join("-")),
+        _ => domain.to_owned(),
+    };
     let mut stems: Vec<Option<String>> = vec![None; ids.len()];
-    for form in forms {
+    for level in 0..3 {
         let candidates: Vec<String> = ids
             .iter()
             .map(|id| {
                 let (domain, path) = parts(id);
-                clean(&form(&domain, &path))
+                clean(&form(level, &domain, &path))
             })
             .collect();
         for (i, c) in candidates.iter().enumerate() {
