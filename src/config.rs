@@ -9,6 +9,7 @@
 pub mod compile;
 pub mod duration;
 pub mod file;
+mod lint;
 mod position;
 pub mod spelling;
 pub mod yaml;
@@ -35,7 +36,7 @@ pub struct ConfigError {
 }
 
 /// A problem with its place in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Located {
     /// 1-based line.
     pub line: usize,
@@ -65,6 +66,21 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+impl Located {
+    /// `FILE:LINE:COLUMN: warning: field.path: message`, as `check` prints a warning.
+    pub fn warning_in(&self, file: &str) -> String {
+        let path = if self.path.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", self.path)
+        };
+        format!(
+            "{file}:{}:{}: warning: {path}{}",
+            self.line, self.column, self.message
+        )
+    }
+}
 
 /// Reads and compiles the control file at `path`.
 pub fn load(path: &Path) -> Result<Compiled, ConfigError> {
@@ -170,7 +186,15 @@ pub fn parse(name: &str, text: &str) -> Result<Compiled, ConfigError> {
         return Err(fail(problems));
     };
     match compile::compile(file, text, Path::new(name).parent()) {
-        Ok(compiled) if problems.is_empty() => Ok(compiled),
+        Ok(mut compiled) if problems.is_empty() => {
+            let found = lint::warnings(&compiled);
+            if !found.is_empty() {
+                let index = PositionIndex::build(&root);
+                compiled.warnings = found.into_iter().map(|p| locate(&index, p)).collect();
+                compiled.warnings.sort_by_key(|l| (l.line, l.column));
+            }
+            Ok(compiled)
+        }
         Ok(_) => Err(fail(problems)),
         Err(found) => {
             let index = PositionIndex::build(&root);

@@ -62,10 +62,18 @@ enum Command {
         #[arg(long, value_name = "PERCENT")]
         min_coverage: Option<f64>,
     },
-    /// Validate a control file and exit (0 valid, 64 invalid; problems on stderr).
+    /// Validate a control file and exit (0 valid, 64 invalid): every error, and warnings
+    /// for what is valid but surely wrong, on stderr.
     Check {
         /// The control file.
         file: PathBuf,
+        /// Treat warnings as errors (exit 64), for CI.
+        #[arg(long)]
+        strict: bool,
+        /// `text` (on stderr) or `json` (one object on stdout: `valid`, `errors`, `warnings`,
+        /// each problem with `line`, `column`, `path` and `message`).
+        #[arg(long, value_enum, default_value = "text")]
+        format: CheckFormat,
     },
     /// Create development mTLS certificates: a CA (ca.crt, ca.key; reused when present) and,
     /// per SPIFFE ID, NAME.crt and NAME.key, NAME being the ID's last path segment.
@@ -166,16 +174,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { file } => match config::load(&file) {
-            Ok(_) => {
-                emit(format_args!("{}: ok\n", file.display()));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(EXIT_BAD_CONFIG)
-            }
-        },
+        Command::Check {
+            file,
+            strict,
+            format,
+        } => check(&file, strict, format),
         Command::Test {
             file,
             cases,
@@ -335,6 +338,9 @@ fn main() -> ExitCode {
                 }
             };
             telemetry::init(&compiled.log);
+            for w in &compiled.warnings {
+                tracing::warn!("{}", w.warning_in(&path.display().to_string()));
+            }
             let format = compiled.log.format;
             let workers = workers
                 .map(usize::from)
@@ -435,6 +441,61 @@ fn explain(
         emit(format_args!("{explanation}"));
     }
     ExitCode::SUCCESS
+}
+
+/// How `check` reports.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CheckFormat {
+    /// `FILE:LINE:COLUMN: path: message` lines on stderr.
+    Text,
+    /// One JSON object on stdout.
+    Json,
+}
+
+/// `remora check`: 0 when the file is valid (and, with `strict`, has no warnings), else 64.
+fn check(file: &std::path::Path, strict: bool, format: CheckFormat) -> ExitCode {
+    let name = file.display().to_string();
+    let (errors, warnings) = match config::load(file) {
+        Ok(c) => (Vec::new(), c.warnings),
+        Err(e) => (e.problems, Vec::new()),
+    };
+    let valid = errors.is_empty() && (!strict || warnings.is_empty());
+    match format {
+        CheckFormat::Json => {
+            let out = serde_json::json!({
+                "file": name,
+                "valid": valid,
+                "errors": errors,
+                "warnings": warnings,
+            });
+            emit(format_args!("{out}\n"));
+        }
+        CheckFormat::Text => {
+            if !errors.is_empty() {
+                let e = config::ConfigError {
+                    file: name.clone(),
+                    problems: errors,
+                };
+                eprintln!("{e}");
+            }
+            for w in &warnings {
+                eprintln!("{}", w.warning_in(&name));
+            }
+            if valid {
+                emit(format_args!("{name}: ok\n"));
+            } else if strict && !warnings.is_empty() {
+                eprintln!(
+                    "{name}: {} warnings, and --strict makes them errors",
+                    warnings.len()
+                );
+            }
+        }
+    }
+    if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_BAD_CONFIG)
+    }
 }
 
 /// `remora test`: 0 when every case passes, 1 when one fails, 64 when a file is unusable.

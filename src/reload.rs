@@ -201,6 +201,9 @@ impl Reloader {
             }
         };
         self.loaded.store(digest(&text), Ordering::Release);
+        for w in &compiled.warnings {
+            tracing::warn!("{}", w.warning_in(&self.path.display().to_string()));
+        }
 
         let current = self.rt.snapshot();
         let startup = compiled.startup();

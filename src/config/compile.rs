@@ -98,6 +98,8 @@ pub struct Compiled {
     pub services: BTreeMap<String, ServiceSpec>,
     /// This workload's identity, its files read and checked.
     pub identity: Option<Identity>,
+    /// What is valid but surely wrong, at its place in the file (see `config::lint`).
+    pub warnings: Vec<super::Located>,
 }
 
 /// The settings applied when listeners start: listen addresses, protocol limits and
@@ -426,6 +428,7 @@ pub fn compile(file: File, text: &str, base: Option<&Path>) -> Result<Compiled, 
     }
     let effective = Effective(Arc::from(text));
     Ok(Compiled {
+        warnings: Vec::new(),
         admin,
         admin_remote_control,
         paths: PathRules {

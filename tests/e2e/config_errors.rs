@@ -284,3 +284,118 @@ fn identity_files_must_be_small_regular_files() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Valid but surely wrong: each warning at its place, printed by `check` (exit 0), made an
+/// error by `--strict`, and given with positions by `--format json`.
+#[test]
+fn warnings_for_configs_that_are_valid_but_surely_wrong() {
+    let text = r#"version: 1
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - name: api
+      match: { host: "*.shop.test", path: { prefix: /api } }
+      backends: [{ service: web }]
+    - name: api-v2
+      match: { host: orders.shop.test, path: { prefix: /api/v2 }, method: [GET] }
+      backends: [{ service: web }]
+    - name: slow-retry
+      match: { host: other }
+      timeout: 1s
+      backends: [{ service: web }]
+      retry: { attempts: 3, per_try_timeout: 2s }
+    - name: everything
+      backends: [{ service: web }]
+    - name: after-all
+      match: { host: late }
+      backends: [{ service: web }]
+inbound:
+  listen: 127.0.0.1:0
+  app: 127.0.0.1:1
+  authorize:
+    - { unauthenticated: true, paths: [/api/*] }
+    - { unauthenticated: true, paths: [/api/v1], methods: [GET] }
+services:
+  web: { endpoints: ["127.0.0.1:1"] }
+  forgotten: { endpoints: ["127.0.0.1:2"] }
+"#;
+    let compiled = remora::config::parse("f.yaml", text).expect("valid");
+    let got: Vec<String> = compiled
+        .warnings
+        .iter()
+        .map(|w| w.warning_in("f.yaml"))
+        .collect();
+    let expect = [
+        "f.yaml:8:7: warning: outbound.routes[1]: route \"api-v2\" can never match: route \"api\" (outbound.routes[0]) comes first",
+        "f.yaml:15:46: warning: outbound.routes[2].retry.per_try_timeout: per_try_timeout (2s) is not shorter than the route's timeout (1s)",
+        "f.yaml:18:7: warning: outbound.routes[4]: route \"after-all\" can never match: route \"everything\" (outbound.routes[3])",
+        "f.yaml:26:7: warning: inbound.authorize[1]: rule",
+        "f.yaml:29:14: warning: services.forgotten: service \"forgotten\" is not used",
+    ];
+    for e in expect {
+        assert!(
+            got.iter().any(|l| l.starts_with(e)),
+            "missing {e:?} in:\n{}",
+            got.join("\n")
+        );
+    }
+    assert_eq!(got.len(), expect.len(), "{}", got.join("\n"));
+
+    let dir = std::env::temp_dir().join(format!("remora-warnings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("w.yaml");
+    std::fs::write(&file, text).unwrap();
+    let check = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_remora"))
+            .arg("check")
+            .arg(&file)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = check(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.ends_with("w.yaml: ok\n"), "{out}");
+    assert_eq!(err.matches(": warning: ").count(), 5, "{err}");
+    let (code, _, err) = check(&["--strict"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("5 warnings, and --strict makes them errors"),
+        "{err}"
+    );
+
+    let (code, out, _) = check(&["--format", "json"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["errors"], serde_json::json!([]));
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        v["warnings"][4],
+        serde_json::json!({"line": 29, "column": 14, "path": "services.forgotten",
+            "message": "service \"forgotten\" is not used: no route, mirror or TCP route names it"})
+    );
+    let (code, out, _) = check(&["--format", "json", "--strict"]);
+    assert_eq!(code, Some(64));
+    assert!(out.contains("\"valid\":false"), "{out}");
+
+    // Errors, in JSON too.
+    std::fs::write(
+        &file,
+        "version: 1\nlimits: { max_connections: lots }\noutbound: { listen: 127.0.0.1:0 }\n",
+    )
+    .unwrap();
+    let (code, out, _) = check(&["--format", "json"]);
+    assert_eq!(code, Some(64));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["errors"][0]["line"], 2);
+    assert_eq!(v["errors"][0]["column"], 28);
+    assert_eq!(v["errors"][0]["path"], "limits.max_connections");
+    let _ = std::fs::remove_dir_all(&dir);
+}
