@@ -222,6 +222,19 @@ pub fn shutdown_budget(name: &str, text: &str) -> Result<std::time::Duration, Co
     Ok(shutdown.grace.0 + shutdown.drain_timeout.0)
 }
 
+/// A JSON Schema (draft 2020-12) of the control file, from its serde types and their docs:
+/// for editors with a YAML language server, which then check and complete the file as it is
+/// typed. Semantic checks (addresses, references, regexes) remain `remora check`'s.
+pub fn schema() -> String {
+    let mut schema = schemars::schema_for!(file::File);
+    schema.insert("title".into(), "Remora control file".into());
+    schema.insert(
+        "$id".into(),
+        "https://remora.dev/schema/control-file-v1.json".into(),
+    );
+    serde_json::to_string_pretty(&schema).expect("a schema serializes")
+}
+
 /// Reads `text` (a YAML file of the CLI's other than the control file, such as route test
 /// cases) as `T`, with every problem at its line and column.
 pub fn parse_as<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<T, ConfigError> {

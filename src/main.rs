@@ -75,6 +75,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: CheckFormat,
     },
+    /// Print a JSON Schema of the control file, for editors (a YAML language server checks
+    /// and completes the file with it: `# yaml-language-server: $schema=remora.schema.json`).
+    Schema,
     /// Create development mTLS certificates: a CA (ca.crt, ca.key; reused when present) and,
     /// per SPIFFE ID, NAME.crt and NAME.key, NAME being the ID's last path segment.
     Certs {
@@ -184,6 +187,10 @@ fn main() -> ExitCode {
             cases,
             min_coverage,
         } => route_test(&file, &cases, min_coverage),
+        Command::Schema => {
+            emit(format_args!("{}\n", config::schema()));
+            ExitCode::SUCCESS
+        }
         Command::Import {
             file,
             input,

@@ -41,6 +41,8 @@ python3 -c 'from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 # The Kubernetes schemas (1.29 to the newest) that the deploy/ and `remora inject` tests
 # validate manifests against.
 command -v kubernetes-validate >/dev/null 2>&1 || pip_missing+=('kubernetes-validate>=1.29')
+# The control file's JSON Schema is checked with the validator editors' tooling uses.
+python3 -c 'import jsonschema, yaml' >/dev/null 2>&1 || pip_missing+=('jsonschema>=4.18' 'PyYAML>=6')
 if [ ${#pip_missing[@]} -gt 0 ]; then
   if ! python3 -m pip --version >/dev/null 2>&1; then
     $sudo apt-get update

@@ -120,6 +120,22 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+impl schemars::JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration: a number and a unit, ms, s, m or h (250ms, 1.5s, 1m), or 0.",
+            "oneOf": [
+                { "type": "string", "pattern": "^([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(ms|s|m|h)$" },
+                { "const": 0 },
+                { "const": "0" }
+            ]
+        })
+    }
+}
+
 impl Serialize for HumanDuration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration::HumanDuration;
@@ -43,6 +44,21 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
     }
 }
 
+impl<T: JsonSchema> JsonSchema for Lenient<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        T::schema_id()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(generator)
+    }
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+}
+
 impl<T: Serialize> Serialize for Lenient<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -53,10 +69,11 @@ impl<T: Serialize> Serialize for Lenient<T> {
 }
 
 /// The whole control file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct File {
     /// Format version of the file. Must be 1.
+    #[schemars(extend("const" = 1))]
     pub version: u32,
     /// The admin listener. Default: listen on 0.0.0.0:15090.
     #[serde(default)]
@@ -89,7 +106,7 @@ pub struct File {
 }
 
 /// `admin:`: the admin listener (`/metrics`, `/ready`, `/live`, `/config`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     /// Address to listen on. Default: `0.0.0.0:15090`.
@@ -116,7 +133,7 @@ fn default_admin_listen() -> String {
 }
 
 /// `limits:`: protocol limits for the data listeners.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     /// Largest request header block, in bytes; larger gets 431. Default: 65536.
@@ -163,7 +180,7 @@ pub struct LimitsFile {
 }
 
 /// `limits.headers_with_underscores`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UnderscoresFile {
     /// Forwarded (aliases of `x-remora-*` dropped).
@@ -176,7 +193,7 @@ pub enum UnderscoresFile {
 }
 
 /// `limits.escaped_slashes`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EscapedSlashesFile {
     /// 400 `malformed-request`.
@@ -234,7 +251,7 @@ fn default_idle_timeout() -> HumanDuration {
 }
 
 /// `shutdown:`: graceful stop.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownFile {
     /// After SIGTERM, keep accepting for this long (with `/ready` already 503). Default: 0s.
@@ -259,7 +276,7 @@ fn default_drain() -> HumanDuration {
 }
 
 /// `tracing:`: spans exported over OTLP/HTTP.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TracingFile {
     /// The collector's OTLP/HTTP URL, `http://host[:port][/path]`; port 4318 and path
@@ -290,7 +307,7 @@ fn default_span_queue() -> usize {
 }
 
 /// `log:`: logging.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogFile {
     /// A `tracing` filter (`info`, `remora=debug`); `RUST_LOG` overrides it. Default: `info`.
@@ -319,7 +336,7 @@ fn default_level() -> String {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// One JSON object per line.
@@ -331,7 +348,7 @@ pub enum LogFormat {
 
 /// `identity:`: PEM files, watched and rotated live. Relative paths are relative to the
 /// control file's directory.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityFile {
     /// CA certificates that peers' certificates must chain to.
@@ -343,7 +360,7 @@ pub struct IdentityFile {
 }
 
 /// `inbound.tls`: what the inbound listener accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InboundTls {
     /// mTLS only: TLS with a client certificate from the trust anchors.
@@ -356,7 +373,7 @@ pub enum InboundTls {
 
 /// One rule of `inbound.authorize`: a request is allowed when the caller, its path and its
 /// method all match. A rule must name callers (`from`), allow unauthenticated ones, or both.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizeRuleFile {
     /// Name in `remora_authz_allowed_total{rule}` and logs. Default: `rule-N` (1-based).
@@ -379,7 +396,7 @@ pub struct AuthorizeRuleFile {
 }
 
 /// `tls:` of a service: originate mTLS and require the peer's identity.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceTlsFile {
     /// The SPIFFE ID the service's endpoints must present.
@@ -387,7 +404,7 @@ pub struct ServiceTlsFile {
 }
 
 /// `inbound:`: callers reach the local app through this listener.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InboundFile {
     /// Address to listen on. Default: `0.0.0.0:15006`.
@@ -436,7 +453,7 @@ fn default_inbound_timeout() -> HumanDuration {
 }
 
 /// `outbound:`: the local app reaches other services through this listener.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundFile {
     /// Address to listen on. Default: `127.0.0.1:15001`.
@@ -457,7 +474,7 @@ pub struct OutboundFile {
 }
 
 /// One of `outbound.tcp_routes`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TcpRouteFile {
     /// Name, for metrics and logs.
@@ -470,7 +487,7 @@ pub struct TcpRouteFile {
 }
 
 /// `tcp_routes[].match`: at least one condition.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TcpMatchFile {
     /// The original destination port.
@@ -486,7 +503,7 @@ fn default_outbound_listen() -> String {
 }
 
 /// `outbound.unmatched`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Unmatched {
     /// Forward to the request's own authority (`Host` or absolute URI), resolved by DNS.
@@ -497,7 +514,7 @@ pub enum Unmatched {
 }
 
 /// One entry of `outbound.routes`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
     /// Unique name, used in metrics, logs and `explain`.
@@ -541,7 +558,7 @@ pub struct RouteFile {
 }
 
 /// `mirror:` of a route.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorFile {
     /// The shadow service (under `services:`).
@@ -556,7 +573,7 @@ fn default_mirror_percent() -> f64 {
 }
 
 /// `retry:` of a route.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryFile {
     /// Tries in all, the first included (`3` = at most 2 retries). Default: 2.
@@ -616,6 +633,43 @@ impl<'de> Deserialize<'de> for RetryOnFile {
     }
 }
 
+impl JsonSchema for RetryOnFile {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RetryOn".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A retry condition: a name, or { retriable-status: [CODES] }.",
+            "oneOf": [
+                { "enum": RETRY_NAMES },
+                {
+                    "type": "object",
+                    "properties": {
+                        "retriable-status": {
+                            "type": "array",
+                            "items": { "type": "integer", "minimum": 100, "maximum": 599 }
+                        }
+                    },
+                    "required": ["retriable-status"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
+}
+
+/// The named retry conditions.
+pub const RETRY_NAMES: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "connect-failure",
+    "reset",
+    "cancelled",
+    "deadline-exceeded",
+    "resource-exhausted",
+    "unavailable",
+];
+
 impl Serialize for RetryOnFile {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
@@ -631,7 +685,7 @@ impl Serialize for RetryOnFile {
 }
 
 /// `retry.backoff:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffFile {
     /// Ceiling of the first backoff; it doubles each retry. Default: 25ms.
@@ -659,7 +713,7 @@ fn default_backoff_max() -> HumanDuration {
 }
 
 /// `rate_limit:` a token bucket.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitFile {
     /// Average requests per second allowed.
@@ -670,7 +724,7 @@ pub struct RateLimitFile {
 }
 
 /// `fault:` of a route.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultFile {
     /// Delay a share of requests before forwarding.
@@ -682,7 +736,7 @@ pub struct FaultFile {
 }
 
 /// `fault.delay:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultDelayFile {
     /// Share of requests delayed, 0 to 100.
@@ -692,7 +746,7 @@ pub struct FaultDelayFile {
 }
 
 /// `fault.abort:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultAbortFile {
     /// Share of requests aborted, 0 to 100.
@@ -706,7 +760,7 @@ fn default_route_timeout() -> HumanDuration {
 }
 
 /// `match:` of a route. Every condition given must hold.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchFile {
     /// Host / `:authority` without port: exact (case-insensitive) or `*.suffix`.
@@ -727,8 +781,9 @@ pub struct MatchFile {
 }
 
 /// Path condition: exactly one kind, written `{ prefix: /api }`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(try_from = "PathMatchRaw", into = "PathMatchRaw")]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 pub enum PathMatchFile {
     /// The path equals this (query string ignored).
     Exact(String),
@@ -739,7 +794,7 @@ pub enum PathMatchFile {
 }
 
 /// The YAML shape of [`PathMatchFile`].
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PathMatchRaw {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -782,8 +837,9 @@ impl From<PathMatchFile> for PathMatchRaw {
 }
 
 /// Header or query value condition: exactly one kind, written `{ exact: "true" }`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(try_from = "ValueMatchRaw", into = "ValueMatchRaw")]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 pub enum ValueMatchFile {
     /// The value equals this.
     Exact(String),
@@ -794,7 +850,7 @@ pub enum ValueMatchFile {
 }
 
 /// The YAML shape of [`ValueMatchFile`].
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValueMatchRaw {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -837,7 +893,7 @@ impl From<ValueMatchFile> for ValueMatchRaw {
 }
 
 /// One weighted backend of a route.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendFile {
     /// Name of a service under `services:`.
@@ -852,7 +908,7 @@ fn default_weight() -> u32 {
 }
 
 /// `redirect:` of a route.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectFile {
     /// 301, 302, 303, 307 or 308. Default: 301.
@@ -867,7 +923,7 @@ fn default_redirect_status() -> u16 {
 }
 
 /// `direct_response:` of a route.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DirectResponseFile {
     /// Status code.
@@ -881,7 +937,7 @@ pub struct DirectResponseFile {
 }
 
 /// Header edits: `set` replaces, `add` appends, `remove` deletes (applied remove, set, add).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderEditsFile {
     /// Headers to set, replacing any existing values.
@@ -902,7 +958,7 @@ impl HeaderEditsFile {
 }
 
 /// `rewrite:` of a route.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RewriteFile {
     /// Replaces the part of the path the route's path match matched (the whole path for
@@ -911,7 +967,7 @@ pub struct RewriteFile {
 }
 
 /// One entry of `services:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceFile {
     /// Static endpoints, `IP:PORT` (one of `endpoints` or `dns`).
@@ -953,7 +1009,7 @@ pub struct ServiceFile {
 }
 
 /// `health_check:` of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckFile {
     /// Path requested with GET; a 2xx passes.
@@ -983,7 +1039,7 @@ fn default_healthy_after() -> u32 {
 }
 
 /// `retry_budget:` of a service (linkerd's defaults).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBudgetFile {
     /// Retries may add this share of recent requests (0 to 1). Default: 0.2.
@@ -1011,7 +1067,7 @@ fn default_budget_floor() -> u32 {
 }
 
 /// `outlier_detection:` of a service (Envoy's defaults).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierFile {
     /// Failed responses in a row (5xx, connect failures, resets, timeouts) that eject an
@@ -1037,7 +1093,7 @@ fn default_max_ejected_percent() -> u8 {
 }
 
 /// `circuit_breaker:` of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerFile {
     /// Most upstream connections across the service's endpoints. Default: 1024.
@@ -1076,7 +1132,7 @@ fn default_pool_idle() -> HumanDuration {
 }
 
 /// Upstream protocol.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     /// HTTP/1.1.
@@ -1106,7 +1162,7 @@ pub enum LoadBalancerFile {
 }
 
 /// `ring_hash:` settings.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RingHashFile {
     header: String,
@@ -1139,6 +1195,33 @@ impl<'de> Deserialize<'de> for LoadBalancerFile {
                 "invalid load balancer: use {LB_NAMES}"
             ))),
         }
+    }
+}
+
+impl JsonSchema for LoadBalancerFile {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "LoadBalancer".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "least_request (default), round_robin, random, or { ring_hash: { header: NAME } }.",
+            "oneOf": [
+                { "enum": ["least_request", "round_robin", "random"] },
+                {
+                    "type": "object",
+                    "properties": {
+                        "ring_hash": {
+                            "type": "object",
+                            "properties": { "header": { "type": "string" } },
+                            "required": ["header"],
+                            "additionalProperties": false
+                        }
+                    },
+                    "required": ["ring_hash"],
+                    "additionalProperties": false
+                }
+            ]
+        })
     }
 }
 

@@ -16,6 +16,7 @@ mod reload;
 mod resilience;
 mod retries;
 mod routing;
+mod schema;
 mod tcp;
 mod traces;
 mod transparent;
