@@ -159,6 +159,31 @@ pub async fn handle(
     {
         return forbidden(path);
     }
+    let dry_run = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv == "dry_run=true" || kv == "dry_run")
+    });
+    if req.method() == Method::POST && path == "/reload" && dry_run {
+        return match reloader {
+            Some(r) => match r.dry_run().await {
+                Ok((diff, restart)) if restart.is_empty() => {
+                    text(StatusCode::OK, format!("a reload would apply:\n{diff}"))
+                }
+                Ok((diff, restart)) => text(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "a reload would be refused: changes need a restart: {}\n{diff}",
+                        restart.join(", ")
+                    ),
+                ),
+                Err(errors) => text(StatusCode::BAD_REQUEST, format!("{errors}\n")),
+            },
+            None => text(
+                StatusCode::CONFLICT,
+                "this Remora was not started from a file\n",
+            ),
+        };
+    }
     if req.method() == Method::POST && path == "/reload" {
         return match reloader {
             Some(r) => match r.reload(Trigger::Admin).await {

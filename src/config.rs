@@ -7,6 +7,7 @@
 //! problem from an index of the document's nodes.
 
 pub mod compile;
+pub mod diff;
 pub mod duration;
 pub mod file;
 mod lint;
@@ -220,6 +221,20 @@ pub fn shutdown_budget(name: &str, text: &str) -> Result<std::time::Duration, Co
         }
     };
     Ok(shutdown.grace.0 + shutdown.drain_timeout.0)
+}
+
+/// What changes from control file `old` to `new` (each a name and its text), when `new` is
+/// valid; `Err` lists `new`'s problems (or `old`'s, when only it is broken).
+pub fn diff(old: (&str, &str), new: (&str, &str)) -> Result<diff::Diff, ConfigError> {
+    parse(new.0, new.1)?;
+    let read = |(name, text): (&str, &str)| match deserialize(text) {
+        (_, Some(file), problems) if problems.is_empty() => Ok(file),
+        (_, _, problems) => Err(ConfigError {
+            file: name.to_owned(),
+            problems,
+        }),
+    };
+    Ok(diff::diff(&read(old)?, &read(new)?))
 }
 
 /// A JSON Schema (draft 2020-12) of the control file, from its serde types and their docs:

@@ -75,6 +75,22 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: CheckFormat,
     },
+    /// Show what a reload from OLD to NEW would change: routes, TCP routes and services added,
+    /// removed and changed field by field, other sections field by field, route order, and
+    /// with --cases the route test cases whose answer changes (0 no change, 1 changes, 64 a
+    /// file is invalid).
+    Diff {
+        /// The control file in force.
+        old: PathBuf,
+        /// The control file to compare with it.
+        new: PathBuf,
+        /// Route test cases (as for `remora test`) to answer under both files.
+        #[arg(long, value_name = "FILE")]
+        cases: Option<PathBuf>,
+        /// One JSON object: `changes`, `route_order` and `cases`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a JSON Schema of the control file, for editors (a YAML language server checks
     /// and completes the file with it: `# yaml-language-server: $schema=remora.schema.json`).
     Schema,
@@ -187,6 +203,12 @@ fn main() -> ExitCode {
             cases,
             min_coverage,
         } => route_test(&file, &cases, min_coverage),
+        Command::Diff {
+            old,
+            new,
+            cases,
+            json,
+        } => diff(&old, &new, cases.as_deref(), json),
         Command::Schema => {
             emit(format_args!("{}\n", config::schema()));
             ExitCode::SUCCESS
@@ -448,6 +470,87 @@ fn explain(
         emit(format_args!("{explanation}"));
     }
     ExitCode::SUCCESS
+}
+
+/// `remora diff`.
+fn diff(
+    old: &std::path::Path,
+    new: &std::path::Path,
+    cases: Option<&std::path::Path>,
+    json: bool,
+) -> ExitCode {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| format!("{}: cannot read the file: {e}", p.display()))
+    };
+    let texts = read(old).and_then(|o| Ok((o, read(new)?)));
+    let (old_text, new_text) = match texts {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("remora diff: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let (old_name, new_name) = (old.display().to_string(), new.display().to_string());
+    let changes = match config::diff((&old_name, &old_text), (&new_name, &new_text)) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let mut answers = Vec::new();
+    if let Some(cases) = cases {
+        let case_file = read(cases).and_then(|text| {
+            config::parse_as::<remora::route_test::CaseFile>(&cases.display().to_string(), &text)
+                .map_err(|e| e.to_string())
+        });
+        let case_file = match case_file {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+        };
+        let compiled = |name: &str, text: &str| config::parse(name, text).ok();
+        if let (Some(a), Some(b)) = (
+            compiled(&old_name, &old_text),
+            compiled(&new_name, &new_text),
+        ) {
+            let before = remora::route_test::answers(&a, &case_file);
+            let after = remora::route_test::answers(&b, &case_file);
+            answers = before
+                .into_iter()
+                .zip(after)
+                .filter(|((_, x), (_, y))| x != y)
+                .map(|((name, x), (_, y))| (name, x, y))
+                .collect();
+        }
+    }
+    if json {
+        let cases: Vec<_> = answers
+            .iter()
+            .map(|(name, old, new)| serde_json::json!({"name": name, "old": old, "new": new}))
+            .collect();
+        let mut out = serde_json::to_value(&changes).unwrap_or_default();
+        out["cases"] = cases.into();
+        emit(format_args!("{out}\n"));
+    } else {
+        emit(format_args!("{changes}"));
+        if !answers.is_empty() {
+            emit(format_args!("cases whose answer changes:\n"));
+            for (name, old, new) in &answers {
+                emit(format_args!(
+                    "  {name}:\n    before: {old}\n    after:  {new}\n"
+                ));
+            }
+        }
+    }
+    if changes.is_empty() && answers.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// How `check` reports.

@@ -143,6 +143,29 @@ impl Reloader {
         self.status.load_full()
     }
 
+    /// What a reload would change, read and compiled off the workers and applied to nothing:
+    /// the semantic diff against the config in force, and whether the reload would be
+    /// refused for changes that need a restart. `Err` lists the file's problems.
+    pub async fn dry_run(&self) -> Result<(config::diff::Diff, Vec<&'static str>), String> {
+        let path = self.path.clone();
+        let current = self.rt.snapshot();
+        let running = current.effective.clone();
+        let startup = current.startup.clone();
+        tokio::task::spawn_blocking(move || {
+            let name = path.display().to_string();
+            let text = crate::files::read_bounded(&path, crate::files::MAX_CONFIG_BYTES)
+                .map_err(|e| format!("{name}: {e}"))?;
+            let utf8 = String::from_utf8_lossy(&text);
+            let compiled = config::parse(&name, &utf8).map_err(|e| e.to_string())?;
+            let restart = startup.restart_only(&compiled.startup());
+            let diff = config::diff(("running", running.text()), (&name, &utf8))
+                .map_err(|e| e.to_string())?;
+            Ok((diff, restart))
+        })
+        .await
+        .map_err(|e| format!("dry run failed: {e}"))?
+    }
+
     /// Reads, validates and publishes the file. `Err` lists every problem; nothing changed.
     pub async fn reload(&self, trigger: Trigger) -> Result<Changes, String> {
         let mut overdue = self.serial.lock().await;

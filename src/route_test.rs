@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::{
     config::{spelling::closest, Compiled},
-    explain::{explain, Action, Outcome, Probe},
+    explain::{explain, Action, Explanation, Outcome, Probe},
 };
 
 /// A file of route test cases.
@@ -170,25 +170,10 @@ pub fn run(
     let mut covered = std::collections::HashSet::new();
     let mut results = Vec::new();
     for (i, case) in cases.cases.iter().enumerate() {
-        let req = &case.request;
-        let name = case
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("#{} {} {}", i + 1, req.method, req.url));
-        let headers: Vec<String> = req
-            .headers
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect();
-        let failures = match Probe::new(&req.method, &req.url, headers.iter().map(String::as_str)) {
+        let (name, answer) = case_answer(compiled, i, case);
+        let failures = match answer {
             Err(e) => vec![e],
-            Ok(probe) => {
-                let ex = explain(
-                    &probe,
-                    &outbound.routes,
-                    outbound.unmatched,
-                    &compiled.services,
-                );
+            Ok(ex) => {
                 if let Outcome::Route(m) = &ex.outcome {
                     covered.insert(m.route.clone());
                 }
@@ -211,6 +196,82 @@ pub fn run(
         routes: outbound.routes.len(),
         min_coverage,
     })
+}
+
+/// A case's name for reports, and what `compiled` does with its request.
+fn case_answer(
+    compiled: &Compiled,
+    i: usize,
+    case: &Case,
+) -> (String, Result<Explanation, String>) {
+    let req = &case.request;
+    let name = case
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("#{} {} {}", i + 1, req.method, req.url));
+    let Some(outbound) = &compiled.outbound else {
+        return (name, Err("no outbound section".into()));
+    };
+    let headers: Vec<String> = req
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    let answer =
+        Probe::new(&req.method, &req.url, headers.iter().map(String::as_str)).map(|probe| {
+            explain(
+                &probe,
+                &outbound.routes,
+                outbound.unmatched,
+                &compiled.services,
+            )
+        });
+    (name, answer)
+}
+
+/// For each case, what `compiled` does with its request, in one line (for `remora diff`).
+pub fn answers(compiled: &Compiled, cases: &CaseFile) -> Vec<(String, String)> {
+    cases
+        .cases
+        .iter()
+        .enumerate()
+        .map(|(i, case)| {
+            let (name, answer) = case_answer(compiled, i, case);
+            let line = match answer {
+                Err(e) => format!("unusable request: {e}"),
+                Ok(ex) => summary(&ex),
+            };
+            (name, line)
+        })
+        .collect()
+}
+
+/// An explanation in one line: the route and where the request goes.
+fn summary(ex: &Explanation) -> String {
+    match &ex.outcome {
+        Outcome::Rejected => "no route: 404".into(),
+        Outcome::Passthrough { authority } => format!("no route: passed through to {authority}"),
+        Outcome::Route(m) => {
+            let action = match &m.action {
+                Action::Redirect { status, location } => format!("redirect {status} to {location}"),
+                Action::DirectResponse { status, .. } => format!("direct response {status}"),
+                Action::Forward { backends } => {
+                    let to: Vec<String> = backends
+                        .iter()
+                        .filter(|b| b.weight > 0)
+                        .map(|b| format!("{} {:.0}%", b.service, b.share_percent))
+                        .collect();
+                    let path = m
+                        .rewritten_path
+                        .as_ref()
+                        .map(|p| format!(" as {p}"))
+                        .unwrap_or_default();
+                    format!("to {}{path}", to.join(", "))
+                }
+            };
+            format!("route {}: {action}", m.route)
+        }
+    }
 }
 
 /// Expectations that cannot hold whatever the request: none at all, or a route or backend

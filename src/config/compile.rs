@@ -50,6 +50,11 @@ pub struct Problem {
 pub struct Effective(Arc<str>);
 
 impl Effective {
+    /// The file's text, as it was loaded.
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+
     /// The effective config as YAML: the file as parsed, the sections it left out filled in
     /// with the values in force.
     pub fn render(&self) -> String {

@@ -368,3 +368,81 @@ services:
     assert!(out.contains("3 attempts of at most 0.3ms"), "{out}");
     assert!(out.contains("connect timeout 0.25ms"), "{out}");
 }
+
+/// `remora diff OLD NEW`: what a reload would change, semantically, and with `--cases` the
+/// route test cases whose answer changes. Key order, quoting and a default written out are
+/// no change.
+#[test]
+fn diff_shows_semantic_changes_and_the_cases_whose_answer_changes() {
+    let old = write("diff-old.yaml", &complete(CONFIG));
+    let same = CONFIG
+        .replace(
+            "services:\n  v1: { endpoints: [\"10.0.0.5:8080\", \"10.0.0.6:8080\"], load_balancer: round_robin }",
+            "services:\n  v1:\n    load_balancer: \"round_robin\"\n    endpoints: [\"10.0.0.5:8080\", \"10.0.0.6:8080\"]\n    connect_timeout: 1s",
+        );
+    assert_ne!(same, CONFIG);
+    let same = write("diff-same.yaml", &complete(&same));
+    let (code, out, err) = remora(&["diff", old.to_str().unwrap(), same.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (Some(0), "no changes\n"), "{err}");
+
+    let new = CONFIG
+        .replace("backends: [{ service: v1, weight: 90 }, { service: v2, weight: 10 }]", "backends: [{ service: v1, weight: 50 }, { service: v2, weight: 50 }]")
+        .replace("      timeout: 2s\n", "      timeout: 2.5s\n")
+        .replace("    - name: never-tested\n      match: { host: lonely }\n      direct_response: { status: 204 }\n", "")
+        .replace("    - name: canary\n", "    - name: first\n      match: { host: docs }\n      direct_response: { status: 200 }\n    - name: canary\n");
+    let new = write("diff-new.yaml", &complete(&new));
+    let cases = write(
+        "diff.routes-test.yaml",
+        "cases:\n  - name: api\n    request: { url: http://inventory/api/x }\n    expect: { route: inventory }\n  - name: docs\n    request: { url: http://docs/ }\n    expect: { status: 204 }\n  - name: canary\n    request: { url: http://inventory/x, headers: { x-canary: \"true\" } }\n    expect: { route: canary }\n",
+    );
+    let args = |json: bool| {
+        let mut a = vec![
+            "diff",
+            old.to_str().unwrap(),
+            new.to_str().unwrap(),
+            "--cases",
+            cases.to_str().unwrap(),
+        ];
+        if json {
+            a.push("--json");
+        }
+        remora(&a)
+    };
+    let (code, out, err) = args(false);
+    assert_eq!(code, Some(1), "{out}{err}");
+    for want in [
+        "route inventory: changed\n  backends[0].weight: 90 -> 50\n  backends[1].weight: 10 -> 50\n  timeout: 2s -> 2500ms\n",
+        "route never-tested: removed\n",
+        "route first: added\n",
+        "cases whose answer changes:\n  api:",
+        "  docs:\n    before: no route: 404\n    after:  route first: direct response 200\n",
+        "  api:\n    before: route inventory: to v1 90%, v2 10% as /v2/api/x\n    after:  route inventory: to v1 50%, v2 50% as /v2/api/x\n",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert!(!out.contains("  canary:"), "{out}");
+
+    let (code, out, _) = args(true);
+    assert_eq!(code, Some(1));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let changes = v["changes"].as_array().unwrap();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c["kind"] == "route" && c["name"] == "first" && c["what"] == "added"),
+        "{v}"
+    );
+    assert_eq!(v["cases"].as_array().unwrap().len(), 2, "{v}");
+
+    // An invalid NEW is its problems, as check gives them.
+    let broken = write(
+        "diff-broken.yaml",
+        "version: 1\noutbound: { listen: nope }\n",
+    );
+    let (code, _, err) = remora(&["diff", old.to_str().unwrap(), broken.to_str().unwrap()]);
+    assert_eq!(code, Some(64));
+    assert!(
+        err.contains("diff-broken.yaml:2:21: outbound.listen: invalid socket address"),
+        "{err}"
+    );
+}

@@ -573,3 +573,59 @@ services:
     }
     assert_eq!(bad.requests(), 2, "still ejected after the reload");
 }
+
+/// `POST /reload?dry_run=true` says what a reload of the file would change, field by field,
+/// and applies nothing: here the file also changes the log level, which needs a restart, so
+/// the poller's own reload is refused too and the running config stays put.
+#[tokio::test]
+async fn a_dry_run_reload_shows_the_changes_and_applies_nothing() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let (mut cfg, p) = started("dry-run", &routes_to("a", &a, &b, "")).await;
+    let dry_run = |admin: std::net::SocketAddr| async move {
+        let req = Request::post(format!("http://{admin}/reload?dry_run=true"))
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        send(&h1_client(), req).await
+    };
+    let r = dry_run(p.admin).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, "a reload would apply:\nno changes\n");
+
+    let extra =
+        "    - name: extra\n      match: { host: extra }\n      direct_response: { status: 204 }\n";
+    let changed =
+        routes_to("b", &a, &b, extra).replace("outbound:", "log: { level: debug }\noutbound:");
+    cfg.rename_over(&changed);
+    let r = dry_run(p.admin).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body
+            .starts_with("a reload would be refused: changes need a restart: log"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("log: changed\n  level: info -> debug\n"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body
+            .contains("route main: changed\n  backends[0].service: a -> b\n"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("route extra: added\n"), "{}", r.body);
+    // Nothing was applied.
+    assert_eq!(upstream_of(&p).await, "a");
+
+    cfg.rename_over("outbound: { listen: nonsense }\n");
+    let r = dry_run(p.admin).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("outbound.listen: invalid socket address"),
+        "{}",
+        r.body
+    );
+    assert_eq!(upstream_of(&p).await, "a");
+}
