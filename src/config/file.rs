@@ -617,19 +617,35 @@ pub enum RetryOnFile {
 
 impl<'de> Deserialize<'de> for RetryOnFile {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        match serde_yaml::Value::deserialize(d)? {
-            serde_yaml::Value::String(s) => Ok(Self::Named(s)),
-            serde_yaml::Value::Mapping(m) if m.len() == 1 && m.contains_key("retriable-status") => {
-                let v = m.get("retriable-status").cloned().unwrap_or_default();
-                serde_yaml::from_value(v)
-                    .map(Self::Statuses)
-                    .map_err(|e| D::Error::custom(format!("retriable-status: {e}")))
+        struct Condition;
+        impl<'de> serde::de::Visitor<'de> for Condition {
+            type Value = RetryOnFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a retry condition: a name (5xx, gateway-error, connect-failure, reset, cancelled, deadline-exceeded, resource-exhausted, unavailable) or { retriable-status: [CODES] }")
             }
-            _ => Err(D::Error::custom(
-                "a retry condition is a name (5xx, gateway-error, connect-failure, reset, cancelled, deadline-exceeded, resource-exhausted, unavailable) or { retriable-status: [CODES] }",
-            )),
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RetryOnFile, E> {
+                Ok(RetryOnFile::Named(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RetryOnFile, A::Error> {
+                use serde::de::Error;
+                match map.next_key::<String>()?.as_deref() {
+                    Some("retriable-status") => {}
+                    Some(other) => {
+                        return Err(A::Error::unknown_field(other, &["retriable-status"]))
+                    }
+                    None => return Err(A::Error::missing_field("retriable-status")),
+                }
+                let codes = map.next_value::<Vec<u16>>()?;
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(A::Error::unknown_field(&extra, &[]));
+                }
+                Ok(RetryOnFile::Statuses(codes))
+            }
         }
+        d.deserialize_any(Condition)
     }
 }
 
@@ -1172,29 +1188,53 @@ const LB_NAMES: &str = "least_request, round_robin, random or { ring_hash: { hea
 
 impl<'de> Deserialize<'de> for LoadBalancerFile {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        match serde_yaml::Value::deserialize(d)? {
-            serde_yaml::Value::String(s) => match s.as_str() {
-                "least_request" => Ok(Self::LeastRequest),
-                "round_robin" => Ok(Self::RoundRobin),
-                "random" => Ok(Self::Random),
-                "ring_hash" => Err(D::Error::custom(
-                    "ring_hash needs a header: { ring_hash: { header: NAME } }",
-                )),
-                other => Err(D::Error::custom(format!(
-                    "unknown load balancer {other:?}: use {LB_NAMES}"
-                ))),
-            },
-            serde_yaml::Value::Mapping(m) if m.len() == 1 && m.contains_key("ring_hash") => {
-                let inner = m.get("ring_hash").cloned().unwrap_or_default();
-                let rh: RingHashFile = serde_yaml::from_value(inner)
-                    .map_err(|e| D::Error::custom(format!("ring_hash: {e}")))?;
-                Ok(Self::RingHash { header: rh.header })
+        struct Balancer;
+        impl<'de> serde::de::Visitor<'de> for Balancer {
+            type Value = LoadBalancerFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a load balancer: {LB_NAMES}")
             }
-            _ => Err(D::Error::custom(format!(
-                "invalid load balancer: use {LB_NAMES}"
-            ))),
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<LoadBalancerFile, E> {
+                match v {
+                    "least_request" => Ok(LoadBalancerFile::LeastRequest),
+                    "round_robin" => Ok(LoadBalancerFile::RoundRobin),
+                    "random" => Ok(LoadBalancerFile::Random),
+                    "ring_hash" => Err(E::custom(
+                        "ring_hash needs a header: { ring_hash: { header: NAME } }",
+                    )),
+                    other => {
+                        let hint = super::spelling::closest(
+                            other,
+                            ["least_request", "round_robin", "random", "ring_hash"],
+                        )
+                        .map(|k| format!(" (did you mean {k:?}?)"))
+                        .unwrap_or_default();
+                        Err(E::custom(format!(
+                            "unknown load balancer {other:?}: use {LB_NAMES}{hint}"
+                        )))
+                    }
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<LoadBalancerFile, A::Error> {
+                use serde::de::Error;
+                match map.next_key::<String>()?.as_deref() {
+                    Some("ring_hash") => {}
+                    Some(other) => return Err(A::Error::unknown_field(other, &["ring_hash"])),
+                    // (`missing_field`: when the key is there, its value's own problem was
+                    // reported.)
+                    None => return Err(A::Error::missing_field("ring_hash")),
+                }
+                let rh = map.next_value::<RingHashFile>()?;
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(A::Error::unknown_field(&extra, &[]));
+                }
+                Ok(LoadBalancerFile::RingHash { header: rh.header })
+            }
         }
+        d.deserialize_any(Balancer)
     }
 }
 

@@ -3,7 +3,7 @@
 //! once, each at its node, in the control file's own words.
 //!
 //! Why not `serde_yaml` for this: it is deprecated on its last release, and its maintained
-//! drop-in fork `serde_yaml_ng` (which `inject`, `import` and the route-test runner use for
+//! drop-in fork `serde_yaml_ng` (which `inject`, `import` and `/config` use for
 //! documents they rewrite) stops at the first error and knows a node's position only in that
 //! error, so positions for later problems needed a second parse. `yaml-rust2` is maintained
 //! and pure Rust; its parser marks every event, so one parse gives the tree and every position.
