@@ -472,6 +472,19 @@ fn explain(
     ExitCode::SUCCESS
 }
 
+/// A route test case file, or (its problems printed) the exit code for an unusable file.
+fn read_cases(cases: &std::path::Path) -> Result<remora::route_test::CaseFile, ExitCode> {
+    std::fs::read_to_string(cases)
+        .map_err(|e| format!("{}: cannot read the file: {e}", cases.display()))
+        .and_then(|text| {
+            config::parse_as(&cases.display().to_string(), &text).map_err(|e| e.to_string())
+        })
+        .map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        })
+}
+
 /// `remora diff`.
 fn diff(
     old: &std::path::Path,
@@ -501,16 +514,9 @@ fn diff(
     };
     let mut answers = Vec::new();
     if let Some(cases) = cases {
-        let case_file = read(cases).and_then(|text| {
-            config::parse_as::<remora::route_test::CaseFile>(&cases.display().to_string(), &text)
-                .map_err(|e| e.to_string())
-        });
-        let case_file = match case_file {
+        let case_file = match read_cases(cases) {
             Ok(c) => c,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(EXIT_BAD_CONFIG);
-            }
+            Err(code) => return code,
         };
         let compiled = |name: &str, text: &str| config::parse(name, text).ok();
         if let (Some(a), Some(b)) = (
@@ -621,18 +627,9 @@ fn route_test(
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let case_file = std::fs::read_to_string(cases)
-        .map_err(|e| format!("{}: cannot read the file: {e}", cases.display()))
-        .and_then(|text| {
-            config::parse_as::<remora::route_test::CaseFile>(&cases.display().to_string(), &text)
-                .map_err(|e| e.to_string())
-        });
-    let case_file = match case_file {
+    let case_file = match read_cases(cases) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
+        Err(code) => return code,
     };
     match remora::route_test::run(&compiled, &case_file, min_coverage) {
         Ok(report) => {

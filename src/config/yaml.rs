@@ -216,20 +216,17 @@ impl Builder<'_> {
     /// The node that starts with `ev`, read to its end.
     fn node(&mut self, ev: Event, mark: Marker) -> Result<Node, Located> {
         let at = pos(&mark);
+        let node = |id, last, pos, kind| Node {
+            pos,
+            id,
+            last,
+            kind,
+        };
         let (anchor, node) = match ev {
             Event::Scalar(text, style, anchor, tag) => {
                 let id = self.id(at)?;
                 let plain = style == TScalarStyle::Plain && tag.is_none();
-                let kind = Kind::Scalar { text, plain };
-                (
-                    anchor,
-                    Node {
-                        pos: at,
-                        id,
-                        last: id,
-                        kind,
-                    },
-                )
+                (anchor, node(id, id, at, Kind::Scalar { text, plain }))
             }
             Event::SequenceStart(anchor, _) => {
                 let id = self.id(at)?;
@@ -241,18 +238,8 @@ impl Builder<'_> {
                     }
                     items.push(self.node(ev, mark)?);
                 }
-                let last = self.next_id - 1;
-                let at = items.first().map_or(at, |first| earlier(at, first.pos));
-                let kind = Kind::Seq(items);
-                (
-                    anchor,
-                    Node {
-                        pos: at,
-                        id,
-                        last,
-                        kind,
-                    },
-                )
+                let start = items.first().map_or(at, |first| earlier(at, first.pos));
+                (anchor, node(id, self.next_id - 1, start, Kind::Seq(items)))
             }
             Event::MappingStart(anchor, _) => {
                 let id = self.id(at)?;
@@ -266,18 +253,11 @@ impl Builder<'_> {
                     let (ev, mark) = self.next()?;
                     entries.push((key, self.node(ev, mark)?));
                 }
-                let last = self.next_id - 1;
                 // A block mapping's start is marked after its first key.
-                let at = entries.first().map_or(at, |(k, _)| earlier(at, k.pos));
-                let kind = Kind::Map(entries);
+                let start = entries.first().map_or(at, |(k, _)| earlier(at, k.pos));
                 (
                     anchor,
-                    Node {
-                        pos: at,
-                        id,
-                        last,
-                        kind,
-                    },
+                    node(id, self.next_id - 1, start, Kind::Map(entries)),
                 )
             }
             Event::Alias(anchor) => {
