@@ -198,8 +198,22 @@ pub fn parse(name: &str, text: &str) -> Result<Compiled, ConfigError> {
         }
         Ok(_) => Err(fail(problems)),
         Err(found) => {
+            // A semantic problem about a node that holds a wrong value may only be that
+            // value's absence: the wrong value's own problem says it.
+            let holds_wrong = |path: &str| {
+                problems.iter().any(|p| {
+                    p.path
+                        .strip_prefix(path)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+                })
+            };
             let index = PositionIndex::build(&root);
-            problems.extend(found.into_iter().map(|p| locate(&index, p)));
+            let found: Vec<Located> = found
+                .into_iter()
+                .filter(|p| !holds_wrong(&p.path))
+                .map(|p| locate(&index, p))
+                .collect();
+            problems.extend(found);
             Err(fail(problems))
         }
     }
@@ -211,8 +225,8 @@ pub fn parse(name: &str, text: &str) -> Result<Compiled, ConfigError> {
 pub fn shutdown_budget(name: &str, text: &str) -> Result<std::time::Duration, ConfigError> {
     let (_, file, problems) = deserialize(text);
     let shutdown = match file.map(|f| f.shutdown) {
-        Some(None) => file::ShutdownFile::default(),
-        Some(Some(file::Lenient::Ok(s))) => s,
+        Some(None) if problems.is_empty() => file::ShutdownFile::default(),
+        Some(Some(file::Lenient::Ok(s))) if problems.is_empty() => s,
         _ => {
             return Err(ConfigError {
                 file: name.to_owned(),

@@ -14,8 +14,11 @@
 //! value its type's own parser refuses) has its problem recorded and is left out of the next
 //! pass, where its siblings get checked. A field that becomes missing because its value was
 //! left out is not reported twice. When a pass leaves nothing new out, a last pass builds the
-//! result: a part wrapped in [`LENIENT`] (a route, a service, a section) with any problem
-//! inside it comes out as failed, so semantic checks run on the parts that are whole.
+//! result, the wrong nodes left out, so that the semantic checks run on what is left (and
+//! `config::parse` drops their problems about a node that holds a wrong one). A part wrapped
+//! in [`LENIENT`] (a route, a service, a section) comes out as failed when it is wrong as a
+//! whole, or when one of its lists lost an item (later items' paths would shift); it keeps
+//! its place, so later items keep their paths and references to it their target.
 //! A valid file is read in one pass.
 
 use std::{
@@ -369,24 +372,25 @@ struct Sink {
     /// Problems by the node they are about and their text (a problem is found again in
     /// every pass that reads its node).
     problems: RefCell<std::collections::BTreeMap<(u32, String), Located>>,
-    /// Ids of nodes with a problem, to find the parts that hold one.
-    at: RefCell<BTreeSet<u32>>,
+    /// Ids of list items with a problem, to find the parts whose lists lose an item.
+    items: RefCell<BTreeSet<u32>>,
     /// Nodes left out of this pass.
     removed: RefCell<HashSet<u32>>,
     /// Nodes found wrong in this pass, left out of the next.
     fresh: RefCell<Vec<u32>>,
     /// The parts read on their own, as first and last node id.
     parts: RefCell<std::collections::BTreeMap<u32, u32>>,
-    /// The parts with a problem of their own (not one inside a part within them).
+    /// The parts that fail as a whole in the last pass.
     tainted: RefCell<HashSet<u32>>,
-    /// The pass that builds the result: nothing is left out, and a part with a problem of
-    /// its own fails as a whole.
+    /// The pass that builds the result.
     last_pass: Cell<bool>,
 }
 
 impl Sink {
     fn record(&self, node: &Node, trail: &Trail<'_>, message: String) {
-        self.at.borrow_mut().insert(node.id);
+        if matches!(trail, Trail::Index(..)) {
+            self.items.borrow_mut().insert(node.id);
+        }
         let path = trail.path();
         self.problems
             .borrow_mut()
@@ -399,15 +403,21 @@ impl Sink {
             });
     }
 
+    /// Whether the node is left out of this pass: a wrong one, except, in the last pass, a
+    /// part (which keeps its place, failed).
     fn skipped(&self, node: &Node) -> bool {
-        !self.last_pass.get() && self.removed.borrow().contains(&node.id)
+        self.removed.borrow().contains(&node.id)
+            && !(self.last_pass.get() && self.parts.borrow().contains_key(&node.id))
     }
 
-    /// Finds, for every problem, the innermost part that holds it.
+    /// The parts that fail as a whole: those wrong themselves, and the innermost part
+    /// holding each list item left out.
     fn taint(&self) {
         let parts = self.parts.borrow();
+        let removed = self.removed.borrow();
         let mut tainted = self.tainted.borrow_mut();
-        for &p in self.at.borrow().iter() {
+        tainted.extend(parts.keys().filter(|id| removed.contains(id)));
+        for &p in self.items.borrow().iter() {
             let owner = parts.range(..=p).rev().find(|(_, last)| p <= **last);
             if let Some((&id, _)) = owner {
                 tainted.insert(id);
@@ -842,8 +852,7 @@ impl<'de> de::Deserializer<'de> for De<'de, '_> {
                 let mut parts = self.sink.parts.borrow_mut();
                 parts.insert(self.node.id, self.node.last);
             } else if self.sink.tainted.borrow().contains(&self.node.id) {
-                // A part with a problem of its own fails as a whole (its problems are
-                // recorded); the parts inside one fail on their own.
+                // Failed as a whole; its problems are recorded.
                 return visitor.visit_unit();
             }
         }
