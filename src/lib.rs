@@ -16,6 +16,7 @@
 //!   `remora import`, Gateway API routes turned into a control file.
 //! - [`tls`]: mutual TLS: identities, termination, origination, rotation, dev certificates.
 //! - [`metrics`], [`admin`], [`telemetry`]: Prometheus metrics, the admin listener, logs.
+//! - [`cache`]: response caching for routes (RFC 9111): the policy, being built.
 //! - [`body`]: the body type moved in both directions; [`context`]: the per-request context
 //!   and the stack's vocabulary; [`error`]: errors on the request path; [`headers`]: header
 //!   hygiene between hops.
@@ -25,6 +26,7 @@ pub mod app;
 pub mod authorize;
 pub mod balance;
 pub mod body;
+pub mod cache;
 pub mod config;
 pub mod context;
 pub mod error;
