@@ -11,3 +11,14 @@
 
 pub mod directives;
 pub mod freshness;
+pub mod layer;
+pub mod store;
+
+/// A route's cache settings, as compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Most bytes held.
+    pub max_size: u64,
+    /// Largest body stored.
+    pub max_object_size: u64,
+}

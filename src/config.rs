@@ -12,6 +12,7 @@ pub mod duration;
 pub mod file;
 mod lint;
 mod position;
+pub mod size;
 pub mod spelling;
 pub mod yaml;
 

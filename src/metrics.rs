@@ -99,6 +99,9 @@ pub struct Metrics {
     last_reload_ok: IntGauge,
     rate_limited: IntCounterVec,
     faults: IntCounterVec,
+    cache_requests: IntCounterVec,
+    cache_bytes: IntGaugeVec,
+    cache_evictions: IntCounterVec,
     breaker_open: IntGaugeVec,
     breaker_overflows: IntCounterVec,
     endpoint_ejected: IntGaugeVec,
@@ -228,6 +231,27 @@ impl Metrics {
                 "Faults injected by routes, by kind (delay, abort).",
             ),
             &["route", "kind"],
+        )
+        .expect("valid metric");
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "remora_cache_requests_total",
+                "Requests to a caching route, by what the cache did (hit, miss, stale, revalidated, uncacheable, coalesced).",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
+        let cache_bytes = IntGaugeVec::new(
+            Opts::new("remora_cache_bytes", "Bytes a route's cache holds."),
+            &["route"],
+        )
+        .expect("valid metric");
+        let cache_evictions = IntCounterVec::new(
+            Opts::new(
+                "remora_cache_evictions_total",
+                "Responses a route's cache dropped to stay within max_size.",
+            ),
+            &["route"],
         )
         .expect("valid metric");
         let breaker_open = IntGaugeVec::new(
@@ -373,6 +397,9 @@ impl Metrics {
             Box::new(last_reload_ok.clone()),
             Box::new(rate_limited.clone()),
             Box::new(faults.clone()),
+            Box::new(cache_requests.clone()),
+            Box::new(cache_bytes.clone()),
+            Box::new(cache_evictions.clone()),
             Box::new(breaker_open.clone()),
             Box::new(breaker_overflows.clone()),
             Box::new(endpoint_ejected.clone()),
@@ -418,6 +445,9 @@ impl Metrics {
             last_reload_ok,
             rate_limited,
             faults,
+            cache_requests,
+            cache_bytes,
+            cache_evictions,
             breaker_open,
             breaker_overflows,
             endpoint_ejected,
@@ -568,6 +598,21 @@ impl Metrics {
         FaultMetrics {
             delay: self.faults.with_label_values(&[route, "delay"]),
             abort: self.faults.with_label_values(&[route, "abort"]),
+        }
+    }
+
+    /// Cache counters for a route.
+    pub fn cache(&self, route: &str) -> CacheMetrics {
+        let result = |r: &str| self.cache_requests.with_label_values(&[route, r]);
+        CacheMetrics {
+            hit: result("hit"),
+            miss: result("miss"),
+            stale: result("stale"),
+            revalidated: result("revalidated"),
+            uncacheable: result("uncacheable"),
+            coalesced: result("coalesced"),
+            bytes: self.cache_bytes.with_label_values(&[route]),
+            evictions: self.cache_evictions.with_label_values(&[route]),
         }
     }
 
@@ -842,6 +887,27 @@ impl BreakerMetrics {
     pub fn is_open(&self) -> bool {
         self.0.open.get().is_some_and(|g| g.get() == 1)
     }
+}
+
+/// Pre-resolved cache series for one route.
+#[derive(Debug, Clone)]
+pub struct CacheMetrics {
+    /// Answered from the cache, fresh.
+    pub hit: IntCounter,
+    /// Not in the cache (or not usable): forwarded.
+    pub miss: IntCounter,
+    /// Answered from the cache, stale (as the request or the origin allowed).
+    pub stale: IntCounter,
+    /// Checked with the origin, which said the stored response is still good (304).
+    pub revalidated: IntCounter,
+    /// Forwarded without the cache: a method or request the cache does not answer.
+    pub uncacheable: IntCounter,
+    /// Waited for another request's fetch of the same response.
+    pub coalesced: IntCounter,
+    /// Bytes held.
+    pub bytes: IntGauge,
+    /// Responses evicted.
+    pub evictions: IntCounter,
 }
 
 /// Pre-resolved fault counters for one route.

@@ -19,6 +19,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct Tee {
     inner: Box<ProxyBody>,
+    limit: usize,
     copy: Option<BytesMut>,
     done: Option<oneshot::Sender<Bytes>>,
 }
@@ -27,10 +28,17 @@ impl Tee {
     /// Tees `inner`; the receiver gets the whole body once it has passed (nothing when it was
     /// larger than `MAX_BODY` or broke off).
     pub fn new(inner: ProxyBody) -> (Self, oneshot::Receiver<Bytes>) {
+        Self::with_limit(inner, MAX_BODY)
+    }
+
+    /// Tees `inner`, keeping at most `limit` bytes (a response body on its way into a
+    /// cache; it ends with nothing sent when it has trailers).
+    pub fn with_limit(inner: ProxyBody, limit: usize) -> (Self, oneshot::Receiver<Bytes>) {
         let (tx, rx) = oneshot::channel();
         (
             Self {
                 inner: Box::new(inner),
+                limit,
                 copy: Some(BytesMut::new()),
                 done: Some(tx),
             },
@@ -52,8 +60,12 @@ impl Tee {
         let polled = Pin::new(self.inner.as_mut()).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if frame.is_trailers() {
+                    self.copy = None;
+                    self.done = None;
+                }
                 if let (Some(copy), Some(data)) = (self.copy.as_mut(), frame.data_ref()) {
-                    if copy.len() + data.len() > MAX_BODY {
+                    if copy.len() + data.len() > self.limit {
                         self.copy = None;
                         self.done = None;
                     } else {

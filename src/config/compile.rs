@@ -954,6 +954,34 @@ impl Ctx {
         if retry.is_some() && r.backends.is_none() {
             self.err(&format!("{path}.retry"), "retries need `backends`".into());
         }
+        let cache = r.cache.as_ref().and_then(|c| {
+            let at = format!("{path}.cache");
+            if r.backends.is_none() {
+                self.err(
+                    &at,
+                    "a cache needs `backends` (it stores their responses)".into(),
+                );
+                return None;
+            }
+            if c.max_size.0 == 0 {
+                self.err(&format!("{at}.max_size"), "must be greater than 0".into());
+                return None;
+            }
+            if c.max_object_size.0 > c.max_size.0 {
+                self.err(
+                    &format!("{at}.max_object_size"),
+                    format!(
+                        "{} is larger than max_size ({}): nothing that large could be kept",
+                        c.max_object_size, c.max_size
+                    ),
+                );
+                return None;
+            }
+            Some(crate::cache::Settings {
+                max_size: c.max_size.0,
+                max_object_size: c.max_object_size.0,
+            })
+        });
         if self.problems.len() != before {
             return None;
         }
@@ -969,6 +997,7 @@ impl Ctx {
             fault,
             retry,
             mirror,
+            cache,
         })
     }
 

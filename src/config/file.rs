@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::duration::HumanDuration;
+use super::{duration::HumanDuration, size::ByteSize};
 
 /// A part of the file that is read on its own (a section, a route, a service), so that its
 /// problems do not stop the rest of the file from being checked.
@@ -546,6 +546,10 @@ pub struct RouteFile {
     /// Local rate limit for this route: over it, 429 with `retry-after`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitFile>,
+    /// A shared response cache for this route (RFC 9111), in memory and bounded by size.
+    /// `cache: {}` takes the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheFile>,
     /// Faults to inject, for chaos testing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultFile>,
@@ -726,6 +730,27 @@ fn default_backoff_base() -> HumanDuration {
 }
 fn default_backoff_max() -> HumanDuration {
     HumanDuration::millis(250)
+}
+
+/// `cache:` on a route.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    /// Most bytes the route's cache holds (heads and bodies); the least recently used
+    /// responses go first. Default: 64MiB.
+    #[serde(default = "default_cache_size")]
+    pub max_size: ByteSize,
+    /// Largest response body stored; a larger one streams through unstored. Default: 1MiB.
+    #[serde(default = "default_cache_object")]
+    pub max_object_size: ByteSize,
+}
+
+fn default_cache_size() -> ByteSize {
+    ByteSize(64 << 20)
+}
+
+fn default_cache_object() -> ByteSize {
+    ByteSize(1 << 20)
 }
 
 /// `rate_limit:` a token bucket.

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     body::ProxyBody,
+    cache::layer::{Cache, CacheLayer},
     context::{stack_service, BoxFuture, ConnMeta, Ctx, Req},
     error::ProxyError,
     headers,
@@ -42,7 +43,7 @@ const PASSTHROUGH_TIMEOUT: Duration = Duration::from_secs(15);
 /// The outbound listener's whole stack.
 pub type OutboundStack = Observe<Hygiene<Router>>;
 /// One route's stack.
-type RouteStack = RateLimit<InjectFaults<ResponseEdits<Action>>>;
+type RouteStack = RateLimit<InjectFaults<ResponseEdits<Cache<Action>>>>;
 /// One backend's stack under a route.
 type BackendStack = CircuitBreaker<Mirror<Forward, Forward>>;
 /// The passthrough stack.
@@ -72,6 +73,7 @@ pub fn stack(
                     route.faults.clone(),
                 ))
                 .layer(ResponseEditsLayer::new(route.spec.response_headers.clone()))
+                .layer(CacheLayer::new(route.cache.clone()))
                 .service(Action::of(route))
         })
         .collect();

@@ -93,6 +93,18 @@ fn route(
             .and_then(|r| r.limiter.clone())
             .unwrap_or_else(|| Arc::new(RateLimiter::for_limit(limit)))
     });
+    let cache = spec.cache.map(|settings| {
+        previous
+            .and_then(|t| t.routes.iter().find(|r| r.spec.name == spec.name))
+            .filter(|r| r.spec.cache == spec.cache && r.spec.action == spec.action)
+            .and_then(|r| r.cache.clone())
+            .unwrap_or_else(|| {
+                Arc::new(crate::cache::store::Store::new(
+                    settings,
+                    metrics.cache(&spec.name),
+                ))
+            })
+    });
     let mirror = spec.mirror.as_ref().and_then(|m| {
         let [sent, failed, dropped] = metrics.mirror(&spec.name);
         Some(MirrorTarget {
@@ -107,6 +119,7 @@ fn route(
         local_metrics: metrics.request(d, &spec.name, ""),
         limiter,
         faults: metrics.faults(&spec.name),
+        cache,
         targets,
         total_weight: total,
         spec,

@@ -42,6 +42,8 @@ pub struct RouteSpec {
     pub retry: Option<retry::Policy>,
     /// Mirroring.
     pub mirror: Option<mirror::MirrorPolicy>,
+    /// Response caching.
+    pub cache: Option<crate::cache::Settings>,
 }
 
 /// What a route does.
@@ -172,6 +174,9 @@ pub struct Route {
     pub limiter: Option<Arc<RateLimiter>>,
     /// Counters of injected delays and aborts.
     pub faults: FaultMetrics,
+    /// The route's response cache; kept across reloads while its settings and backends
+    /// are unchanged.
+    pub cache: Option<Arc<crate::cache::store::Store>>,
     /// The shadow service and its limits, when the route mirrors.
     pub mirror: Option<MirrorTarget>,
 }

@@ -3,6 +3,7 @@
 mod support;
 
 mod admin;
+mod cache;
 mod config_errors;
 mod dashboard;
 mod explain;

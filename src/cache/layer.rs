@@ -1,0 +1,418 @@
+//! The cache on a route's stack, above its action: answers from the store what it may,
+//! revalidates what it must, stores what the specification allows, and drops what an unsafe
+//! request changed.
+//!
+//! A request to a route without `cache:` passes straight through (one branch). A stored
+//! body is `Bytes` shared by every hit; a response being stored streams to the caller while
+//! a copy of at most `max_object_size` bytes is kept ([`crate::body::Tee`]), stored once the
+//! body has ended whole; a larger one (by `Content-Length`, or once the copy outgrows the
+//! limit) is not kept.
+
+use std::{sync::Arc, time::SystemTime};
+
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use tower::{Layer, Service};
+
+use super::{
+    directives::{Freshness, RequestDirectives, ResponseDirectives},
+    freshness::{storable, Reuse, Timed},
+    store::{vary_of, Entry, Store},
+};
+use crate::{
+    body::{ProxyBody, Tee},
+    context::{stack_service, BoxFuture, Req, Resp, Stage},
+    headers::authority,
+};
+
+/// Puts a route's cache (or none) over its action.
+#[derive(Debug, Clone)]
+pub struct CacheLayer {
+    store: Option<Arc<Store>>,
+}
+
+impl CacheLayer {
+    /// A layer for `store` (`None`: the route does not cache).
+    pub fn new(store: Option<Arc<Store>>) -> Self {
+        Self { store }
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = Cache<S>;
+
+    fn layer(&self, inner: S) -> Cache<S> {
+        Cache {
+            store: self.store.clone(),
+            inner,
+        }
+    }
+}
+
+/// A route's cache over its action.
+#[derive(Debug, Clone)]
+pub struct Cache<S> {
+    store: Option<Arc<Store>>,
+    inner: S,
+}
+
+/// The primary cache key: authority (lower-cased, without a default port) and path with
+/// query.
+fn key_of(req: &Request<ProxyBody>) -> String {
+    let host = authority(req.uri(), req.headers()).unwrap_or("");
+    let host = host
+        .strip_suffix(":80")
+        .filter(|_| req.uri().scheme_str() != Some("https"))
+        .unwrap_or(host);
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    format!("{}{path}", host.to_ascii_lowercase())
+}
+
+/// The key a `Location` or `Content-Location` value names, when it is on the request's
+/// authority `host` (lower-cased).
+fn key_of_location(host: &str, value: &HeaderValue) -> Option<String> {
+    let uri: http::Uri = value.to_str().ok()?.parse().ok()?;
+    match uri.authority() {
+        Some(a) if a.as_str().to_ascii_lowercase() != host => None,
+        _ => Some(format!(
+            "{host}{}",
+            uri.path_and_query().map_or("/", |p| p.as_str())
+        )),
+    }
+}
+
+impl<S> Service<Req> for Cache<S>
+where
+    S: Stage + Clone + Send + 'static,
+{
+    stack_service!();
+
+    fn call(&mut self, req: Req) -> BoxFuture {
+        let Some(store) = self.store.clone() else {
+            return self.inner.call(req);
+        };
+        let method = req.http.method().clone();
+        let key = key_of(&req.http);
+        if !matches!(method, Method::GET | Method::HEAD) {
+            store.metrics().uncacheable.inc();
+            if matches!(method, Method::OPTIONS | Method::TRACE) {
+                return self.inner.call(req);
+            }
+            // An unsafe method: once it succeeds, what it names is stale (RFC 9111, 4.4).
+            let host = authority(req.http.uri(), req.http.headers())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            let mut inner = self.inner.clone();
+            return Box::pin(async move {
+                let resp = inner.call(req).await?;
+                if resp.status().is_success() || resp.status().is_redirection() {
+                    store.remove(&key);
+                    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                        if let Some(k) = resp
+                            .headers()
+                            .get(&name)
+                            .and_then(|v| key_of_location(&host, v))
+                        {
+                            store.remove(&k);
+                        }
+                    }
+                }
+                Ok(resp)
+            });
+        }
+        let req_cc = RequestDirectives::parse(req.http.headers());
+        let now = SystemTime::now();
+        let stored = store.get(&key, req.http.headers());
+        let reuse = stored.as_ref().map(|e| timed(e).reuse(&req_cc, now));
+        match (&stored, reuse) {
+            (Some(entry), Some(Reuse::Fresh)) => {
+                store.metrics().hit.inc();
+                return ready(answer(entry, &req.http, now));
+            }
+            (Some(entry), Some(Reuse::Stale)) => {
+                store.metrics().stale.inc();
+                return ready(answer(entry, &req.http, now));
+            }
+            _ if req_cc.only_if_cached => {
+                store.metrics().miss.inc();
+                let mut resp = Response::new(ProxyBody::empty());
+                *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+                return ready(resp);
+            }
+            _ => {}
+        }
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let mut req = req;
+            let head = method == Method::HEAD;
+            // Revalidate a stored response with its validators, unless the caller asks
+            // conditionally itself (its condition is then the caller's to answer).
+            let revalidating = stored.filter(|_| !head && !conditional(req.http.headers()));
+            if let Some(entry) = &revalidating {
+                let h = req.http.headers_mut();
+                if let Some(etag) = entry.headers.get(header::ETAG) {
+                    h.insert(header::IF_NONE_MATCH, etag.clone());
+                }
+                if let Some(lm) = entry.headers.get(header::LAST_MODIFIED) {
+                    h.insert(header::IF_MODIFIED_SINCE, lm.clone());
+                }
+            }
+            let req_headers = req.http.headers().clone();
+            let request_time = SystemTime::now();
+            let result = inner.call(req).await;
+            let response_time = SystemTime::now();
+            if let Some(entry) = &revalidating {
+                let stale_if_error = |status: Option<StatusCode>| {
+                    status.is_none_or(|s| s.is_server_error())
+                        && stale_if_error(entry, &req_cc, response_time)
+                };
+                match &result {
+                    Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED => {
+                        store.metrics().revalidated.inc();
+                        let updated = refreshed(entry, resp.headers(), request_time, response_time);
+                        let resp =
+                            answer(&updated, &request_like(&req_headers, head), response_time);
+                        store.insert(&key, updated);
+                        return Ok(resp);
+                    }
+                    Ok(resp) if stale_if_error(Some(resp.status())) => {
+                        store.metrics().stale.inc();
+                        return Ok(answer(
+                            entry,
+                            &request_like(&req_headers, head),
+                            response_time,
+                        ));
+                    }
+                    Err(_) if stale_if_error(None) => {
+                        store.metrics().stale.inc();
+                        return Ok(answer(
+                            entry,
+                            &request_like(&req_headers, head),
+                            response_time,
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            store.metrics().miss.inc();
+            let resp = result?;
+            if head {
+                return Ok(resp);
+            }
+            Ok(keep(
+                &store,
+                key,
+                &req_headers,
+                &req_cc,
+                resp,
+                request_time,
+                response_time,
+            ))
+        })
+    }
+}
+
+fn ready(resp: Resp) -> BoxFuture {
+    Box::pin(std::future::ready(Ok(resp)))
+}
+
+fn timed(e: &Entry) -> Timed<'_> {
+    Timed {
+        status: e.status,
+        headers: &e.headers,
+        cc: &e.cc,
+        request_time: e.request_time,
+        response_time: e.response_time,
+    }
+}
+
+/// Whether the caller's request is conditional itself.
+fn conditional(h: &HeaderMap) -> bool {
+    h.contains_key(header::IF_NONE_MATCH) || h.contains_key(header::IF_MODIFIED_SINCE)
+}
+
+/// A request with these headers, for [`answer`] after the request itself was sent.
+fn request_like(headers: &HeaderMap, head: bool) -> Request<ProxyBody> {
+    let mut r = Request::new(ProxyBody::empty());
+    *r.headers_mut() = headers.clone();
+    // The validators this layer added are not the caller's.
+    r.headers_mut().remove(header::IF_NONE_MATCH);
+    r.headers_mut().remove(header::IF_MODIFIED_SINCE);
+    if head {
+        *r.method_mut() = Method::HEAD;
+    }
+    r
+}
+
+/// Whether the origin's failure may be answered with `entry` (RFC 5861, 4): the response or
+/// the request allows it for this long past freshness, and the response does not forbid
+/// stale use.
+fn stale_if_error(entry: &Entry, req: &RequestDirectives, now: SystemTime) -> bool {
+    let t = timed(entry);
+    let stale = t.age(now).saturating_sub(t.lifetime());
+    let allowed = match (entry.cc.stale_if_error, req.stale_if_error) {
+        (Freshness::Secs(a), Freshness::Secs(b)) => a.max(b),
+        (Freshness::Secs(a), _) | (_, Freshness::Secs(a)) => a,
+        _ => return false,
+    };
+    !(entry.cc.must_revalidate || entry.cc.proxy_revalidate || entry.cc.s_maxage.present())
+        && stale <= std::time::Duration::from_secs(allowed)
+}
+
+/// `entry` as the answer to `req`: its status and headers with its `Age`, its body unless
+/// the request is HEAD, or 304 when the caller's own validators match it.
+fn answer(entry: &Entry, req: &Request<ProxyBody>, now: SystemTime) -> Resp {
+    let mut headers = entry.headers.clone();
+    let age = timed(entry).age(now).as_secs();
+    headers.insert(header::AGE, HeaderValue::from(age));
+    if not_modified(entry, req.headers()) {
+        let mut resp = Response::new(ProxyBody::empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        for name in [
+            header::ETAG,
+            header::LAST_MODIFIED,
+            header::CACHE_CONTROL,
+            header::EXPIRES,
+            header::VARY,
+            header::DATE,
+            header::AGE,
+            header::CONTENT_LOCATION,
+        ] {
+            if let Some(v) = headers.get(&name) {
+                resp.headers_mut().insert(name, v.clone());
+            }
+        }
+        return resp;
+    }
+    let body = if req.method() == Method::HEAD {
+        ProxyBody::empty()
+    } else {
+        ProxyBody::full(entry.body.clone())
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = entry.status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// Whether the caller's `If-None-Match` (weak comparison) or, without it,
+/// `If-Modified-Since` says it has `entry` already (RFC 9110, 13.1).
+fn not_modified(entry: &Entry, req: &HeaderMap) -> bool {
+    if entry.status != StatusCode::OK {
+        return false;
+    }
+    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        let Some(etag) = entry
+            .headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        return inm.trim() == "*" || inm.split(',').any(|t| opaque(t) == opaque(etag));
+    }
+    let since = req
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let modified = entry
+        .headers
+        .get(header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    matches!((since, modified), (Some(s), Some(m)) if m <= s)
+}
+
+/// `entry` with the header fields of a 304 that confirmed it (RFC 9111, 4.3.4).
+fn refreshed(
+    entry: &Entry,
+    update: &HeaderMap,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Entry {
+    let mut headers = entry.headers.clone();
+    for name in update.keys() {
+        // Framing describes the 304, not the stored body.
+        if matches!(
+            name.as_str(),
+            "content-length" | "content-encoding" | "transfer-encoding" | "content-range"
+        ) {
+            continue;
+        }
+        headers.remove(name);
+        for v in update.get_all(name) {
+            headers.append(name.clone(), v.clone());
+        }
+    }
+    Entry {
+        status: entry.status,
+        cc: ResponseDirectives::parse(&headers),
+        headers,
+        body: entry.body.clone(),
+        request_time,
+        response_time,
+        vary: entry.vary.clone(),
+    }
+}
+
+/// The response on its way to the caller, with a copy kept for the store when it may be
+/// stored and is small enough.
+fn keep(
+    store: &Arc<Store>,
+    key: String,
+    req_headers: &HeaderMap,
+    req_cc: &RequestDirectives,
+    resp: Resp,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Resp {
+    let cc = ResponseDirectives::parse(resp.headers());
+    let allowed = storable(
+        &Method::GET,
+        req_headers,
+        req_cc,
+        resp.status(),
+        resp.headers(),
+        &cc,
+    )
+    .is_ok();
+    // A response that sets a cookie is one caller's, unless it says a shared cache may
+    // reuse it.
+    let cookie =
+        resp.headers().contains_key(header::SET_COOKIE) && !(cc.public || cc.s_maxage.present());
+    let limit = store.settings.max_object_size;
+    let too_large = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit);
+    if !allowed || cookie || too_large {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let headers = parts.headers.clone();
+    let status = parts.status;
+    let vary = vary_of(&headers, req_headers);
+    let make = move |body: bytes::Bytes| Entry {
+        status,
+        headers,
+        body,
+        cc,
+        request_time,
+        response_time,
+        vary,
+    };
+    if http_body::Body::is_end_stream(&body) {
+        store.insert(&key, make(bytes::Bytes::new()));
+        return Response::from_parts(parts, body);
+    }
+    let (tee, copied) = Tee::with_limit(body, limit as usize);
+    let store = store.clone();
+    tokio::spawn(async move {
+        if let Ok(body) = copied.await {
+            store.insert(&key, make(body));
+        }
+    });
+    Response::from_parts(parts, ProxyBody::Tee(tee))
+}

@@ -1,0 +1,283 @@
+//! A route's stored responses: in memory, bounded by bytes, least recently used evicted
+//! first. Keyed by the request's authority and path with query; each key holds the
+//! variants its responses' `Vary` told apart, by the request header values they vary on.
+//!
+//! One mutex over the map: a lookup or an insert is a hash probe and a few pointer moves,
+//! and bodies are `Bytes` shared with the responses being served, never copied under it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use super::{directives::ResponseDirectives, Settings};
+use crate::metrics::CacheMetrics;
+
+/// A stored response.
+#[derive(Debug)]
+pub struct Entry {
+    /// Status.
+    pub status: StatusCode,
+    /// Header fields, as received (hop-by-hop fields already gone).
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+    /// `Cache-Control` of `headers`.
+    pub cc: ResponseDirectives,
+    /// When the request that fetched it was sent.
+    pub request_time: SystemTime,
+    /// When its head arrived.
+    pub response_time: SystemTime,
+    /// The request header values its `Vary` names, as the request that fetched it had them.
+    pub vary: Vec<(HeaderName, Vec<HeaderValue>)>,
+}
+
+impl Entry {
+    /// Bytes it is counted as: body, header fields, and a little for the bookkeeping.
+    pub fn size(&self) -> u64 {
+        let head: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        (self.body.len() + head + 256) as u64
+    }
+
+    /// Whether `req` has the header values this variant was stored for (RFC 9111, 4.1):
+    /// the same fields, with values equal once whitespace around commas is normalized.
+    pub fn matches(&self, req: &HeaderMap) -> bool {
+        self.vary.iter().all(|(name, values)| {
+            let now: Vec<&HeaderValue> = req.get_all(name).iter().collect();
+            normalized(now.iter().copied()) == normalized(values.iter())
+        })
+    }
+}
+
+fn normalized<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Vec<String> {
+    values
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_owned())
+        .collect()
+}
+
+/// The request header values a response's `Vary` names.
+pub fn vary_of(resp: &HeaderMap, req: &HeaderMap) -> Vec<(HeaderName, Vec<HeaderValue>)> {
+    super::freshness::vary_names(resp)
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .map(|n| {
+            let values = req.get_all(&n).iter().cloned().collect();
+            (n, values)
+        })
+        .collect()
+}
+
+/// A route's cache.
+#[derive(Debug)]
+pub struct Store {
+    /// Its limits.
+    pub settings: Settings,
+    inner: Mutex<Inner>,
+    metrics: CacheMetrics,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    keys: HashMap<Arc<str>, Slot>,
+    /// Last use → key, oldest first.
+    order: BTreeMap<u64, Arc<str>>,
+    tick: u64,
+    bytes: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    used: u64,
+    variants: Vec<Arc<Entry>>,
+    bytes: u64,
+}
+
+impl Store {
+    /// An empty cache.
+    pub fn new(settings: Settings, metrics: CacheMetrics) -> Self {
+        metrics.bytes.set(0);
+        Self {
+            settings,
+            inner: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// The route's cache counters.
+    pub fn metrics(&self) -> &CacheMetrics {
+        &self.metrics
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The stored variant of `key` that matches `req`, marked as just used.
+    pub fn get(&self, key: &str, req: &HeaderMap) -> Option<Arc<Entry>> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let slot = inner.keys.get_mut(key)?;
+        let found = slot.variants.iter().find(|e| e.matches(req))?.clone();
+        inner.tick += 1;
+        if let Some(k) = inner.order.remove(&slot.used) {
+            inner.order.insert(inner.tick, k);
+        }
+        slot.used = inner.tick;
+        Some(found)
+    }
+
+    /// Stores `entry` under `key`, in place of a variant for the same request header
+    /// values, then evicts the least recently used keys until the cache fits.
+    pub fn insert(&self, key: &str, entry: Entry) {
+        let size = entry.size();
+        if size > self.settings.max_size {
+            return;
+        }
+        let entry = Arc::new(entry);
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        inner.tick += 1;
+        let tick = inner.tick;
+        let key: Arc<str> = match inner.keys.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(key),
+        };
+        let slot = inner.keys.entry(key.clone()).or_insert_with(|| Slot {
+            used: tick,
+            variants: Vec::new(),
+            bytes: 0,
+        });
+        inner.order.remove(&slot.used);
+        slot.used = tick;
+        inner.order.insert(tick, key.clone());
+        if let Some(i) = slot.variants.iter().position(|e| e.vary == entry.vary) {
+            let old = slot.variants.remove(i);
+            slot.bytes -= old.size();
+            inner.bytes -= old.size();
+        }
+        slot.variants.push(entry);
+        slot.bytes += size;
+        inner.bytes += size;
+        while inner.bytes > self.settings.max_size {
+            let Some((_, oldest)) = inner.order.pop_first() else {
+                break;
+            };
+            if let Some(gone) = inner.keys.remove(&oldest) {
+                inner.bytes -= gone.bytes;
+                self.metrics.evictions.inc_by(gone.variants.len() as u64);
+            }
+        }
+        self.metrics.bytes.set(inner.bytes as i64);
+    }
+
+    /// Drops every variant of `key` (an unsafe request changed what it names).
+    pub fn remove(&self, key: &str) {
+        let mut inner = self.lock();
+        if let Some(gone) = inner.keys.remove(key) {
+            inner.order.remove(&gone.used);
+            inner.bytes -= gone.bytes;
+            self.metrics.bytes.set(inner.bytes as i64);
+        }
+    }
+
+    /// Drops every key that starts with `prefix` (all of them for ""); how many went.
+    pub fn purge(&self, prefix: &str) -> usize {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let gone: Vec<Arc<str>> = inner
+            .keys
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        for k in &gone {
+            if let Some(slot) = inner.keys.remove(k) {
+                inner.order.remove(&slot.used);
+                inner.bytes -= slot.bytes;
+            }
+        }
+        self.metrics.bytes.set(inner.bytes as i64);
+        gone.len()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(body: &str, vary: Vec<(HeaderName, Vec<HeaderValue>)>) -> Entry {
+        Entry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_owned()),
+            cc: ResponseDirectives::default(),
+            request_time: SystemTime::UNIX_EPOCH,
+            response_time: SystemTime::UNIX_EPOCH,
+            vary,
+        }
+    }
+
+    fn store(max: u64) -> Store {
+        Store::new(
+            Settings {
+                max_size: max,
+                max_object_size: max,
+            },
+            crate::metrics::Metrics::new().cache("r"),
+        )
+    }
+
+    #[test]
+    fn least_recently_used_goes_first_and_bytes_stay_bounded() {
+        let one = entry(&"x".repeat(1000), Vec::new()).size();
+        let s = store(one * 2);
+        s.insert("a", entry(&"x".repeat(1000), Vec::new()));
+        s.insert("b", entry(&"x".repeat(1000), Vec::new()));
+        assert!(s.get("a", &HeaderMap::new()).is_some());
+        s.insert("c", entry(&"x".repeat(1000), Vec::new()));
+        assert!(
+            s.get("b", &HeaderMap::new()).is_none(),
+            "b was the least recently used"
+        );
+        assert!(s.get("a", &HeaderMap::new()).is_some());
+        assert!(s.bytes() <= one * 2);
+        assert_eq!(s.metrics().evictions.get(), 1);
+        // Too big for the whole cache: not stored, nothing evicted.
+        s.insert("d", entry(&"x".repeat(5000), Vec::new()));
+        assert!(s.get("d", &HeaderMap::new()).is_none());
+        assert_eq!(s.purge(""), 2);
+        assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn variants_by_the_headers_vary_names() {
+        let s = store(1 << 20);
+        let lang = HeaderName::from_static("accept-language");
+        let v = |l: &str| vec![(lang.clone(), vec![HeaderValue::from_str(l).unwrap()])];
+        s.insert("k", entry("en", v("en")));
+        s.insert("k", entry("de", v("de")));
+        let mut req = HeaderMap::new();
+        req.insert(&lang, "de".parse().unwrap());
+        assert_eq!(s.get("k", &req).unwrap().body, "de");
+        req.insert(&lang, "fr".parse().unwrap());
+        assert!(s.get("k", &req).is_none());
+        // Replacing a variant keeps one per value.
+        s.insert("k", entry("en2", v("en")));
+        req.insert(&lang, "en".parse().unwrap());
+        assert_eq!(s.get("k", &req).unwrap().body, "en2");
+    }
+}

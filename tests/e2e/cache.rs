@@ -1,0 +1,189 @@
+//! Route caching (RFC 9111) through the real outbound listener: hits answered without the
+//! origin, `Age`, `no-store`, `Vary`, revalidation with a 304, HEAD from a stored GET,
+//! invalidation by an unsafe method, `only-if-cached`, the object size limit, and metrics.
+
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+
+use crate::support::*;
+
+/// An origin whose answers depend on the path; each body says how many requests it had.
+async fn origin() -> (Upstream, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let up = upstream_fn(move |req| {
+        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            let path = req.uri().path().to_owned();
+            let b = Response::builder();
+            let body = format!("n={n}");
+            match path.as_str() {
+                "/fresh" => b.header("cache-control", "max-age=60"),
+                "/nostore" => b.header("cache-control", "no-store"),
+                "/vary" => {
+                    let lang = req
+                        .headers()
+                        .get("accept-language")
+                        .map(|v| v.to_str().unwrap().to_owned())
+                        .unwrap_or_default();
+                    return b
+                        .header("cache-control", "max-age=60")
+                        .header("vary", "Accept-Language")
+                        .body(TestBody::text(format!("{lang} n={n}")))
+                        .unwrap();
+                }
+                "/etag"
+                    if req
+                        .headers()
+                        .get("if-none-match")
+                        .is_some_and(|v| v == "\"v1\"") =>
+                {
+                    return b
+                        .status(304)
+                        .header("etag", "\"v1\"")
+                        .header("cache-control", "max-age=0")
+                        .header("x-fresh-header", "updated")
+                        .body(TestBody::empty())
+                        .unwrap();
+                }
+                "/etag" => b
+                    .header("etag", "\"v1\"")
+                    .header("cache-control", "max-age=0"),
+                "/big" => {
+                    return b
+                        .header("cache-control", "max-age=60")
+                        .body(TestBody::text("x".repeat(4096)))
+                        .unwrap()
+                }
+                _ => b,
+            }
+            .body(TestBody::text(body))
+            .unwrap()
+        }
+    })
+    .await;
+    (up, count)
+}
+
+fn with(
+    method: &str,
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("host", "svc");
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    b.body(Full::default()).unwrap()
+}
+
+#[tokio::test]
+async fn a_caching_route_answers_from_the_store_as_rfc_9111_says() {
+    let (up, count) = origin().await;
+    let p = proxy(&svc_config(
+        &[up.addr],
+        &["cache: { max_size: 1MiB, max_object_size: 1KiB }"],
+        &[],
+    ))
+    .await;
+    let c = h1_client();
+    let out = p.outbound();
+    let go = |method: &'static str,
+              path: &'static str,
+              headers: &'static [(&'static str, &'static str)]| {
+        let c = c.clone();
+        async move { send(&c, with(method, out, path, headers)).await }
+    };
+
+    // A fresh response is stored; the next request is a hit, with its Age.
+    let first = go("GET", "/fresh", &[]).await;
+    assert_eq!((first.status.as_u16(), first.body.as_str()), (200, "n=1"));
+    let hit = go("GET", "/fresh", &[]).await;
+    assert_eq!(hit.body, "n=1", "answered from the cache");
+    assert!(
+        hit.header("age")
+            .is_some_and(|a| a.parse::<u64>().unwrap() <= 1),
+        "{:?}",
+        hit.headers
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    // HEAD from the stored GET.
+    let head = go("HEAD", "/fresh", &[]).await;
+    assert_eq!((head.status.as_u16(), head.body.as_str()), (200, ""));
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    // The client's no-cache goes to the origin.
+    assert_eq!(
+        go("GET", "/fresh", &[("cache-control", "no-cache")])
+            .await
+            .body,
+        "n=2"
+    );
+
+    // no-store is never stored.
+    assert_eq!(go("GET", "/nostore", &[]).await.body, "n=3");
+    assert_eq!(go("GET", "/nostore", &[]).await.body, "n=4");
+
+    // Vary: one variant per Accept-Language.
+    assert_eq!(
+        go("GET", "/vary", &[("accept-language", "en")]).await.body,
+        "en n=5"
+    );
+    assert_eq!(
+        go("GET", "/vary", &[("accept-language", "de")]).await.body,
+        "de n=6"
+    );
+    assert_eq!(
+        go("GET", "/vary", &[("accept-language", "en")]).await.body,
+        "en n=5"
+    );
+
+    // Revalidation: max-age=0 with an ETag; the origin's 304 refreshes the stored headers.
+    assert_eq!(go("GET", "/etag", &[]).await.body, "n=7");
+    let again = go("GET", "/etag", &[]).await;
+    assert_eq!((again.status.as_u16(), again.body.as_str()), (200, "n=7"));
+    assert_eq!(again.header("x-fresh-header"), Some("updated"));
+    assert_eq!(count.load(Ordering::SeqCst), 8, "one conditional request");
+    // A caller's own conditional request goes to the origin as it is, and its 304 back.
+    let cond = go("GET", "/etag", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(cond.status.as_u16(), 304);
+
+    // Larger than max_object_size: streamed through, not stored.
+    assert_eq!(go("GET", "/big", &[]).await.body.len(), 4096);
+    let before = count.load(Ordering::SeqCst);
+    go("GET", "/big", &[]).await;
+    assert_eq!(count.load(Ordering::SeqCst), before + 1);
+
+    // An unsafe method invalidates what it names.
+    assert_eq!(go("GET", "/fresh", &[]).await.body, "n=2");
+    let n = count.load(Ordering::SeqCst);
+    go("POST", "/fresh", &[]).await;
+    assert_eq!(go("GET", "/fresh", &[]).await.body, format!("n={}", n + 2));
+
+    // only-if-cached: what is stored, or 504 without asking the origin.
+    let n = count.load(Ordering::SeqCst);
+    assert_eq!(
+        go("GET", "/never", &[("cache-control", "only-if-cached")])
+            .await
+            .status
+            .as_u16(),
+        504
+    );
+    assert_eq!(count.load(Ordering::SeqCst), n);
+
+    let m = |result: &str| format!(r#"remora_cache_requests_total{{result="{result}",route="r"}}"#);
+    assert!(p.metric(&m("hit")).await.unwrap() >= 3.0);
+    assert!(p.metric(&m("miss")).await.unwrap() >= 8.0);
+    assert_eq!(p.metric(&m("revalidated")).await, Some(1.0));
+    assert_eq!(p.metric(&m("uncacheable")).await, Some(1.0));
+    assert!(p.metric(r#"remora_cache_bytes{route="r"}"#).await.unwrap() > 0.0);
+}
