@@ -1,13 +1,13 @@
 //! Response caching for routes (RFC 9111, shared-cache semantics; RFC 5861's stale
-//! extensions). Being built in steps (issue 16); this step is the policy, pure functions of
-//! request and response heads and clocks, so each rule of the specification is tested on its
-//! own before the store and the route layer use them:
+//! extensions), switched on per route by `cache:`. Built in steps (issue 16):
 //!
 //! - [`directives`]: `Cache-Control` of requests and responses, parsed as the specification
 //!   says to treat malformed, duplicated and conflicting directives.
 //! - [`freshness`]: whether a response may be stored by a shared cache, its freshness
 //!   lifetime (explicit or heuristic), its current age, and whether a stored response may
-//!   answer a request.
+//!   answer a request. Pure functions of heads and clocks, tested rule by rule.
+//! - [`store`]: a route's stored responses, bounded by bytes, least recently used first out.
+//! - [`layer`]: the route layer: hits, revalidation, storing, invalidation.
 
 pub mod directives;
 pub mod freshness;

@@ -16,7 +16,7 @@
 //!   `remora import`, Gateway API routes turned into a control file.
 //! - [`tls`]: mutual TLS: identities, termination, origination, rotation, dev certificates.
 //! - [`metrics`], [`admin`], [`telemetry`]: Prometheus metrics, the admin listener, logs.
-//! - [`cache`]: response caching for routes (RFC 9111): the policy, being built.
+//! - [`cache`]: a route's response cache (RFC 9111): policy, store and the route layer.
 //! - [`body`]: the body type moved in both directions; [`context`]: the per-request context
 //!   and the stack's vocabulary; [`error`]: errors on the request path; [`headers`]: header
 //!   hygiene between hops.
