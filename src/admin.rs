@@ -154,8 +154,10 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let path = req.uri().path();
-    if matches!(path, "/reload" | "/config" | "/debug/route" | "/shutdown")
-        && !may_control(rt, peer)
+    if matches!(
+        path,
+        "/reload" | "/config" | "/debug/route" | "/shutdown" | "/cache/purge"
+    ) && !may_control(rt, peer)
     {
         return forbidden(path);
     }
@@ -196,6 +198,9 @@ pub async fn handle(
             ),
         };
     }
+    if req.method() == Method::POST && path == "/cache/purge" {
+        return purge(rt, req.uri().query().unwrap_or(""));
+    }
     if req.method() == Method::POST && path == "/shutdown" {
         rt.request_stop();
         return text(StatusCode::OK, "stopping\n");
@@ -203,7 +208,7 @@ pub async fn handle(
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
-            "use GET (or POST /reload, POST /shutdown)\n",
+            "use GET (or POST /reload, POST /cache/purge, POST /shutdown)\n",
         );
     }
     match path {
@@ -282,6 +287,48 @@ fn reload_status(status: &Status) -> Response<ProxyBody> {
 
 /// `GET /debug/route?method=GET&url=http://svc/path&header=name:value[&format=json]`:
 /// `remora explain` on the live config.
+/// `POST /cache/purge[?route=NAME][&prefix=/PATH]`: drops stored responses, of one route or
+/// every caching route, under a path prefix or all of them.
+fn purge(rt: &Runtime, query: &str) -> Response<ProxyBody> {
+    let (mut route, mut prefix) = (None, String::new());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "route" => route = Some(percent_decode(v)),
+            "prefix" => prefix = percent_decode(v),
+            _ => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {k:?}; give route=NAME and/or prefix=/PATH\n"),
+                )
+            }
+        }
+    }
+    let snap = rt.snapshot();
+    let routes = snap
+        .outbound
+        .as_ref()
+        .map(|ob| ob.table.routes.as_slice())
+        .unwrap_or(&[]);
+    let caching: Vec<_> = routes
+        .iter()
+        .filter(|r| route.as_deref().is_none_or(|n| *r.spec.name == *n))
+        .filter_map(|r| Some((&r.spec.name, r.cache.as_ref()?)))
+        .collect();
+    if caching.is_empty() {
+        let why = match route {
+            Some(n) => format!("no route {n:?} with a cache\n"),
+            None => "no route has a cache\n".to_owned(),
+        };
+        return text(StatusCode::NOT_FOUND, why);
+    }
+    let mut out = String::new();
+    for (name, store) in caching {
+        out.push_str(&format!("{name}: {} purged\n", store.purge(&prefix)));
+    }
+    text(StatusCode::OK, out)
+}
+
 fn debug_route(rt: &Runtime, query: &str) -> Response<ProxyBody> {
     let (mut method, mut url, mut headers, mut json) = ("GET".to_owned(), None, Vec::new(), false);
     for pair in query.split('&').filter(|p| !p.is_empty()) {

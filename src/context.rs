@@ -209,6 +209,8 @@ pub struct Tags {
     pub attempts: Option<Vec<Attempt>>,
     /// The request's place in its service's circuit breaker, until the response body holds it.
     pub place: Option<Place>,
+    /// What the route's cache did (`hit`, `miss`, ...), on a caching route.
+    pub cache: Option<&'static str>,
 }
 
 /// One try of a request at an endpoint, for its span's events.

@@ -16,13 +16,16 @@ use tower::{Layer, Service};
 use super::{
     directives::{Freshness, RequestDirectives, ResponseDirectives},
     freshness::{storable, Reuse, Timed},
-    store::{vary_of, Entry, Store},
+    store::{vary_of, Entry, Fetch, Pending, Store},
 };
 use crate::{
     body::{ProxyBody, Tee},
     context::{stack_service, BoxFuture, Req, Resp, Stage},
     headers::authority,
 };
+
+/// How long a miss waits for a concurrent fetch of the same response before fetching itself.
+const COALESCE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Puts a route's cache (or none) over its action.
 #[derive(Debug, Clone)]
@@ -92,8 +95,9 @@ where
         };
         let method = req.http.method().clone();
         let key = key_of(&req.http);
+        let ctx = req.ctx.clone();
         if !matches!(method, Method::GET | Method::HEAD) {
-            store.metrics().uncacheable.inc();
+            note(&ctx, &store, Outcome::Uncacheable);
             if matches!(method, Method::OPTIONS | Method::TRACE) {
                 return self.inner.call(req);
             }
@@ -125,15 +129,15 @@ where
         let reuse = stored.as_ref().map(|e| timed(e).reuse(&req_cc, now));
         match (&stored, reuse) {
             (Some(entry), Some(Reuse::Fresh)) => {
-                store.metrics().hit.inc();
+                note(&ctx, &store, Outcome::Hit);
                 return ready(answer(entry, &req.http, now));
             }
             (Some(entry), Some(Reuse::Stale)) => {
-                store.metrics().stale.inc();
+                note(&ctx, &store, Outcome::Stale);
                 return ready(answer(entry, &req.http, now));
             }
             _ if req_cc.only_if_cached => {
-                store.metrics().miss.inc();
+                note(&ctx, &store, Outcome::Miss);
                 let mut resp = Response::new(ProxyBody::empty());
                 *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
                 return ready(resp);
@@ -144,6 +148,24 @@ where
         Box::pin(async move {
             let mut req = req;
             let head = method == Method::HEAD;
+            // Concurrent misses for one key: one goes to the origin, the others wait for
+            // its response to be stored.
+            let mut lead = None;
+            if stored.is_none() && !head && !req_cc.no_cache && !req_cc.no_store {
+                match store.fetch(&key) {
+                    Fetch::Lead(pending) => lead = Some(pending),
+                    Fetch::Follow(mut done) => {
+                        let _ = tokio::time::timeout(COALESCE_WAIT, done.changed()).await;
+                        let now = SystemTime::now();
+                        if let Some(entry) = store.get(&key, req.http.headers()) {
+                            if timed(&entry).reuse(&req_cc, now) == Reuse::Fresh {
+                                note(&ctx, &store, Outcome::Coalesced);
+                                return Ok(answer(&entry, &req.http, now));
+                            }
+                        }
+                    }
+                }
+            }
             // Revalidate a stored response with its validators, unless the caller asks
             // conditionally itself (its condition is then the caller's to answer).
             let revalidating = stored.filter(|_| !head && !conditional(req.http.headers()));
@@ -167,7 +189,7 @@ where
                 };
                 match &result {
                     Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED => {
-                        store.metrics().revalidated.inc();
+                        note(&ctx, &store, Outcome::Revalidated);
                         let updated = refreshed(entry, resp.headers(), request_time, response_time);
                         let resp =
                             answer(&updated, &request_like(&req_headers, head), response_time);
@@ -175,7 +197,7 @@ where
                         return Ok(resp);
                     }
                     Ok(resp) if stale_if_error(Some(resp.status())) => {
-                        store.metrics().stale.inc();
+                        note(&ctx, &store, Outcome::Stale);
                         return Ok(answer(
                             entry,
                             &request_like(&req_headers, head),
@@ -183,7 +205,7 @@ where
                         ));
                     }
                     Err(_) if stale_if_error(None) => {
-                        store.metrics().stale.inc();
+                        note(&ctx, &store, Outcome::Stale);
                         return Ok(answer(
                             entry,
                             &request_like(&req_headers, head),
@@ -193,7 +215,7 @@ where
                     _ => {}
                 }
             }
-            store.metrics().miss.inc();
+            note(&ctx, &store, Outcome::Miss);
             let resp = result?;
             if head {
                 return Ok(resp);
@@ -204,11 +226,38 @@ where
                 &req_headers,
                 &req_cc,
                 resp,
-                request_time,
-                response_time,
+                (request_time, response_time),
+                lead,
             ))
         })
     }
+}
+
+/// What the cache did with a request: a metric's `result` label and the access log's
+/// `cache` field.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Hit,
+    Miss,
+    Stale,
+    Revalidated,
+    Coalesced,
+    Uncacheable,
+}
+
+/// Counts what the cache did, and tags the request with it for the access log.
+fn note(ctx: &crate::context::Ctx, store: &Store, outcome: Outcome) {
+    let m = store.metrics();
+    let (counter, name) = match outcome {
+        Outcome::Hit => (&m.hit, "hit"),
+        Outcome::Miss => (&m.miss, "miss"),
+        Outcome::Stale => (&m.stale, "stale"),
+        Outcome::Revalidated => (&m.revalidated, "revalidated"),
+        Outcome::Coalesced => (&m.coalesced, "coalesced"),
+        Outcome::Uncacheable => (&m.uncacheable, "uncacheable"),
+    };
+    counter.inc();
+    ctx.tags().cache = Some(name);
 }
 
 fn ready(resp: Resp) -> BoxFuture {
@@ -363,8 +412,8 @@ fn keep(
     req_headers: &HeaderMap,
     req_cc: &RequestDirectives,
     resp: Resp,
-    request_time: SystemTime,
-    response_time: SystemTime,
+    (request_time, response_time): (SystemTime, SystemTime),
+    lead: Option<Pending>,
 ) -> Resp {
     let cc = ResponseDirectives::parse(resp.headers());
     let allowed = storable(
@@ -413,6 +462,8 @@ fn keep(
         if let Ok(body) = copied.await {
             store.insert(&key, make(body));
         }
+        // Those waiting for this fetch look again now.
+        drop(lead);
     });
     Response::from_parts(parts, ProxyBody::Tee(tee))
 }

@@ -13,6 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use tokio::sync::watch;
 
 use super::{directives::ResponseDirectives, Settings};
 use crate::metrics::CacheMetrics;
@@ -83,6 +84,33 @@ pub struct Store {
     pub settings: Settings,
     inner: Mutex<Inner>,
     metrics: CacheMetrics,
+    /// Keys being fetched, each with the signal its fetch ends with (the sender dropped).
+    pending: Mutex<HashMap<String, watch::Receiver<()>>>,
+}
+
+/// Whether a miss fetches the response itself or waits for the fetch already under way.
+#[derive(Debug)]
+pub enum Fetch {
+    /// This request fetches; the others wait until the guard is dropped (once its
+    /// response is stored, or known not to be).
+    Lead(Pending),
+    /// Another request is fetching: wait for it, then look again.
+    Follow(watch::Receiver<()>),
+}
+
+/// A fetch under way for a key; dropping it wakes the requests waiting for it.
+#[derive(Debug)]
+pub struct Pending {
+    store: Arc<Store>,
+    key: String,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut pending = self.store.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.remove(&self.key);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -109,7 +137,24 @@ impl Store {
             settings,
             inner: Mutex::default(),
             metrics,
+            pending: Mutex::default(),
         }
+    }
+
+    /// Leads the fetch of `key`, or follows the one under way (concurrent misses for one
+    /// key become one upstream request).
+    pub fn fetch(self: &Arc<Self>, key: &str) -> Fetch {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = pending.get(key) {
+            return Fetch::Follow(rx.clone());
+        }
+        let (tx, rx) = watch::channel(());
+        pending.insert(key.to_owned(), rx);
+        Fetch::Lead(Pending {
+            store: self.clone(),
+            key: key.to_owned(),
+            _done: tx,
+        })
     }
 
     /// The route's cache counters.
@@ -189,14 +234,16 @@ impl Store {
         }
     }
 
-    /// Drops every key that starts with `prefix` (all of them for ""); how many went.
+    /// Drops every stored response whose path starts with `prefix` (all of them for "");
+    /// how many keys went.
     pub fn purge(&self, prefix: &str) -> usize {
         let mut inner = self.lock();
         let inner = &mut *inner;
+        let path = |k: &str| k.find('/').map_or("", |i| &k[i..]).to_owned();
         let gone: Vec<Arc<str>> = inner
             .keys
             .keys()
-            .filter(|k| k.starts_with(prefix))
+            .filter(|k| path(k).starts_with(prefix))
             .cloned()
             .collect();
         for k in &gone {

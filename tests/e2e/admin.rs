@@ -506,6 +506,7 @@ outbound:
     - name: app
       match: {{ host: app }}
       backends: [{{ service: app }}]
+      cache: {{}}
     - name: h2
       match: {{ host: h2 }}
       backends: [{{ service: h2 }}]
@@ -565,6 +566,8 @@ services:
     let whole = line["duration_ms"].as_f64().unwrap();
     assert!(connect <= response && response <= whole, "{forwarded}");
     assert_eq!(line["attempts"], 1, "{forwarded}");
+    // The route caches: what its cache did (nothing stored yet: a miss).
+    assert_eq!(line["cache"], "miss", "{forwarded}");
     // The same for the request that opened the shared HTTP/2 connection.
     let forwarded = run.line_with(&["\"target\":\"remora::access\"", "\"route\":\"h2\""]);
     let line: serde_json::Value = serde_json::from_str(&forwarded).unwrap();

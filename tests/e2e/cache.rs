@@ -25,6 +25,10 @@ async fn origin() -> (Upstream, Arc<AtomicUsize>) {
             let body = format!("n={n}");
             match path.as_str() {
                 "/fresh" => b.header("cache-control", "max-age=60"),
+                "/slow" => {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    b.header("cache-control", "max-age=60")
+                }
                 "/nostore" => b.header("cache-control", "no-store"),
                 "/vary" => {
                     let lang = req
@@ -186,4 +190,52 @@ async fn a_caching_route_answers_from_the_store_as_rfc_9111_says() {
     assert_eq!(p.metric(&m("revalidated")).await, Some(1.0));
     assert_eq!(p.metric(&m("uncacheable")).await, Some(1.0));
     assert!(p.metric(r#"remora_cache_bytes{route="r"}"#).await.unwrap() > 0.0);
+}
+
+/// Concurrent misses for one key make one upstream request; `POST /cache/purge` drops
+/// stored responses by route and path prefix (loopback only).
+#[tokio::test]
+async fn concurrent_misses_are_collapsed_and_purges_drop_what_they_name() {
+    let (up, count) = origin().await;
+    let p = proxy(&svc_config(&[up.addr], &["cache: {}"], &[])).await;
+    let c = h1_client();
+    let out = p.outbound();
+    let waiting: Vec<_> = (0..8)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { send(&c, with("GET", out, "/slow", &[])).await })
+        })
+        .collect();
+    for w in waiting {
+        let r = w.await.unwrap();
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "n=1"));
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 1, "eight misses, one fetch");
+    let coalesced = p
+        .metric(r#"remora_cache_requests_total{result="coalesced",route="r"}"#)
+        .await;
+    assert_eq!(coalesced, Some(7.0));
+
+    assert_eq!(send(&c, with("GET", out, "/fresh", &[])).await.body, "n=2");
+    let purge = |query: &'static str| {
+        let c = c.clone();
+        let admin = p.admin;
+        async move {
+            let req = Request::post(format!("http://{admin}/cache/purge{query}"))
+                .body(Full::default())
+                .unwrap();
+            send(&c, req).await
+        }
+    };
+    let r = purge("?route=r&prefix=/fresh").await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "r: 1 purged\n"));
+    assert_eq!(send(&c, with("GET", out, "/fresh", &[])).await.body, "n=3");
+    assert_eq!(
+        send(&c, with("GET", out, "/slow", &[])).await.body,
+        "n=1",
+        "not under /fresh"
+    );
+    assert_eq!(purge("").await.body, "r: 2 purged\n");
+    assert_eq!(purge("?route=nope").await.status.as_u16(), 404);
+    assert_eq!(purge("?colour=red").await.status.as_u16(), 400);
 }
