@@ -136,6 +136,21 @@ where
                 note(&ctx, &store, Outcome::Stale);
                 return ready(answer(entry, &req.http, now));
             }
+            (Some(entry), Some(Reuse::Revalidate))
+                if may_serve_while_revalidating(entry, &req_cc, now) =>
+            {
+                // RFC 5861, 3: answer stale now, refresh in the background (once per key).
+                note(&ctx, &store, Outcome::Stale);
+                let resp = answer(entry, &req.http, now);
+                if let Fetch::Lead(pending) = store.fetch(&key) {
+                    let refresh = background_request(&req, entry);
+                    let (store, entry, inner) = (store.clone(), entry.clone(), self.inner.clone());
+                    tokio::spawn(refresh_in_background(
+                        store, key, entry, refresh, inner, pending,
+                    ));
+                }
+                return ready(resp);
+            }
             _ if req_cc.only_if_cached => {
                 note(&ctx, &store, Outcome::Miss);
                 let mut resp = Response::new(ProxyBody::empty());
@@ -204,7 +219,13 @@ where
                             response_time,
                         ));
                     }
-                    Err(_) if stale_if_error(None) => {
+                    // The origin unreachable (breaker open, no healthy endpoint, refused,
+                    // timed out): a disconnected cache may answer stale unless forbidden
+                    // (RFC 9111, 4.2.4).
+                    Err(_)
+                        if stale_if_error(None)
+                            || (!stale_forbidden(entry) && !req_cc.no_cache) =>
+                    {
                         note(&ctx, &store, Outcome::Stale);
                         return Ok(answer(
                             entry,
@@ -290,6 +311,81 @@ fn request_like(headers: &HeaderMap, head: bool) -> Request<ProxyBody> {
         *r.method_mut() = Method::HEAD;
     }
     r
+}
+
+/// Whether the response forbids being served stale.
+fn stale_forbidden(entry: &Entry) -> bool {
+    entry.cc.must_revalidate
+        || entry.cc.proxy_revalidate
+        || entry.cc.s_maxage.present()
+        || entry.cc.no_cache
+}
+
+/// Whether `entry`, stale, may answer now while it is refreshed (`stale-while-revalidate`).
+fn may_serve_while_revalidating(entry: &Entry, req: &RequestDirectives, now: SystemTime) -> bool {
+    let Freshness::Secs(window) = entry.cc.stale_while_revalidate else {
+        return false;
+    };
+    let t = timed(entry);
+    let stale = t.age(now).saturating_sub(t.lifetime());
+    !req.no_cache
+        && !stale_forbidden(entry)
+        && req.max_age == Freshness::Absent
+        && !req.min_fresh.present()
+        && stale <= std::time::Duration::from_secs(window)
+}
+
+/// A GET for the same resource as `req`, conditional on `entry`'s validators, with a context
+/// of its own (its work is not the caller's request).
+fn background_request(req: &Req, entry: &Entry) -> Req {
+    let mut http = Request::new(ProxyBody::empty());
+    *http.uri_mut() = req.http.uri().clone();
+    *http.version_mut() = req.http.version();
+    *http.headers_mut() = req.http.headers().clone();
+    let h = http.headers_mut();
+    h.remove(header::IF_NONE_MATCH);
+    h.remove(header::IF_MODIFIED_SINCE);
+    if let Some(etag) = entry.headers.get(header::ETAG) {
+        h.insert(header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(lm) = entry.headers.get(header::LAST_MODIFIED) {
+        h.insert(header::IF_MODIFIED_SINCE, lm.clone());
+    }
+    Req::new(http, crate::context::Ctx::new(req.ctx.conn().clone()))
+}
+
+/// Refreshes `entry` from the origin: a 304 updates it, a storable response replaces it (its
+/// body read to the end here, as no caller reads it).
+async fn refresh_in_background<S: Stage>(
+    store: Arc<Store>,
+    key: String,
+    entry: Arc<Entry>,
+    req: Req,
+    mut inner: S,
+    pending: Pending,
+) {
+    let req_headers = req.http.headers().clone();
+    let request_time = SystemTime::now();
+    let Ok(resp) = inner.call(req).await else {
+        return;
+    };
+    let response_time = SystemTime::now();
+    if resp.status() == StatusCode::NOT_MODIFIED {
+        let updated = refreshed(&entry, resp.headers(), request_time, response_time);
+        store.insert(&key, updated);
+        return;
+    }
+    let cc = RequestDirectives::default();
+    let resp = keep(
+        &store,
+        key,
+        &req_headers,
+        &cc,
+        resp,
+        (request_time, response_time),
+        Some(pending),
+    );
+    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
 }
 
 /// Whether the origin's failure may be answered with `entry` (RFC 5861, 4): the response or

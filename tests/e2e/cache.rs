@@ -30,6 +30,11 @@ async fn origin() -> (Upstream, Arc<AtomicUsize>) {
                     b.header("cache-control", "max-age=60")
                 }
                 "/nostore" => b.header("cache-control", "no-store"),
+                "/swr" => b.header("cache-control", "max-age=0, stale-while-revalidate=60"),
+                // Not kept alive: once the origin is gone, nothing reaches it.
+                "/stale" => b
+                    .header("cache-control", "max-age=0")
+                    .header("connection", "close"),
                 "/vary" => {
                     let lang = req
                         .headers()
@@ -238,4 +243,50 @@ async fn concurrent_misses_are_collapsed_and_purges_drop_what_they_name() {
     assert_eq!(purge("").await.body, "r: 2 purged\n");
     assert_eq!(purge("?route=nope").await.status.as_u16(), 404);
     assert_eq!(purge("?colour=red").await.status.as_u16(), 400);
+}
+
+/// `stale-while-revalidate` answers at once with the stale response and refreshes it in the
+/// background; an unreachable origin is answered with a stale response the origin did not
+/// forbid (a disconnected cache, RFC 9111, 4.2.4).
+#[tokio::test]
+async fn stale_responses_while_revalidating_and_while_the_origin_is_down() {
+    let (up, count) = origin().await;
+    let p = proxy(&svc_config(&[up.addr], &["cache: {}"], &[])).await;
+    let c = h1_client();
+    let out = p.outbound();
+    assert_eq!(send(&c, with("GET", out, "/swr", &[])).await.body, "n=1");
+    // Stale at once (max-age=0) but within stale-while-revalidate: answered from the store.
+    assert_eq!(send(&c, with("GET", out, "/swr", &[])).await.body, "n=1");
+    // ... while the refresh reached the origin and replaced it.
+    wait_until(|| async { count.load(Ordering::SeqCst) >= 2 }).await;
+    wait_until(|| {
+        let c = c.clone();
+        async move { send(&c, with("GET", out, "/swr", &[])).await.body != "n=1" }
+    })
+    .await;
+
+    // The origin goes away: the stored (stale) response answers.
+    let stored = send(&c, with("GET", out, "/stale", &[])).await.body;
+    drop(up);
+    wait_until(|| {
+        let c = c.clone();
+        let stored = stored.clone();
+        async move {
+            let r = send(&c, with("GET", out, "/stale", &[])).await;
+            r.status == 200 && r.body == stored
+        }
+    })
+    .await;
+    // ... but not to a client that asked for no-cache.
+    let r = send(
+        &c,
+        with("GET", out, "/stale", &[("cache-control", "no-cache")]),
+    )
+    .await;
+    assert_eq!(
+        r.header("x-remora-error"),
+        Some("upstream-connect-failure"),
+        "{:?}",
+        r.headers
+    );
 }
