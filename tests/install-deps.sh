@@ -4,7 +4,8 @@
 # non-Rust TLS client), and for the transparent-mode tests (network namespaces, real
 # iptables rules) iproute2, iptables (nft and legacy), curl, redis (server and redis-cli),
 # nats-server, prometheus and promtool, the nats-py client, opentelemetry-proto (the OTLP
-# test receiver) and kubernetes-validate (the Kubernetes schemas). Installs only what is missing; does nothing when
+# test receiver), kubernetes-validate (the Kubernetes schemas), jsonschema, and Node.js with the
+# http-cache-tests suite. Installs only what is missing; does nothing when
 # everything is there.
 set -euo pipefail
 sudo=""
@@ -25,6 +26,9 @@ need setpriv util-linux
 # A real Prometheus server (exemplar storage) and promtool, for the metrics tests.
 need prometheus prometheus
 need promtool prometheus
+# Node.js and npm, for the HTTP caching test suite (cache-tests.fyi) the route cache runs.
+need node nodejs
+need npm npm
 # The build itself: ring compiles C, jemalloc runs configure and make.
 need cc gcc
 need make make
@@ -51,4 +55,10 @@ if [ ${#pip_missing[@]} -gt 0 ]; then
   # A Debian-managed Python refuses pip without --break-system-packages (PEP 668).
   python3 -m pip install --quiet "${pip_missing[@]}" ||
     python3 -m pip install --quiet --break-system-packages "${pip_missing[@]}"
+fi
+# The HTTP caching test suite itself, from the npm registry, beside the build.
+hct="$(cd "$(dirname "$0")/.." && pwd)/target/http-cache-tests"
+if [ ! -f "$hct/node_modules/http-cache-tests/package.json" ]; then
+  mkdir -p "$hct"
+  npm install --prefix "$hct" --no-audit --no-fund --silent http-cache-tests@0.4.5
 fi

@@ -162,12 +162,19 @@ impl Timed<'_> {
     /// in transit and in this cache.
     pub fn age(&self, now: SystemTime) -> Duration {
         let since = |a: SystemTime, b: SystemTime| a.duration_since(b).unwrap_or(Duration::ZERO);
-        let age_value = self
-            .headers
-            .get(header::AGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(Duration::ZERO, |s| Duration::from_secs(s.min(MAX_DELTA)));
+        // One `Age` of digits; anything else (a list, a sign, a fraction, a parameter) makes
+        // the response as old as can be: stale.
+        let mut ages = self.headers.get_all(header::AGE).iter();
+        let age_value = match (ages.next(), ages.next()) {
+            (None, _) => Duration::ZERO,
+            (Some(v), None) => match v.to_str().map(str::trim) {
+                Ok(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+                    Duration::from_secs(t.parse::<u64>().map_or(MAX_DELTA, |s| s.min(MAX_DELTA)))
+                }
+                _ => Duration::from_secs(MAX_DELTA),
+            },
+            (Some(_), Some(_)) => Duration::from_secs(MAX_DELTA),
+        };
         let date_value = date(self.headers, header::DATE).unwrap_or(self.response_time);
         let apparent_age = since(self.response_time, date_value);
         let response_delay = since(self.response_time, self.request_time);
@@ -364,6 +371,20 @@ mod tests {
         };
         // max(apparent 5, 10 + 2 in transit) + 30 here.
         assert_eq!(t.age(at(T0 + 30)), Duration::from_secs(42));
+        // An Age that is not one number makes the response stale.
+        for bad in ["abc", "-1", "1.5", "10, 10", "10;a=b"] {
+            let h = headers(&[
+                ("age", bad.into()),
+                ("cache-control", "max-age=3600".into()),
+            ]);
+            let cc = ResponseDirectives::parse(&h);
+            let t = timed(&h, &cc);
+            assert_eq!(
+                t.reuse(&RequestDirectives::default(), at(T0)),
+                Reuse::Revalidate,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -477,10 +477,16 @@ fn refreshed(
 ) -> Entry {
     let mut headers = entry.headers.clone();
     for name in update.keys() {
-        // Framing describes the 304, not the stored body.
+        // Framing describes the 304, not the stored body; nor may it change the body's
+        // identity or digest.
         if matches!(
             name.as_str(),
-            "content-length" | "content-encoding" | "transfer-encoding" | "content-range"
+            "content-length"
+                | "content-encoding"
+                | "transfer-encoding"
+                | "content-range"
+                | "content-md5"
+                | "etag"
         ) {
             continue;
         }
