@@ -8,7 +8,7 @@ use http::{header::HeaderName, HeaderMap, HeaderValue, Method, Uri};
 use serde::Serialize;
 
 use crate::{
-    config::duration::HumanDuration,
+    config::{duration::HumanDuration, size::ByteSize},
     routing::{
         host_without_port,
         matcher::{HostMatch, PathMatch, ValueMatch},
@@ -168,6 +168,27 @@ pub struct Matched {
     pub retry: Option<Retry>,
     /// Mirroring.
     pub mirror: Option<Mirror>,
+    /// Response caching.
+    pub cache: Option<CachePolicy>,
+}
+
+/// A route's response cache.
+#[derive(Debug, Clone, Serialize)]
+pub struct CachePolicy {
+    /// Most bytes held.
+    pub max_size: ByteSize,
+    /// Largest body stored.
+    pub max_object_size: ByteSize,
+}
+
+impl fmt::Display for CachePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "at most {}, bodies up to {}",
+            self.max_size, self.max_object_size
+        )
+    }
 }
 
 /// One header edit.
@@ -647,6 +668,10 @@ fn matched(spec: &RouteSpec, view: &RequestView<'_>, services: &dyn ServiceInfo)
             percent: m.percent,
             service: m.service.to_string(),
         }),
+        cache: spec.cache.map(|c| CachePolicy {
+            max_size: ByteSize(c.max_size),
+            max_object_size: ByteSize(c.max_object_size),
+        }),
         fault: spec.fault.as_ref().map(|f| Fault {
             delay: f.delay.map(|(percent, d)| FaultDelay {
                 percent,
@@ -750,6 +775,9 @@ impl fmt::Display for Explanation {
                 }
                 if let Some(mirror) = &m.mirror {
                     writeln!(f, "    mirror: {mirror}")?;
+                }
+                if let Some(cache) = &m.cache {
+                    writeln!(f, "    cache: {cache}")?;
                 }
                 match &m.action {
                     Action::Redirect { status, location } => {

@@ -319,6 +319,7 @@ outbound:
       retry: { attempts: 3, per_try_timeout: 0.3ms, on: [5xx, { retriable-status: [409] }] }
       rate_limit: { requests_per_second: 200, burst: 50 }
       fault: { delay: { percent: 1, duration: 100ms } }
+      cache: { max_size: 8MiB }
 services:
   s:
     endpoints: ["10.0.0.5:8080"]
@@ -352,6 +353,10 @@ services:
         serde_json::json!({"requests_per_second": 200, "burst": 50})
     );
     assert_eq!(m["fault"]["delay"]["duration"], "100ms");
+    assert_eq!(
+        m["cache"],
+        serde_json::json!({"max_size": "8MiB", "max_object_size": "1MiB"})
+    );
     let b = &m["action"]["backends"][0];
     assert_eq!(b["connect_timeout"], "0.25ms");
     assert_eq!(b["circuit_breaker"]["max_requests"], 7);
@@ -367,6 +372,10 @@ services:
     assert!(out.contains("timeout 1.5ms"), "{out}");
     assert!(out.contains("3 attempts of at most 0.3ms"), "{out}");
     assert!(out.contains("connect timeout 0.25ms"), "{out}");
+    assert!(
+        out.contains("cache: at most 8MiB, bodies up to 1MiB"),
+        "{out}"
+    );
 }
 
 /// `remora diff OLD NEW`: what a reload would change, semantically, and with `--cases` the
