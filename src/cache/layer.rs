@@ -460,12 +460,19 @@ fn not_modified(entry: &Entry, req: &HeaderMap) -> bool {
         .get(header::IF_MODIFIED_SINCE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok());
-    let modified = entry
-        .headers
-        .get(header::LAST_MODIFIED)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
-    matches!((since, modified), (Some(s), Some(m)) if m <= s)
+    // Without Last-Modified, the stored response's Date, else when it arrived (RFC 9111,
+    // 4.3.2).
+    let date = |name| {
+        entry
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+    };
+    let modified = date(header::LAST_MODIFIED)
+        .or_else(|| date(header::DATE))
+        .unwrap_or(entry.response_time);
+    since.is_some_and(|s| modified <= s)
 }
 
 /// `entry` with the header fields of a 304 that confirmed it (RFC 9111, 4.3.4).
