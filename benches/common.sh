@@ -38,7 +38,12 @@ events { worker_connections ${UPSTREAM_CONNECTIONS:-4096}; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$1; location / { return 200 "hello from upstream\n"; } }
+  server {
+    listen 127.0.0.1:$1;
+    location / { return 200 "hello from upstream\n"; }
+    # For the cache hit path: the same answer, cacheable for an hour.
+    location /cached { add_header Cache-Control "max-age=3600"; return 200 "hello from upstream\n"; }
+  }
 }
 NGX
   taskset -c "$2" nginx -c "$work/upstream.conf" -p "$work" &

@@ -10,6 +10,7 @@
 # from wrk, HTTP/2 (prior knowledge, upstream HTTP/1.1 for every proxy) from h2load. Prints
 # requests/s, p50, p99 and CPU µs per request per proxy, Remora's ratios, and Remora's resident memory idle and
 # after load; then, for each proxy, the memory each of HOLD idle keep-alive connections costs. Everything listens on 127.0.0.1 on ports picked free at start.
+# It also runs the cache hit path (Remora's `cache:` route and nginx's proxy_cache on /cached).
 # Last, what tracing costs in instructions per request (callgrind: no tracing, 1%, 100%), the
 # figure tracing's budgets are judged by; CALLGRIND=0 skips it.
 set -euo pipefail
@@ -62,6 +63,11 @@ outbound:
     - name: bench
       match: { host: bench }
       backends: [{ service: upstream }]
+    # The cache hit path: the upstream's /cached answers are fresh for an hour.
+    - name: cached
+      match: { host: cached }
+      backends: [{ service: upstream }]
+      cache: {}
     # The same upstream behind every resilience policy, none of which fires.
     - name: policies
       match: { host: policies }
@@ -109,13 +115,17 @@ http {
   access_log off;
   keepalive_requests 1000000;
   upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  proxy_cache_path $work/nginx-cache keys_zone=hits:10m max_size=64m;
   server {
     listen 127.0.0.1:$NGINX_H1;
     listen 127.0.0.1:$NGINX_H2 http2;
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location /cached { proxy_cache hits; proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
 }
 NGX
+# The cache directory is the workers' (nginx runs them as nobody when started as root).
+mkdir -p "$work/nginx-cache" && chmod 777 "$work/nginx-cache"
 taskset -c "$PROXY_CPU" nginx -c "$work/nginx.conf" -p "$work" &
 nginx_pid=$!
 pids+=($nginx_pid)
@@ -152,7 +162,8 @@ PIDS_OF[$REMORA_PORT]=$remora_pid
 PIDS_OF[$HAPROXY_PORT]=$haproxy_pid
 PIDS_OF[$T1_PORT]=$trace1_pid
 PIDS_OF[$T100_PORT]=$trace100_pid
-PIDS_OF[$NGINX_H1]=$(pgrep -P "$nginx_pid" | tr '\n' ' ')
+# Its workers only: the cache loader comes and goes.
+PIDS_OF[$NGINX_H1]=$(pgrep -P "$nginx_pid" -f "worker process" | tr '\n' ' ')
 PIDS_OF[$NGINX_H2]=${PIDS_OF[$NGINX_H1]}
 if [ -n "$BASELINE_BIN" ]; then PIDS_OF[$BASE_PORT]=$base_pid; fi
 CLK_TCK=$(getconf CLK_TCK)
@@ -179,7 +190,7 @@ with_cpu() {
 h1() {
   local before
   before=$(cpu_ticks "$1")
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: ${2:-bench}" "http://127.0.0.1:$1/" |
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: ${2:-bench}" "http://127.0.0.1:$1${3:-/}" |
     wrk_figures | with_cpu "$1" "$before"
 }
 
@@ -244,6 +255,8 @@ for round in $(seq "$ROUNDS"); do
   R[haproxy_h1]+="$(h1 "$HAPROXY_PORT");"
   R[nginx_h1]+="$(h1 "$NGINX_H1");"
   R[remora_h1_policies]+="$(h1 "$REMORA_PORT" policies);"
+  R[remora_h1_cache_hit]+="$(h1 "$REMORA_PORT" cached /cached);"
+  R[nginx_h1_cache_hit]+="$(h1 "$NGINX_H1" cached /cached);"
   R[remora_h1_trace1]+="$(h1 "$T1_PORT");"
   R[remora_h1_trace100]+="$(h1 "$T100_PORT");"
   R[remora_h2]+="$(h2 "$REMORA_PORT");"
@@ -263,18 +276,19 @@ done
 loaded_rss=$(rss_kb "$remora_pid")
 # Peak RSS over the load runs (VmHWM), before the held connections below.
 hwm_kb() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '/VmHWM/ { print $2 }' "/proc/$p/status") )); done; echo "$t"; }
-peaks="remora=$(hwm_kb "$remora_pid") nginx=$(hwm_kb $(pgrep -P "$nginx_pid")) haproxy=$(hwm_kb "$haproxy_pid")"
+peaks="remora=$(hwm_kb "$remora_pid") nginx=$(hwm_kb $(pgrep -P "$nginx_pid" -f "worker process")) haproxy=$(hwm_kb "$haproxy_pid")"
 
 # Memory per idle keep-alive connection: HOLD connections, one request each, then idle.
 # nginx's figure is its worker's (the master only forks it).
 hold_remora=$(python3 benches/hold.py "$REMORA_PORT" bench "$HOLD" "$remora_pid")
-hold_nginx=$(python3 benches/hold.py "$NGINX_H1" bench "$HOLD" $(pgrep -P "$nginx_pid"))
+hold_nginx=$(python3 benches/hold.py "$NGINX_H1" bench "$HOLD" $(pgrep -P "$nginx_pid" -f "worker process"))
 hold_haproxy=$(python3 benches/hold.py "$HAPROXY_PORT" bench "$HOLD" "$haproxy_pid")
 
 open_args=()
 for k in "${!R[@]}"; do case $k in *_open*) open_args+=("$k=${R[$k]}") ;; esac; done
 python3 - "$idle_rss" "$loaded_rss" \
   "direct_h1=${R[direct_h1]}" "remora_h1=${R[remora_h1]}" "remora_h1_policies=${R[remora_h1_policies]}" \
+  "remora_h1_cache_hit=${R[remora_h1_cache_hit]}" "nginx_h1_cache_hit=${R[nginx_h1_cache_hit]}" \
   "remora_h1_trace1=${R[remora_h1_trace1]}" "remora_h1_trace100=${R[remora_h1_trace100]}" \
   "nginx_h1=${R[nginx_h1]}" "haproxy_h1=${R[haproxy_h1]}" \
   "remora_h2=${R[remora_h2]}" "nginx_h2=${R[nginx_h2]}" "haproxy_h2=${R[haproxy_h2]}" \
@@ -327,6 +341,10 @@ for pct in (1, 100):
           f"CPU per request {t[3] / r['remora_h1'][3]:.2f}x")
 ratio = r["remora_h1_policies"][0] / r["remora_h1"][0]
 print(f"remora route with retry, budget, breaker and outlier detection / plain route h1 req/s: {ratio:.2f}x")
+hit, nginx_hit = r["remora_h1_cache_hit"], r["nginx_h1_cache_hit"]
+print(f"cache hits, h1: remora / nginx proxy_cache req/s {hit[0] / nginx_hit[0]:.2f}x, "
+      f"CPU per request {hit[3] / nginx_hit[3]:.2f}x; remora hit / remora proxied CPU per request "
+      f"{hit[3] / r['remora_h1'][3]:.2f}x")
 print(f"\nremora RSS idle: {idle / 1024:.1f} MiB, after load: {loaded / 1024:.1f} MiB")
 PY
 echo "peak RSS over the load runs: $(for kv in $peaks; do awk -v k="${kv%%=*}" -v v="${kv#*=}" 'BEGIN { printf "%s %.1f MiB  ", k, v / 1024 }'; done)"
