@@ -3,6 +3,18 @@
 
 use crate::support::config_error;
 
+/// Asserts that `lines` are exactly one per `expect`ed prefix.
+fn exactly(lines: &[String], expect: &[&str]) {
+    for e in expect {
+        assert!(
+            lines.iter().any(|l| l.starts_with(e)),
+            "missing {e:?} in:\n{}",
+            lines.join("\n")
+        );
+    }
+    assert_eq!(lines.len(), expect.len(), "{}", lines.join("\n"));
+}
+
 fn errors(text: &str) -> Vec<String> {
     config_error(text).lines().map(str::to_owned).collect()
 }
@@ -47,14 +59,7 @@ services:
         "f.yaml:21:34: services.inventory.endpoints[1]: invalid socket address \"bad-addr\"",
         "f.yaml:23:10: services.other.dns: invalid dns target \"no-port\"",
     ];
-    for e in expect {
-        assert!(
-            errs.iter().any(|l| l.starts_with(e)),
-            "missing {e:?} in:\n{}",
-            errs.join("\n")
-        );
-    }
-    assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+    exactly(&errs, &expect);
 }
 
 #[test]
@@ -107,14 +112,7 @@ services:
         "f.yaml:11:22: services.web.connect_timeout: invalid duration 1: missing unit (ms, s, m or h)",
         "f.yaml:12:19: services.web.idle_timeout: invalid duration \"-5s\"",
     ];
-    for e in expect {
-        assert!(
-            errs.iter().any(|l| l.starts_with(e)),
-            "missing {e:?} in:\n{}",
-            errs.join("\n")
-        );
-    }
-    assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+    exactly(&errs, &expect);
 
     // No Rust type names: the file's own terms.
     let errs = errors("version: \"1\"\noutbound: { listen: 127.0.0.1:0 }\n");
@@ -160,15 +158,8 @@ services:
         "f.yaml:13:22: services.inventory.connect_timeout: invalid duration \"soon\"",
         "f.yaml:14:34: services.inventory.endpoints[1]: invalid socket address \"bad-addr\"",
     ];
-    for e in expect {
-        assert!(
-            errs.iter().any(|l| l.starts_with(e)),
-            "missing {e:?} in:\n{}",
-            errs.join("\n")
-        );
-    }
     // Not "route s needs backends": its backend's problem is the one to fix.
-    assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+    exactly(&errs, &expect);
 }
 
 #[test]
@@ -370,14 +361,7 @@ services:
         "f.yaml:26:7: warning: inbound.authorize[1]: rule",
         "f.yaml:29:14: warning: services.forgotten: service \"forgotten\" is not used",
     ];
-    for e in expect {
-        assert!(
-            got.iter().any(|l| l.starts_with(e)),
-            "missing {e:?} in:\n{}",
-            got.join("\n")
-        );
-    }
-    assert_eq!(got.len(), expect.len(), "{}", got.join("\n"));
+    exactly(&got, &expect);
 
     let dir = std::env::temp_dir().join(format!("remora-warnings-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
