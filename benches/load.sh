@@ -124,7 +124,9 @@ http {
   }
 }
 NGX
-# The cache directory is the workers' (nginx runs them as nobody when started as root).
+# The cache directory is the workers' (nginx runs them as nobody when started as root), and
+# they must be able to reach it: mktemp's folder is the owner's alone.
+chmod 711 "$work"
 mkdir -p "$work/nginx-cache" && chmod 777 "$work/nginx-cache"
 taskset -c "$PROXY_CPU" nginx -c "$work/nginx.conf" -p "$work" &
 nginx_pid=$!

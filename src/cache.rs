@@ -7,11 +7,13 @@
 //!   lifetime (explicit or heuristic), its current age, and whether a stored response may
 //!   answer a request. Pure functions of heads and clocks, tested rule by rule.
 //! - [`store`]: a route's stored responses, bounded by bytes, least recently used first out.
+//! - [`range`]: a caller's byte range answered from a stored whole response.
 //! - [`layer`]: the route layer: hits, revalidation, storing, invalidation.
 
 pub mod directives;
 pub mod freshness;
 pub mod layer;
+pub mod range;
 pub mod store;
 
 /// A route's cache settings, as compiled.

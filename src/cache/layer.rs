@@ -16,6 +16,7 @@ use tower::{Layer, Service};
 use super::{
     directives::{Freshness, RequestDirectives, ResponseDirectives},
     freshness::{storable, Reuse, Timed},
+    range::{self, Ranged},
     store::{vary_of, Entry, Fetch, Pending, Store},
 };
 use crate::{
@@ -83,6 +84,18 @@ fn key_of_location(host: &str, value: &HeaderValue) -> Option<String> {
     }
 }
 
+/// Whether a POST's response to `key` is a representation of `key` itself: a 200 whose
+/// `Content-Location` names it, with explicit freshness.
+fn represents(resp: &Resp, host: &str, key: &str) -> bool {
+    let h = resp.headers();
+    let cc = ResponseDirectives::parse(h);
+    resp.status() == StatusCode::OK
+        && h.get(header::CONTENT_LOCATION)
+            .and_then(|v| key_of_location(host, v))
+            .is_some_and(|k| k == key)
+        && (cc.max_age.present() || cc.s_maxage.present() || h.contains_key(header::EXPIRES))
+}
+
 impl<S> Service<Req> for Cache<S>
 where
     S: Stage + Clone + Send + 'static,
@@ -106,8 +119,11 @@ where
                 .unwrap_or("")
                 .to_ascii_lowercase();
             let mut inner = self.inner.clone();
+            let post = (method == Method::POST).then(|| req.http.headers().clone());
             return Box::pin(async move {
+                let request_time = SystemTime::now();
                 let resp = inner.call(req).await?;
+                let response_time = SystemTime::now();
                 if resp.status().is_success() || resp.status().is_redirection() {
                     store.remove(&key);
                     for name in [header::LOCATION, header::CONTENT_LOCATION] {
@@ -120,7 +136,16 @@ where
                         }
                     }
                 }
-                Ok(resp)
+                // A POST's response that says it is the target's current representation,
+                // with explicit freshness, answers later GETs of it (RFC 9110, 9.3.3).
+                match post {
+                    Some(req_headers) if represents(&resp, &host, &key) => {
+                        let cc = RequestDirectives::parse(&req_headers);
+                        let times = (request_time, response_time);
+                        Ok(keep(&store, key, &req_headers, &cc, resp, times, None))
+                    }
+                    _ => Ok(resp),
+                }
             });
         }
         let req_cc = RequestDirectives::parse(req.http.headers());
@@ -181,11 +206,17 @@ where
                     }
                 }
             }
-            // Revalidate a stored response with its validators, unless the caller asks
-            // conditionally itself (its condition is then the caller's to answer).
-            let revalidating = stored.filter(|_| !head && !conditional(req.http.headers()));
+            // Revalidate a stored response with its own validators in place of the
+            // caller's; the caller's condition is then answered from the refreshed response.
+            // One without validators leaves a conditional request as the caller sent it (a
+            // 304 would then be about the caller's copy, not the stored one).
+            let req_headers = req.http.headers().clone();
+            let revalidating =
+                stored.filter(|e| !head && (validated(e) || !conditional(req.http.headers())));
             if let Some(entry) = &revalidating {
                 let h = req.http.headers_mut();
+                h.remove(header::IF_NONE_MATCH);
+                h.remove(header::IF_MODIFIED_SINCE);
                 if let Some(etag) = entry.headers.get(header::ETAG) {
                     h.insert(header::IF_NONE_MATCH, etag.clone());
                 }
@@ -193,7 +224,6 @@ where
                     h.insert(header::IF_MODIFIED_SINCE, lm.clone());
                 }
             }
-            let req_headers = req.http.headers().clone();
             let request_time = SystemTime::now();
             let result = inner.call(req).await;
             let response_time = SystemTime::now();
@@ -300,13 +330,16 @@ fn conditional(h: &HeaderMap) -> bool {
     h.contains_key(header::IF_NONE_MATCH) || h.contains_key(header::IF_MODIFIED_SINCE)
 }
 
-/// A request with these headers, for [`answer`] after the request itself was sent.
+/// Whether a stored response has a validator to revalidate it with.
+fn validated(e: &Entry) -> bool {
+    e.headers.contains_key(header::ETAG) || e.headers.contains_key(header::LAST_MODIFIED)
+}
+
+/// A request with the caller's header fields, for [`answer`] after the request itself was
+/// sent.
 fn request_like(headers: &HeaderMap, head: bool) -> Request<ProxyBody> {
     let mut r = Request::new(ProxyBody::empty());
     *r.headers_mut() = headers.clone();
-    // The validators this layer added are not the caller's.
-    r.headers_mut().remove(header::IF_NONE_MATCH);
-    r.headers_mut().remove(header::IF_MODIFIED_SINCE);
     if head {
         *r.method_mut() = Method::HEAD;
     }
@@ -404,7 +437,8 @@ fn stale_if_error(entry: &Entry, req: &RequestDirectives, now: SystemTime) -> bo
 }
 
 /// `entry` as the answer to `req`: its status and headers with its `Age`, its body unless
-/// the request is HEAD, or 304 when the caller's own validators match it.
+/// the request is HEAD (or the part of it a `Range` asks for), or 304 when the caller's own
+/// validators match it.
 fn answer(entry: &Entry, req: &Request<ProxyBody>, now: SystemTime) -> Resp {
     let mut headers = entry.headers.clone();
     let age = timed(entry).age(now).as_secs();
@@ -428,13 +462,43 @@ fn answer(entry: &Entry, req: &Request<ProxyBody>, now: SystemTime) -> Resp {
         }
         return resp;
     }
-    let body = if req.method() == Method::HEAD {
-        ProxyBody::empty()
+    if req.method() == Method::HEAD {
+        let mut resp = Response::new(ProxyBody::empty());
+        *resp.status_mut() = entry.status;
+        *resp.headers_mut() = headers;
+        return resp;
+    }
+    let len = entry.body.len() as u64;
+    let ranged = if entry.status == StatusCode::OK {
+        range::select(req.headers(), &entry.headers, len)
     } else {
-        ProxyBody::full(entry.body.clone())
+        Ranged::Whole
     };
-    let mut resp = Response::new(body);
-    *resp.status_mut() = entry.status;
+    let (status, body) = match ranged {
+        Ranged::Whole => (entry.status, entry.body.clone()),
+        Ranged::Part(r) => {
+            let content_range = format!("bytes {}-{}/{len}", r.start, r.end - 1);
+            headers.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::try_from(content_range).expect("digits and ASCII"),
+            );
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(r.end - r.start));
+            let part = entry.body.slice(r.start as usize..r.end as usize);
+            (StatusCode::PARTIAL_CONTENT, part)
+        }
+        Ranged::Unsatisfiable => {
+            let mut resp = Response::new(ProxyBody::empty());
+            *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            let content_range = format!("bytes */{len}");
+            resp.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::try_from(content_range).expect("digits and ASCII"),
+            );
+            return resp;
+        }
+    };
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     resp
 }

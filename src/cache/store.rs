@@ -33,8 +33,9 @@ pub struct Entry {
     pub request_time: SystemTime,
     /// When its head arrived.
     pub response_time: SystemTime,
-    /// The request header values its `Vary` names, as the request that fetched it had them.
-    pub vary: Vec<(HeaderName, Vec<HeaderValue>)>,
+    /// The request header values its `Vary` names, as the request that fetched it had them
+    /// ([`normalized`]).
+    pub vary: Vary,
 }
 
 impl Entry {
@@ -48,30 +49,47 @@ impl Entry {
         (self.body.len() + head + 256) as u64
     }
 
-    /// Whether `req` has the header values this variant was stored for (RFC 9111, 4.1):
-    /// the same fields, with values equal once whitespace around commas is normalized.
+    /// Whether `req` has the header values this variant was stored for (RFC 9111, 4.1),
+    /// once both are [`normalized`].
     pub fn matches(&self, req: &HeaderMap) -> bool {
-        self.vary.iter().all(|(name, values)| {
-            let now: Vec<&HeaderValue> = req.get_all(name).iter().collect();
-            normalized(now.iter().copied()) == normalized(values.iter())
-        })
+        self.vary
+            .iter()
+            .all(|(name, values)| normalized(name, req.get_all(name).iter()) == *values)
     }
 }
 
-fn normalized<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Vec<String> {
+/// The request header fields a variant was selected by, each with its normalized values.
+pub type Vary = Vec<(HeaderName, Vec<String>)>;
+
+/// A selecting field's values in a form where equivalent requests are equal (RFC 9111, 4.1
+/// allows normalizing them): list members without the whitespace around commas, and for
+/// the fields whose members are case-insensitive tokens (language tags, content codings,
+/// charsets), lower-cased.
+fn normalized<'a>(name: &HeaderName, values: impl Iterator<Item = &'a HeaderValue>) -> Vec<String> {
+    let fold = matches!(
+        name.as_str(),
+        "accept-language" | "accept-encoding" | "accept-charset"
+    );
     values
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|v| v.trim().to_owned())
+        .map(|v| {
+            let v = v.trim();
+            if fold {
+                v.to_ascii_lowercase()
+            } else {
+                v.to_owned()
+            }
+        })
         .collect()
 }
 
-/// The request header values a response's `Vary` names.
-pub fn vary_of(resp: &HeaderMap, req: &HeaderMap) -> Vec<(HeaderName, Vec<HeaderValue>)> {
+/// The request header values a response's `Vary` names, [`normalized`].
+pub fn vary_of(resp: &HeaderMap, req: &HeaderMap) -> Vary {
     super::freshness::vary_names(resp)
         .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .map(|n| {
-            let values = req.get_all(&n).iter().cloned().collect();
+            let values = normalized(&n, req.get_all(&n).iter());
             (n, values)
         })
         .collect()
@@ -265,8 +283,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
 
-    fn entry(body: &str, vary: Vec<(HeaderName, Vec<HeaderValue>)>) -> Entry {
+    fn entry(body: &str, vary: Vary) -> Entry {
         Entry {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
@@ -314,7 +333,7 @@ mod tests {
     fn variants_by_the_headers_vary_names() {
         let s = store(1 << 20);
         let lang = HeaderName::from_static("accept-language");
-        let v = |l: &str| vec![(lang.clone(), vec![HeaderValue::from_str(l).unwrap()])];
+        let v = |l: &str| vec![(lang.clone(), vec![l.to_owned()])];
         s.insert("k", entry("en", v("en")));
         s.insert("k", entry("de", v("de")));
         let mut req = HeaderMap::new();
@@ -326,5 +345,14 @@ mod tests {
         s.insert("k", entry("en2", v("en")));
         req.insert(&lang, "en".parse().unwrap());
         assert_eq!(s.get("k", &req).unwrap().body, "en2");
+        // Language tags are case-insensitive; whitespace around commas is not a difference.
+        let mut stored = HeaderMap::new();
+        stored.insert(header::VARY, "Accept-Language".parse().unwrap());
+        stored.insert(&lang, "en-GB, de".parse().unwrap());
+        s.insert("l", entry("gb", vary_of(&stored, &stored)));
+        req.insert(&lang, " EN-gb ,DE".parse().unwrap());
+        assert_eq!(s.get("l", &req).unwrap().body, "gb");
+        req.insert(&lang, "de, en-GB".parse().unwrap());
+        assert!(s.get("l", &req).is_none(), "order may be a preference");
     }
 }
