@@ -103,7 +103,7 @@ enum Ended {
 /// Serves HTTP/2 on `io` until the peer closes, the process stops (GOAWAY and drain), the
 /// caller abuses resets, or the connection idles out.
 pub async fn serve_h2<IO, H>(
-    builders: &Builders,
+    builders: Arc<Builders>,
     mut s: Session,
     io: IO,
     conn: ConnMeta,
@@ -121,7 +121,7 @@ pub async fn serve_h2<IO, H>(
 /// Serves HTTP/1.1 on `io`, parking it whenever it idles, until the peer closes, the process
 /// stops (after the response in progress), or the connection idles out.
 pub async fn serve_h1<IO, H>(
-    builders: &Builders,
+    builders: Arc<Builders>,
     mut s: Session,
     io: IO,
     conn: ConnMeta,
@@ -136,9 +136,7 @@ pub async fn serve_h1<IO, H>(
     loop {
         // Boxed: hyper's connection state is allocated only while it serves, so a parked
         // connection's future holds none of it.
-        let round = Box::pin(serve_h1_round(
-            builders, &mut s, &requests, &upgrade, io, &conn, &handler,
-        ));
+        let round = boxed_round(&builders, &mut s, &requests, &upgrade, io, &conn, &handler);
         let Some((ended, ahead, mut stream)) = round.await else {
             return;
         };
@@ -146,8 +144,10 @@ pub async fn serve_h1<IO, H>(
             let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
             return;
         }
-        // Parked: hyper's connection is gone; wait here for the next request's first bytes.
+        // Parked: hyper's connection is gone; wait here for the next request's first bytes
+        // (holding no buffer: an empty `ahead` may still be the last one's allocation).
         let next = if ahead.is_empty() {
+            drop(ahead);
             match park(&mut s, &mut stream).await {
                 Some(bytes) => bytes,
                 None => return,
@@ -157,6 +157,28 @@ pub async fn serve_h1<IO, H>(
         };
         io = Prefixed::new(next, stream);
     }
+}
+
+/// [`serve_h1_round`], boxed by a plain function: built inside `serve_h1`'s own body, the
+/// unboxed future would take room in `serve_h1`'s state (rustc keeps a place for it across
+/// the await), which a parked connection holds for as long as it waits.
+#[allow(clippy::type_complexity)]
+fn boxed_round<'a, IO, H>(
+    builders: &'a Builders,
+    s: &'a mut Session,
+    requests: &'a Arc<Requests>,
+    upgrade: &'a Arc<UpgradeSlot>,
+    io: Prefixed<IO>,
+    conn: &'a ConnMeta,
+    handler: &'a H,
+) -> Pin<Box<dyn Future<Output = Option<(Ended, Bytes, IO)>> + Send + 'a>>
+where
+    IO: Io + 'static,
+    H: Handler,
+{
+    Box::pin(serve_h1_round(
+        builders, s, requests, upgrade, io, conn, handler,
+    ))
 }
 
 /// One hyper HTTP/1.1 connection on `io`, until it ends or is wound up: how it ended, the
@@ -224,6 +246,8 @@ impl Drop for Unpark<'_> {
 
 fn join(a: Bytes, b: Bytes) -> Bytes {
     match (a.is_empty(), b.is_empty()) {
+        // Not `b` itself: an empty slice may still hold a whole buffer.
+        (true, true) => Bytes::new(),
         (true, _) => b,
         (_, true) => a,
         _ => {
@@ -478,7 +502,7 @@ mod tests {
     fn a_parked_connection_holds_under_a_kib_of_future() {
         let config = "version: 1\noutbound: { listen: 127.0.0.1:0 }\n";
         let limits = crate::config::parse("t", config).unwrap().startup().limits;
-        let builders = Builders::new(&limits);
+        let builders = Arc::new(Builders::new(&limits));
         let session = Session {
             stop: watch::channel(false).1,
             errors: IntCounter::new("x", "x").unwrap(),
@@ -489,7 +513,7 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let conn = ConnMeta::plain(addr, addr, crate::metrics::Direction::Inbound);
         let (io, _) = tokio::io::duplex(64);
-        let serve = serve_h1(&builders, session, io, conn, Nothing);
+        let serve = serve_h1(builders, session, io, conn, Nothing);
         let size = std::mem::size_of_val(&serve);
         assert!(size < 1024, "serving HTTP/1.1 holds {size} bytes");
     }
