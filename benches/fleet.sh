@@ -49,28 +49,32 @@ PY
 }
 write_config 0
 
-ms_since() { python3 -c "import time,sys; print(round((time.time() - float(sys.argv[1])) * 1000))" "$1"; }
-now() { python3 -c 'import time; print(time.time())'; }
-
-start=$(now)
-"$bin" check "$work/fleet.yaml" > /dev/null
-echo "check of $ROUTES routes and $ROUTES services: $(ms_since "$start") ms"
-
-start=$(now)
-"$bin" run --workers 1 --config "$work/fleet.yaml" > "$work/remora.log" 2>&1 & pids+=($!); pid=$!
-python3 - "$ADMIN" <<'PY'
-import sys, time, urllib.request
-deadline = time.time() + 30
-while time.time() < deadline:
+# Timed inside one Python process, so that no interpreter's start-up is counted.
+python3 - "$bin" "$work" "$ADMIN" > "$work/started" <<'PY'
+import subprocess, sys, time, urllib.request
+bin, work, admin = sys.argv[1], sys.argv[2], sys.argv[3]
+t = time.monotonic()
+subprocess.run([bin, "check", f"{work}/fleet.yaml"], check=True, stdout=subprocess.DEVNULL)
+print(f"check ms {(time.monotonic() - t) * 1000:.0f}")
+t = time.monotonic()
+log = open(f"{work}/remora.log", "w")
+p = subprocess.Popen([bin, "run", "--workers", "1", "--config", f"{work}/fleet.yaml"], stdout=log, stderr=log, start_new_session=True)
+print(f"pid {p.pid}", flush=True)
+deadline = t + 30
+while time.monotonic() < deadline:
     try:
-        if urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/ready", timeout=1).status == 200:
+        if urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1).status == 200:
             break
     except Exception:
-        time.sleep(0.002)
+        time.sleep(0.001)
 else:
     sys.exit("never ready")
+print(f"ready ms {(time.monotonic() - t) * 1000:.0f}")
 PY
-echo "start to /ready: $(ms_since "$start") ms"
+pid=$(awk '/^pid/ { print $2 }' "$work/started")
+pids+=("$pid")
+echo "check of $ROUTES routes and $ROUTES services: $(awk '/^check/ { print $3 }' "$work/started") ms"
+echo "start to /ready: $(awk '/^ready/ { print $3 }' "$work/started") ms"
 anon() { awk '/RssAnon/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$pid/status"; }
 echo "anonymous memory at /ready: $(anon)"
 sleep 2
