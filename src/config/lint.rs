@@ -6,7 +6,7 @@
 //! Each test errs on the side of silence: "covers" is proven from the conditions as written
 //! (a regex covers only the same regex), so a warning is always true.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::{
     authorize::{IdPattern, PathPattern, Rule},
@@ -24,13 +24,14 @@ pub fn warnings(c: &Compiled) -> Vec<Problem> {
     let mut warn = |path: String, message: String| out.push(Problem { path, message });
     let mut used = BTreeSet::new();
     if let Some(ob) = &c.outbound {
+        let mut earlier_routes = Earlier::default();
         for (i, route) in ob.routes.iter().enumerate() {
             let path = format!("outbound.routes[{i}]");
-            if let Some((j, earlier)) = ob.routes[..i]
-                .iter()
-                .enumerate()
-                .find(|(_, e)| covers(&e.matcher, &route.matcher))
-            {
+            let shadow = earlier_routes
+                .candidates(&route.matcher)
+                .find(|&j| covers(&ob.routes[j].matcher, &route.matcher));
+            earlier_routes.push(i, &route.matcher);
+            if let Some((j, earlier)) = shadow.map(|j| (j, &ob.routes[j])) {
                 warn(
                     path.clone(),
                     format!(
@@ -122,6 +123,37 @@ fn retry_warnings(route: &RouteSpec, path: &str, warn: &mut impl FnMut(String, S
     }
 }
 
+/// The routes seen so far, by what their host condition lets cover: a route whose host is
+/// exact can only be covered by one with the same exact host, or with no host or a suffix.
+/// A fleet's thousand routes on a thousand hosts are then checked in linear time, not
+/// against every earlier route.
+#[derive(Default)]
+struct Earlier<'a> {
+    by_host: HashMap<&'a str, Vec<usize>>,
+    /// Routes with no host condition or a suffix.
+    wide: Vec<usize>,
+}
+
+impl<'a> Earlier<'a> {
+    fn push(&mut self, i: usize, m: &'a RouteMatch) {
+        match &m.host {
+            Some(HostMatch::Exact(h)) => self.by_host.entry(h.as_str()).or_default().push(i),
+            _ => self.wide.push(i),
+        }
+    }
+
+    /// The earlier routes that may cover `later`, in order.
+    fn candidates(&self, later: &RouteMatch) -> impl Iterator<Item = usize> + '_ {
+        let same = match &later.host {
+            Some(HostMatch::Exact(h)) => self.by_host.get(h.as_str()).map_or(&[][..], |v| v),
+            _ => &[][..],
+        };
+        let mut merged: Vec<usize> = self.wide.iter().chain(same).copied().collect();
+        merged.sort_unstable();
+        merged.into_iter()
+    }
+}
+
 /// Whether every request `later` matches is matched by `earlier`.
 fn covers(earlier: &RouteMatch, later: &RouteMatch) -> bool {
     let host = match (&earlier.host, &later.host) {
@@ -189,5 +221,49 @@ fn path_covers(earlier: &PathPattern, later: &PathPattern) -> bool {
         }
         (PathPattern::Exact(a), PathPattern::Exact(b)) => a == b,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The earlier route named is the first that covers, whichever way it was found: by the
+    /// same exact host, or among those without a host or with a suffix.
+    #[test]
+    fn the_first_covering_route_is_named_by_exact_host_or_wide() {
+        let text = r#"version: 1
+outbound:
+  listen: 127.0.0.1:0
+  routes:
+    - { name: a, match: { host: x, path: { prefix: /a } }, backends: [{ service: s }] }
+    - { name: b, match: { host: y }, backends: [{ service: s }] }
+    - { name: c, match: { host: x, path: { prefix: /a/b } }, backends: [{ service: s }] }
+    - { name: d, match: { path: { prefix: /z } }, backends: [{ service: s }] }
+    - { name: e, match: { host: y, path: { prefix: /z } }, backends: [{ service: s }] }
+    - { name: f, match: { host: "*.t" }, backends: [{ service: s }] }
+    - { name: g, match: { host: x }, backends: [{ service: s }] }
+    - { name: h, match: { host: q.t, path: { prefix: /a } }, backends: [{ service: s }] }
+    - { name: i, match: { host: x, path: { prefix: /a } }, backends: [{ service: s }] }
+services:
+  s: { endpoints: ["127.0.0.1:1"] }
+"#;
+        let c = crate::config::parse("t", text).expect("valid");
+        let got: Vec<(String, String)> = super::warnings(&c)
+            .into_iter()
+            .map(|p| {
+                let by = p.message.split('(').nth(1).unwrap_or("").to_owned();
+                (p.path, by)
+            })
+            .collect();
+        let want = [
+            ("outbound.routes[2]", "outbound.routes[0]) comes first"),
+            ("outbound.routes[4]", "outbound.routes[1]) comes first"),
+            ("outbound.routes[7]", "outbound.routes[5]) comes first"),
+            ("outbound.routes[8]", "outbound.routes[0]) comes first"),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((path, by), (want_path, want_by)) in got.iter().zip(want) {
+            assert_eq!(path, want_path);
+            assert!(by.starts_with(want_by), "{path}: {by}");
+        }
     }
 }
