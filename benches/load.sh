@@ -9,7 +9,8 @@
 # fixed body on core 1); the load generator runs on core 1. HTTP/1.1 keep-alive load comes
 # from wrk, HTTP/2 (prior knowledge, upstream HTTP/1.1 for every proxy) from h2load. Prints
 # requests/s, p50, p99 and CPU µs per request per proxy, Remora's ratios, and Remora's resident memory idle and
-# after load; then, for each proxy, the memory each of HOLD idle keep-alive connections costs. Everything listens on 127.0.0.1 on ports picked free at start.
+# after load; then, for each proxy, the memory each of HOLD idle keep-alive connections costs
+# (HTTP/1.1, then h2c). Everything listens on 127.0.0.1 on ports picked free at start.
 # It also runs the cache hit path (Remora's `cache:` route and nginx's proxy_cache on /cached).
 # Last, what tracing costs in instructions per request (callgrind: no tracing, 1%, 100%), the
 # figure tracing's budgets are judged by; CALLGRIND=0 skips it.
@@ -285,6 +286,9 @@ peaks="remora=$(hwm_kb "$remora_pid") nginx=$(hwm_kb $(pgrep -P "$nginx_pid" -f 
 hold_remora=$(python3 benches/hold.py "$REMORA_PORT" bench "$HOLD" "$remora_pid")
 hold_nginx=$(python3 benches/hold.py "$NGINX_H1" bench "$HOLD" $(pgrep -P "$nginx_pid" -f "worker process"))
 hold_haproxy=$(python3 benches/hold.py "$HAPROXY_PORT" bench "$HOLD" "$haproxy_pid")
+hold_h2_remora=$(python3 benches/hold_h2.py "$REMORA_PORT" bench "$HOLD" "$remora_pid")
+hold_h2_nginx=$(python3 benches/hold_h2.py "$NGINX_H2" bench "$HOLD" $(pgrep -P "$nginx_pid" -f "worker process"))
+hold_h2_haproxy=$(python3 benches/hold_h2.py "$HAPROXY_PORT" bench "$HOLD" "$haproxy_pid")
 
 open_args=()
 for k in "${!R[@]}"; do case $k in *_open*) open_args+=("$k=${R[$k]}") ;; esac; done
@@ -358,12 +362,13 @@ print(f"tracing at 100%: {pick('remora_spans_exported_total'):.0f} spans exporte
       f"{pick('remora_spans_dropped_total'):.0f} dropped")
 PY
 printf '\n%d idle keep-alive connections (one request each, then held):\n' "$HOLD"
-printf '%-10s%16s%16s%20s\n' proxy "RSS before" "RSS held" "bytes/connection"
-for p in remora nginx haproxy; do
-  v="hold_$p"
+printf '%-14s%16s%16s%20s\n' proxy "RSS before" "RSS held" "bytes/connection"
+for v in hold_remora hold_nginx hold_haproxy hold_h2_remora hold_h2_nginx hold_h2_haproxy; do
   read -r before held per <<< "${!v}"
+  p=${v#hold_}
+  [ "${p#h2_}" = "$p" ] && p="$p h1" || p="${p#h2_} h2c"
   awk -v p="$p" -v b="$before" -v h="$held" -v n="$per" \
-    'BEGIN { printf "%-10s%12.1f MiB%12.1f MiB%20d\n", p, b / 1024, h / 1024, n }'
+    'BEGIN { printf "%-14s%12.1f MiB%12.1f MiB%20d\n", p, b / 1024, h / 1024, n }'
 done
 
 # --- What tracing costs, in instructions. Callgrind counts the instructions a process runs
