@@ -120,42 +120,49 @@ pub async fn serve_h2<IO, H>(
 
 /// Serves HTTP/1.1 on `io`, parking it whenever it idles, until the peer closes, the process
 /// stops (after the response in progress), or the connection idles out.
-pub async fn serve_h1<IO, H>(
+// Not an `async fn`: it would keep a second copy of each argument in its state (rustc moves
+// them into the body's own bindings), and a parked connection holds that state.
+#[allow(clippy::manual_async_fn)]
+pub fn serve_h1<IO, H>(
     builders: Arc<Builders>,
     mut s: Session,
     io: IO,
     conn: ConnMeta,
     handler: H,
-) where
+) -> impl Future<Output = ()> + Send
+where
     IO: Io + 'static,
     H: Handler,
 {
-    let requests = Arc::new(Requests::default());
-    let upgrade = Arc::new(Mutex::new(None));
-    let mut io = Prefixed::new(Bytes::new(), io);
-    loop {
-        // Boxed: hyper's connection state is allocated only while it serves, so a parked
-        // connection's future holds none of it.
-        let round = boxed_round(&builders, &mut s, &requests, &upgrade, io, &conn, &handler);
-        let Some((ended, ahead, mut stream)) = round.await else {
-            return;
-        };
-        if matches!(ended, Ended::Closed) {
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-            return;
-        }
-        // Parked: hyper's connection is gone; wait here for the next request's first bytes
-        // (holding no buffer: an empty `ahead` may still be the last one's allocation).
-        let next = if ahead.is_empty() {
-            drop(ahead);
-            match park(&mut s, &mut stream).await {
-                Some(bytes) => bytes,
-                None => return,
+    async move {
+        let requests = Arc::new(Requests::default());
+        let upgrade = Arc::new(Mutex::new(None));
+        let mut io = Prefixed::new(Bytes::new(), io);
+        loop {
+            // Boxed: hyper's connection state is allocated only while it serves, so a parked
+            // connection's future holds none of it.
+            let round = boxed_round(&builders, &mut s, &requests, &upgrade, io, &conn, &handler);
+            let Some((ended, ahead, mut stream)) = round.await else {
+                return;
+            };
+            if matches!(ended, Ended::Closed) {
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+                return;
             }
-        } else {
-            ahead
-        };
-        io = Prefixed::new(next, stream);
+            // Parked: hyper's connection is gone; wait here for the next request's first
+            // bytes (holding no buffer: an empty `ahead` may still be the last one's
+            // allocation).
+            let next = if ahead.is_empty() {
+                drop(ahead);
+                match park(&mut s, &mut stream).await {
+                    Some(bytes) => bytes,
+                    None => return,
+                }
+            } else {
+                ahead
+            };
+            io = Prefixed::new(next, stream);
+        }
     }
 }
 

@@ -153,24 +153,51 @@ pub async fn serve<H: Handler>(
     listener
 }
 
-/// What serves one connection, boxed (`None`: nothing to serve).
-type Served = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// One stage of a connection, boxed: detection, the TLS handshake, or what serves it. It
+/// ends the connection (`None`) or hands it to the next stage.
+struct Stage(Pin<Box<dyn Future<Output = Option<Stage>> + Send>>);
 
-/// A connection's task: its first steps (`prepare`), then what serves it, until it ends or is
+impl Stage {
+    /// A stage that may hand over to another.
+    fn new(f: impl Future<Output = Option<Stage>> + Send + 'static) -> Self {
+        Self(Box::pin(f))
+    }
+
+    /// The last stage: serving the connection to its end.
+    fn last(f: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self(Box::pin(Last { inner: f }))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future that ends a connection, as a stage. (Not an `async` block: awaiting the
+    /// future it holds would keep a second copy of it.)
+    struct Last<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Last<F> {
+    type Output = Option<Stage>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Stage>> {
+        self.project().inner.poll(cx).map(|()| None)
+    }
+}
+
+/// A connection's task: its stages, one after the other, until one ends it or it is
 /// evicted, holding `guards` (its permit, the drain guard, the open gauge) meanwhile.
 ///
 /// Each stage is a box of its own, built by a plain function, and the task holds one box at
-/// a time: a parked or streaming connection keeps no room for detection's state, nor a
-/// silent one for HTTP's. (An `async` body that built them itself would keep room for both,
-/// unboxed, in every task, as rustc lays out its state.)
-async fn task<G: Send + 'static>(
-    prepare: Pin<Box<dyn Future<Output = Option<Served>> + Send>>,
-    activity: Activity,
-    _guards: G,
-) {
-    let run = async {
-        if let Some(served) = prepare.await {
-            served.await;
+/// a time: a parked or streaming connection keeps no room for detection's or the TLS
+/// handshake's state, nor a silent one for HTTP's. (An `async` body that built them itself
+/// would keep room for them all, unboxed, in every task, as rustc lays out its state.)
+async fn task<G: Send + 'static>(first: Stage, activity: Activity, _guards: G) {
+    let run = async move {
+        let mut stage = Some(first);
+        while let Some(Stage(current)) = stage {
+            stage = current.await;
         }
     };
     tokio::select! {
@@ -249,115 +276,124 @@ struct Connection {
 }
 
 impl Connection {
-    /// A connection's first steps, boxed: what serves it, or `None`. See [`Self::steps`].
+    /// A connection's first stage, boxed. See [`Self::steps`].
     fn prepare<H: Handler>(
         self,
         stream: TcpStream,
         conn: ConnMeta,
         handler: H,
         tls: Option<Arc<Terminator>>,
-    ) -> Pin<Box<dyn Future<Output = Option<Served>> + Send>> {
-        Box::pin(self.steps(stream, conn, handler, tls))
+    ) -> Stage {
+        Stage::new(self.steps(stream, conn, handler, tls))
     }
 
     /// One connection, top to bottom: original destination → protocol detection (unless its
     /// port is opaque) → TLS termination (inbound, a caller opening with a handshake) → HTTP,
-    /// or opaque TCP for anything that is not HTTP. Returns what serves the connection from
-    /// there on, for the task to run once this future is gone.
-    async fn steps<H: Handler>(
+    /// or opaque TCP for anything that is not HTTP. Returns the next stage, for the task to
+    /// run once this future is gone.
+    // Not an `async fn`: that would keep a second copy of each argument in its state.
+    #[allow(clippy::manual_async_fn)]
+    fn steps<H: Handler>(
         self,
         stream: TcpStream,
         mut conn: ConnMeta,
         handler: H,
         tls: Option<Arc<Terminator>>,
-    ) -> Option<Served> {
-        conn.original_dst = orig_dst::of(&stream);
-        let port = conn.original_dst.map_or(conn.local.port(), |d| d.port());
-        let peer = conn.peer;
-        let mode = tls.as_ref().map_or(Mode::Disabled, |t| t.mode());
-        let mut io = Tracked {
-            inner: stream,
-            activity: self.activity.clone(),
-        };
-        // Plaintext that is not HTTP cannot be told "mTLS required": it is closed.
-        let refuse = |t: &Option<Arc<Terminator>>| {
-            if let Some(t) = t.as_ref().filter(|_| mode == Mode::Strict) {
-                t.refused_plaintext(peer);
-                return true;
+    ) -> impl Future<Output = Option<Stage>> + Send {
+        async move {
+            conn.original_dst = orig_dst::of(&stream);
+            let port = conn.original_dst.map_or(conn.local.port(), |d| d.port());
+            let peer = conn.peer;
+            let mode = tls.as_ref().map_or(Mode::Disabled, |t| t.mode());
+            let mut io = Tracked {
+                inner: stream,
+                activity: self.activity.clone(),
+            };
+            // Plaintext that is not HTTP cannot be told "mTLS required": it is closed.
+            let refuse = |t: &Option<Arc<Terminator>>| {
+                if let Some(t) = t.as_ref().filter(|_| mode == Mode::Strict) {
+                    t.refused_plaintext(peer);
+                    return true;
+                }
+                false
+            };
+            if handler.opaque_port(port) {
+                return (!refuse(&tls)).then(|| Stage::last(handler.tcp(conn, Box::new(io))));
             }
-            false
-        };
-        if handler.opaque_port(port) {
-            return (!refuse(&tls)).then(|| handler.tcp(conn, Box::new(io)));
-        }
-        let (found, prefix) = match detect::detect(&mut io, self.detect_timeout).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return None,
-            Err(e) => {
-                tracing::debug!(peer = %peer, error = %e, "connection failed before its first bytes");
+            let (found, prefix) = match detect::detect(&mut io, self.detect_timeout).await {
+                Ok(Some(found)) => found,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::debug!(peer = %peer, error = %e, "connection failed before its first bytes");
+                    return None;
+                }
+            };
+            self.detections[found as usize].inc();
+            // Timed out mid-way through what could still be HTTP or TLS (a slowloris, a dripped
+            // preface): a slow client, not a server-first protocol, so it is closed.
+            if found == Detected::Timeout && !prefix.is_empty() {
+                tracing::debug!(peer = %peer, "closing a connection too slow to send its first request");
                 return None;
             }
-        };
-        self.detections[found as usize].inc();
-        // Timed out mid-way through what could still be HTTP or TLS (a slowloris, a dripped
-        // preface): a slow client, not a server-first protocol, so it is closed.
-        if found == Detected::Timeout && !prefix.is_empty() {
-            tracing::debug!(peer = %peer, "closing a connection too slow to send its first request");
-            return None;
-        }
-        let io = Prefixed::new(prefix, io);
-        match found {
-            Detected::Tls if mode != Mode::Disabled => {
-                let t = tls?;
-                Some(self.terminate(t, io, conn, handler))
+            let io = Prefixed::new(prefix, io);
+            match found {
+                Detected::Tls if mode != Mode::Disabled => {
+                    let t = tls?;
+                    Some(self.terminate(t, io, conn, handler))
+                }
+                found if found.is_http() => {
+                    // Served, so that the inbound stack answers 400 `mtls-required`.
+                    refuse(&tls);
+                    Some(self.serve(io, found == Detected::Http2, conn, handler))
+                }
+                _ => (!refuse(&tls)).then(|| Stage::last(handler.tcp(conn, Box::new(io)))),
             }
-            found if found.is_http() => {
-                // Served, so that the inbound stack answers 400 `mtls-required`.
-                refuse(&tls);
-                Some(self.serve(io, found == Detected::Http2, conn, handler))
-            }
-            _ => (!refuse(&tls)).then(|| handler.tcp(conn, Box::new(io))),
         }
     }
 
-    /// What terminates TLS on `io` and serves what the caller speaks inside, boxed (see
-    /// [`Self::tls`]).
-    fn terminate<IO, H>(self, t: Arc<Terminator>, io: IO, conn: ConnMeta, handler: H) -> Served
+    /// The TLS handshake's stage, boxed (see [`Self::tls`]).
+    fn terminate<IO, H>(self, t: Arc<Terminator>, io: IO, conn: ConnMeta, handler: H) -> Stage
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         H: Handler,
     {
-        Box::pin(self.tls(t, io, conn, handler))
+        Stage::new(self.tls(t, io, conn, handler))
     }
 
-    /// Terminates TLS on `io`, then serves what the caller speaks inside: another sidecar's
-    /// opaque TCP (by ALPN), else HTTP (`h2` or HTTP/1.1).
-    async fn tls<IO, H>(self, t: Arc<Terminator>, io: IO, mut conn: ConnMeta, handler: H)
+    /// Terminates TLS on `io`; the next stage serves what the caller speaks inside: another
+    /// sidecar's opaque TCP (by ALPN), else HTTP (`h2` or HTTP/1.1).
+    // Not an `async fn`: that would keep a second copy of each argument in its state.
+    #[allow(clippy::manual_async_fn)]
+    fn tls<IO, H>(
+        self,
+        t: Arc<Terminator>,
+        io: IO,
+        mut conn: ConnMeta,
+        handler: H,
+    ) -> impl Future<Output = Option<Stage>> + Send
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         H: Handler,
     {
-        let Some(config) = t.server_config(conn.peer) else {
-            return;
-        };
-        let timeout = self.handshake_timeout;
-        let Some((io, id)) = t.handshake(io, config, conn.peer, timeout).await else {
-            return;
-        };
-        conn.tls = true;
-        conn.client_id = Some(id);
-        match io.get_ref().1.alpn_protocol() {
-            Some(crate::tls::ALPN_TCP) => handler.tcp(conn, Box::new(io)).await,
-            alpn => {
-                let h2 = alpn == Some(crate::tls::ALPN_H2);
-                self.serve(io, h2, conn, handler).await;
-            }
+        async move {
+            let config = t.server_config(conn.peer)?;
+            let timeout = self.handshake_timeout;
+            let (io, id) = t.handshake(io, config, conn.peer, timeout).await?;
+            conn.tls = true;
+            conn.client_id = Some(id);
+            Some(match io.get_ref().1.alpn_protocol() {
+                Some(crate::tls::ALPN_TCP) => Stage::last(handler.tcp(conn, Box::new(io))),
+                alpn => {
+                    let h2 = alpn == Some(crate::tls::ALPN_H2);
+                    self.serve(io, h2, conn, handler)
+                }
+            })
         }
     }
 
     /// What serves HTTP/2 (`h2`) or HTTP/1.1 on `io` until the peer closes, the process stops
-    /// (gracefully) or the connection idles out, boxed.
-    fn serve<IO, H>(self, io: IO, h2: bool, conn: ConnMeta, handler: H) -> Served
+    /// (gracefully) or the connection idles out: the last stage.
+    fn serve<IO, H>(self, io: IO, h2: bool, conn: ConnMeta, handler: H) -> Stage
     where
         IO: Io + 'static,
         H: Handler,
@@ -371,9 +407,9 @@ impl Connection {
         };
         let builders = self.builders;
         if h2 {
-            Box::pin(http_conn::serve_h2(builders, session, io, conn, handler))
+            Stage::last(http_conn::serve_h2(builders, session, io, conn, handler))
         } else {
-            Box::pin(http_conn::serve_h1(builders, session, io, conn, handler))
+            Stage::last(http_conn::serve_h1(builders, session, io, conn, handler))
         }
     }
 }
@@ -496,7 +532,8 @@ pub(crate) mod tests {
     /// detection's; then, parked between requests too, what serves it. TLS and HTTP state
     /// inline in the first would make every silent connection several KiB (it was 3.5 KiB
     /// with a TLS stream kept in it after a move); detection's state kept beside HTTP's made
-    /// every idle keep-alive connection's futures 4.7 KiB.
+    /// every idle keep-alive connection's futures 4.7 KiB; `async fn` copies of the
+    /// arguments added 300 bytes to each stage.
     #[tokio::test]
     async fn a_connections_futures_are_small_at_every_stage() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -519,8 +556,8 @@ pub(crate) mod tests {
 
         let stream = TcpStream::connect(addr).await.unwrap();
         let prepare = connection().prepare(stream, conn.clone(), Nothing, None);
-        let detecting = std::mem::size_of_val(&*prepare);
-        assert!(detecting < 1024, "detection holds {detecting} bytes");
+        let detecting = std::mem::size_of_val(&*prepare.0);
+        assert!(detecting < 768, "detection holds {detecting} bytes");
         let guards = (Open::new(prometheus::IntGauge::new("o", "o").unwrap()),);
         let task = task(prepare, Activity::new(), guards);
         let whole = std::mem::size_of_val(&task);
@@ -539,7 +576,7 @@ pub(crate) mod tests {
             },
         );
         let served = c.serve(io, false, conn, Nothing);
-        let serving = std::mem::size_of_val(&*served);
-        assert!(serving < 1280, "serving HTTP/1.1 holds {serving} bytes");
+        let serving = std::mem::size_of_val(&*served.0);
+        assert!(serving < 1024, "serving HTTP/1.1 holds {serving} bytes");
     }
 }
