@@ -57,10 +57,15 @@ def main():
         s.sendall(request)
         read_response(s)
         socks.append(s)
+    report(socks, pids, before)
+
+
+def report(socks, pids, before):
+    """Holds `socks` idle until they settle, prints the figures, then closes them."""
     # Long enough for an idle connection to settle (Remora parks one after 1 s quiet).
     time.sleep(3)
     held = rss_kb(pids)
-    print(before, held, round((held - before) * 1024 / count))
+    print(before, held, round((held - before) * 1024 / len(socks)))
     for s in socks:
         s.close()
 

@@ -13,9 +13,8 @@ one literal. Bounded: every socket operation has a 10 s timeout.
 import socket
 import struct
 import sys
-import time
 
-from hold import rss_kb
+from hold import report, rss_kb
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, SETTINGS = 0, 1, 4
@@ -59,11 +58,7 @@ def main():
             if stream == 1 and kind in (DATA, HEADERS) and flags & END_STREAM:
                 break
         socks.append(s)
-    time.sleep(3)
-    held = rss_kb(pids)
-    print(before, held, round((held - before) * 1024 / count))
-    for s in socks:
-        s.close()
+    report(socks, pids, before)
 
 
 if __name__ == "__main__":

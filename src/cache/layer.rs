@@ -214,15 +214,7 @@ where
             let revalidating =
                 stored.filter(|e| !head && (validated(e) || !conditional(req.http.headers())));
             if let Some(entry) = &revalidating {
-                let h = req.http.headers_mut();
-                h.remove(header::IF_NONE_MATCH);
-                h.remove(header::IF_MODIFIED_SINCE);
-                if let Some(etag) = entry.headers.get(header::ETAG) {
-                    h.insert(header::IF_NONE_MATCH, etag.clone());
-                }
-                if let Some(lm) = entry.headers.get(header::LAST_MODIFIED) {
-                    h.insert(header::IF_MODIFIED_SINCE, lm.clone());
-                }
+                conditional_on(req.http.headers_mut(), entry);
             }
             let request_time = SystemTime::now();
             let result = inner.call(req).await;
@@ -375,7 +367,12 @@ fn background_request(req: &Req, entry: &Entry) -> Req {
     *http.uri_mut() = req.http.uri().clone();
     *http.version_mut() = req.http.version();
     *http.headers_mut() = req.http.headers().clone();
-    let h = http.headers_mut();
+    conditional_on(http.headers_mut(), entry);
+    Req::new(http, crate::context::Ctx::new(req.ctx.conn().clone()))
+}
+
+/// Makes a request's conditions `entry`'s validators, in place of any it had.
+fn conditional_on(h: &mut HeaderMap, entry: &Entry) {
     h.remove(header::IF_NONE_MATCH);
     h.remove(header::IF_MODIFIED_SINCE);
     if let Some(etag) = entry.headers.get(header::ETAG) {
@@ -384,7 +381,6 @@ fn background_request(req: &Req, entry: &Entry) -> Req {
     if let Some(lm) = entry.headers.get(header::LAST_MODIFIED) {
         h.insert(header::IF_MODIFIED_SINCE, lm.clone());
     }
-    Req::new(http, crate::context::Ctx::new(req.ctx.conn().clone()))
 }
 
 /// Refreshes `entry` from the origin: a 304 updates it, a storable response replaces it (its
