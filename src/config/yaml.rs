@@ -38,6 +38,8 @@ use yaml_rust2::{
 
 use super::{spelling::closest, Located, Pos};
 
+mod fast;
+
 /// The newtype name that marks a part parsed on its own (see [`super::file::Lenient`]).
 pub const LENIENT: &str = "$remora::lenient";
 
@@ -146,6 +148,14 @@ fn earlier(a: Pos, b: Pos) -> Pos {
 
 /// Parses `text` as one YAML document; an empty document is a null scalar.
 pub fn parse(text: &str) -> Result<Node, Located> {
+    match fast::parse(text) {
+        Some(root) => Ok(root),
+        None => parse_full(text),
+    }
+}
+
+/// Parses `text` with the full YAML parser, which reads everything and names what is wrong.
+fn parse_full(text: &str) -> Result<Node, Located> {
     let mut b = Builder {
         parser: Parser::new_from_str(text),
         anchors: HashMap::new(),
@@ -317,12 +327,18 @@ impl Builder<'_> {
 /// found, in document order.
 pub fn from_node<T: de::DeserializeOwned>(root: &Node) -> (Option<T>, Vec<Located>) {
     let sink = Sink::default();
+    let mut first = true;
     loop {
-        let _ = T::deserialize(De {
+        let value = T::deserialize(De {
             node: root,
             trail: &Trail::Root,
             sink: &sink,
         });
+        if first && sink.fresh.borrow().is_empty() && sink.problems.borrow().is_empty() {
+            // Nothing wrong and nothing left out: this pass built what the last would.
+            return (value.ok(), Vec::new());
+        }
+        first = false;
         let fresh = std::mem::take(&mut *sink.fresh.borrow_mut());
         let mut removed = sink.removed.borrow_mut();
         let before = removed.len();
@@ -406,7 +422,9 @@ impl Sink {
     /// Whether the node is left out of this pass: a wrong one, except, in the last pass, a
     /// part (which keeps its place, failed).
     fn skipped(&self, node: &Node) -> bool {
-        self.removed.borrow().contains(&node.id)
+        let removed = self.removed.borrow();
+        !removed.is_empty()
+            && removed.contains(&node.id)
             && !(self.last_pass.get() && self.parts.borrow().contains_key(&node.id))
     }
 
@@ -889,11 +907,17 @@ impl<'de> de::Deserializer<'de> for De<'de, '_> {
         let Kind::Map(entries) = &self.node.kind else {
             return self.wrong_type(&visitor);
         };
-        let mut seen = HashSet::with_capacity(entries.len());
+        let mut seen = HashSet::new();
         let mut twice = HashSet::new();
-        for (k, _) in entries {
+        for (i, (k, _)) in entries.iter().enumerate() {
             if let Some(text) = k.as_str() {
-                if !seen.insert(text) {
+                // Most mappings are a few keys: compared in place, without hashing.
+                let again = if entries.len() <= 16 {
+                    entries[..i].iter().any(|(e, _)| e.as_str() == Some(text))
+                } else {
+                    !seen.insert(text)
+                };
+                if again {
                     let trail = Trail::Key(self.trail, text);
                     self.sink
                         .record(k, &trail, format!("`{text}` is given twice"));
