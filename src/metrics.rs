@@ -3,6 +3,7 @@
 //! adds: no lock, no label formatting, no allocation.
 
 use std::{
+    fmt,
     sync::{
         atomic::{AtomicU16, Ordering},
         Arc, OnceLock,
@@ -574,13 +575,13 @@ impl Metrics {
     }
 
     /// The retry counter of a route and service.
-    pub fn retries(&self, route: &str, service: &str) -> IntCounter {
-        self.retries.with_label_values(&[route, service])
+    pub fn retries(&self, route: &str, service: &str) -> LazyCounter {
+        LazyCounter::new(&self.retries, &[route, service])
     }
 
     /// The budget-exhausted counter of a service.
-    pub fn budget_exhausted(&self, service: &str) -> IntCounter {
-        self.budget_exhausted.with_label_values(&[service])
+    pub fn budget_exhausted(&self, service: &str) -> LazyCounter {
+        LazyCounter::new(&self.budget_exhausted, &[service])
     }
 
     /// The per-endpoint ejection gauges (labels: service, endpoint).
@@ -589,15 +590,15 @@ impl Metrics {
     }
 
     /// The ejection counter of a service.
-    pub fn outlier_ejections(&self, service: &str) -> IntCounter {
-        self.outlier_ejections.with_label_values(&[service])
+    pub fn outlier_ejections(&self, service: &str) -> LazyCounter {
+        LazyCounter::new(&self.outlier_ejections, &[service])
     }
 
     /// Fault counters for a route.
     pub fn faults(&self, route: &str) -> FaultMetrics {
         FaultMetrics {
-            delay: self.faults.with_label_values(&[route, "delay"]),
-            abort: self.faults.with_label_values(&[route, "abort"]),
+            delay: LazyCounter::new(&self.faults, &[route, "delay"]),
+            abort: LazyCounter::new(&self.faults, &[route, "abort"]),
         }
     }
 
@@ -910,13 +911,67 @@ pub struct CacheMetrics {
     pub evictions: IntCounter,
 }
 
-/// Pre-resolved fault counters for one route.
+/// Fault counters for one route.
 #[derive(Debug, Clone)]
 pub struct FaultMetrics {
     /// Requests delayed.
-    pub delay: IntCounter,
+    pub delay: LazyCounter,
     /// Requests aborted.
-    pub abort: IntCounter,
+    pub abort: LazyCounter,
+}
+
+/// A counter whose series is created at its first count: a route or service that never
+/// retries, faults or ejects costs no series, no label strings and no registry lookup,
+/// at start or at a reload (a fleet's control file names thousands).
+#[derive(Clone)]
+pub struct LazyCounter(Arc<LazyInner>);
+
+struct LazyInner {
+    /// The family and the labels to create the series with; none for one made already.
+    vec: Option<(IntCounterVec, Box<[Box<str>]>)>,
+    counter: OnceLock<IntCounter>,
+}
+
+impl LazyCounter {
+    fn new(vec: &IntCounterVec, labels: &[&str]) -> Self {
+        LazyCounter(Arc::new(LazyInner {
+            vec: Some((vec.clone(), labels.iter().map(|&l| l.into()).collect())),
+            counter: OnceLock::new(),
+        }))
+    }
+
+    /// Counts one.
+    pub fn inc(&self) {
+        self.counter().inc();
+    }
+
+    /// The series, created now if no count made it before.
+    pub fn counter(&self) -> &IntCounter {
+        self.0.counter.get_or_init(|| {
+            let (vec, labels) = self.0.vec.as_ref().expect("a lazy counter has its family");
+            let labels: Vec<&str> = labels.iter().map(|l| &**l).collect();
+            vec.with_label_values(&labels)
+        })
+    }
+}
+
+impl From<IntCounter> for LazyCounter {
+    /// A counter that exists already (tests count in one of their own).
+    fn from(counter: IntCounter) -> Self {
+        LazyCounter(Arc::new(LazyInner {
+            vec: None,
+            counter: counter.into(),
+        }))
+    }
+}
+
+impl fmt::Debug for LazyCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let labels = self.0.vec.as_ref().map(|(_, l)| l);
+        f.debug_struct("LazyCounter")
+            .field("labels", &labels)
+            .finish()
+    }
 }
 
 /// Attempt counters for one service, each created at its first attempt.
@@ -995,6 +1050,21 @@ impl Drop for TcpOpen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lazy_counter_is_a_series_only_once_it_counts() {
+        let m = Metrics::new();
+        let retries = m.retries("quiet", "svc");
+        let faults = m.faults("quiet");
+        assert!(!m.encode().contains("route=\"quiet\""));
+        retries.inc();
+        retries.clone().inc();
+        faults.abort.inc();
+        let text = m.encode();
+        assert!(text.contains("remora_retries_total{route=\"quiet\",service=\"svc\"} 2"));
+        assert!(text.contains("kind=\"abort\""), "{text}");
+        assert!(!text.contains("kind=\"delay\""), "{text}");
+    }
 
     #[test]
     fn records_codes_and_latency() {

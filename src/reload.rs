@@ -358,12 +358,9 @@ impl Changes {
             &mut c.routes_removed,
             &mut c.routes_changed,
         );
-        let services = |s: &Snapshot| -> BTreeMap<String, ServiceSpec> {
-            s.services
-                .iter()
-                .map(|(k, v)| (k.clone(), v.spec().clone()))
-                .collect()
-        };
+        fn services(s: &Snapshot) -> BTreeMap<&str, &ServiceSpec> {
+            s.services.iter().map(|(k, v)| (&**k, v.spec())).collect()
+        }
         diff(
             &services(old),
             &services(new),
@@ -418,29 +415,33 @@ impl fmt::Display for Changes {
 }
 
 /// Each route's compiled spec by name.
-fn routes(s: &Snapshot) -> BTreeMap<String, &RouteSpec> {
+fn routes(s: &Snapshot) -> BTreeMap<&str, &RouteSpec> {
     s.outbound
         .iter()
         .flat_map(|o| o.table.routes.iter())
-        .map(|r| (r.spec.name.to_string(), &r.spec))
+        .map(|r| (&*r.spec.name, &r.spec))
         .collect()
 }
 
 fn diff<T: PartialEq>(
-    old: &BTreeMap<String, T>,
-    new: &BTreeMap<String, T>,
+    old: &BTreeMap<&str, T>,
+    new: &BTreeMap<&str, T>,
     added: &mut Vec<String>,
     removed: &mut Vec<String>,
     changed: &mut Vec<String>,
 ) {
     for (k, v) in new {
         match old.get(k) {
-            None => added.push(k.clone()),
-            Some(o) if o != v => changed.push(k.clone()),
+            None => added.push(k.to_string()),
+            Some(o) if o != v => changed.push(k.to_string()),
             Some(_) => {}
         }
     }
-    removed.extend(old.keys().filter(|k| !new.contains_key(*k)).cloned());
+    removed.extend(
+        old.keys()
+            .filter(|k| !new.contains_key(*k))
+            .map(|k| k.to_string()),
+    );
 }
 
 #[cfg(test)]

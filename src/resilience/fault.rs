@@ -164,8 +164,8 @@ mod tests {
 
     fn metrics() -> FaultMetrics {
         FaultMetrics {
-            delay: prometheus::IntCounter::new("d", "d").unwrap(),
-            abort: prometheus::IntCounter::new("a", "a").unwrap(),
+            delay: prometheus::IntCounter::new("d", "d").unwrap().into(),
+            abort: prometheus::IntCounter::new("a", "a").unwrap().into(),
         }
     }
 
@@ -191,7 +191,7 @@ mod tests {
             err,
             ProxyError::FaultInjected(StatusCode::IM_A_TEAPOT)
         ));
-        assert_eq!((mock.calls(), m.abort.get()), (0, 1));
+        assert_eq!((mock.calls(), m.abort.counter().get()), (0, 1));
 
         let delay = Fault {
             delay: Some((100.0, Duration::from_secs(3))),
@@ -205,6 +205,6 @@ mod tests {
             .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(started.elapsed(), Duration::from_secs(3));
-        assert_eq!((mock.calls(), m.delay.get()), (1, 1));
+        assert_eq!((mock.calls(), m.delay.counter().get()), (1, 1));
     }
 }

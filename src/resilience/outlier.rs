@@ -10,7 +10,9 @@ use std::{
     time::Duration,
 };
 
-use prometheus::{IntCounter, IntGauge};
+use prometheus::IntGauge;
+
+use crate::metrics::LazyCounter;
 use tokio::time::Instant;
 
 /// A service's outlier detection settings.
@@ -30,7 +32,7 @@ pub struct Detector {
     policy: Policy,
     start: Instant,
     ejected: AtomicUsize,
-    ejections: IntCounter,
+    ejections: LazyCounter,
 }
 
 /// One endpoint's state.
@@ -45,7 +47,7 @@ pub struct EndpointState {
 
 impl Detector {
     /// A detector for `policy`, counting ejections in `ejections`.
-    pub fn new(policy: Policy, ejections: IntCounter) -> Self {
+    pub fn new(policy: Policy, ejections: LazyCounter) -> Self {
         Self {
             policy,
             start: Instant::now(),
@@ -149,7 +151,10 @@ mod tests {
             base_ejection: Duration::from_secs(10),
             max_ejected_percent: max_percent,
         };
-        let d = Detector::new(policy, IntCounter::new("e", "e").unwrap());
+        let d = Detector::new(
+            policy,
+            prometheus::IntCounter::new("e", "e").unwrap().into(),
+        );
         let eps = (0..4)
             .map(|i| EndpointState::new(IntGauge::new(format!("g{i}"), "g").unwrap()))
             .collect();

@@ -16,9 +16,9 @@ mod policy;
 use std::{sync::Arc, time::Duration};
 
 use crate::context::DownstreamUpgrade;
+use crate::metrics::LazyCounter;
 use http::{header, Request};
 use http_body_util::BodyExt;
-use prometheus::IntCounter;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -48,7 +48,7 @@ struct Config {
     /// The service's budget, which counts every request and pays for every retry.
     budget: Option<Arc<Budget>>,
     /// Retries made (`remora_retries_total{route, service}`).
-    retries: Option<IntCounter>,
+    retries: Option<LazyCounter>,
 }
 
 impl RetryLayer {
@@ -68,7 +68,7 @@ impl RetryLayer {
         policy: Option<Policy>,
         timeout: Duration,
         budget: Arc<Budget>,
-        retries: IntCounter,
+        retries: LazyCounter,
     ) -> Self {
         Self(Arc::new(Config {
             policy,
@@ -265,7 +265,7 @@ mod tests {
         let budget = Arc::new(Budget::new(0.2, 10));
         let retries = IntCounter::new("r", "r").unwrap();
         (
-            RetryLayer::new(p, timeout, budget.clone(), retries.clone()),
+            RetryLayer::new(p, timeout, budget.clone(), retries.clone().into()),
             budget,
             retries,
         )
@@ -370,9 +370,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_empty_budget_stops_retries_and_is_counted() {
         let exhausted = IntCounter::new("e", "e").unwrap();
-        let budget = Arc::new(Budget::new(0.0, 0).counting(exhausted.clone()));
+        let budget = Arc::new(Budget::new(0.0, 0).counting(exhausted.clone().into()));
         let retries = IntCounter::new("r", "r").unwrap();
-        let l = RetryLayer::new(Some(policy(3)), Duration::from_secs(10), budget, retries);
+        let l = RetryLayer::new(
+            Some(policy(3)),
+            Duration::from_secs(10),
+            budget,
+            retries.clone().into(),
+        );
         let mock = Mock::statuses(&[503, 200]);
         let resp = l
             .layer(mock.clone())

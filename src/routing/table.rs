@@ -204,7 +204,7 @@ pub struct Target {
     /// Metric handles for this route and service.
     pub metrics: RequestMetrics,
     /// Retries made for this route to this service.
-    pub retries: IntCounter,
+    pub retries: crate::metrics::LazyCounter,
 }
 
 impl Route {

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use prometheus::IntCounter;
+use crate::metrics::LazyCounter;
 use tokio::time::Instant;
 
 /// A retry budget as configured: retries may add `per_mille` / 1000 of the requests, plus
@@ -42,7 +42,7 @@ pub struct Budget {
     start: Instant,
     buckets: [Bucket; WINDOW_SECS],
     /// Counts retries the budget refused (`remora_retry_budget_exhausted_total`).
-    exhausted: Option<IntCounter>,
+    exhausted: Option<LazyCounter>,
 }
 
 #[derive(Debug, Default)]
@@ -71,7 +71,7 @@ impl Budget {
     }
 
     /// Counts each refused retry in `exhausted`.
-    pub fn counting(mut self, exhausted: IntCounter) -> Self {
+    pub fn counting(mut self, exhausted: LazyCounter) -> Self {
         self.exhausted = Some(exhausted);
         self
     }
