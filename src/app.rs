@@ -144,6 +144,8 @@ pub async fn run(
         reloader,
         admin_stop_rx,
     ));
+    // Reading and compiling the file left megabytes of garbage behind.
+    crate::memory::return_freed_pages();
     rt.set_ready(true);
     tracing::info!("ready");
 

@@ -36,6 +36,7 @@ pub mod headers;
 pub mod import;
 pub mod inject;
 pub mod iptables;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -647,12 +647,6 @@ fn route_test(
     }
 }
 
-/// jemalloc, not glibc's allocator: after a burst (a flood of connections, a large reload)
-/// glibc keeps the freed memory fragmented in its heap, so RSS stays at the peak; jemalloc,
-/// with the background purging `.cargo/config.toml` turns on, returns it within seconds.
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// A file's text, or stdin's for `-`; when it cannot be read, says so as `remora COMMAND`
 /// and gives the exit code.
 fn read_input(command: &str, file: &str) -> Result<String, ExitCode> {

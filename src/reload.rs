@@ -248,6 +248,9 @@ impl Reloader {
         let mut changes = Changes::between(&current, &next);
         self.listeners.publish(next);
         changes.other.extend(self.listeners.commit(plan).await);
+        // The compile's garbage, and the snapshot replaced unless a request still holds it.
+        drop(current);
+        crate::memory::return_freed_pages();
         Ok(changes)
     }
 
