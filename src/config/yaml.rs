@@ -88,6 +88,19 @@ impl Node {
         }
     }
 
+    /// What an empty document is: a null at its start.
+    fn empty_document() -> Node {
+        Node {
+            pos: Pos { line: 1, column: 1 },
+            id: 0,
+            last: 0,
+            kind: Kind::Scalar {
+                text: String::new(),
+                plain: true,
+            },
+        }
+    }
+
     fn is_null(&self) -> bool {
         matches!(&self.kind, Kind::Scalar { text, plain: true } if matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL"))
     }
@@ -182,15 +195,7 @@ fn parse_full(text: &str) -> Result<Node, Located> {
             }
         }
     }
-    Ok(root.unwrap_or(Node {
-        pos: Pos { line: 1, column: 1 },
-        id: 0,
-        last: 0,
-        kind: Kind::Scalar {
-            text: String::new(),
-            plain: true,
-        },
-    }))
+    Ok(root.unwrap_or_else(Node::empty_document))
 }
 
 struct Builder<'a> {

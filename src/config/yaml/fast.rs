@@ -42,15 +42,7 @@ pub(super) fn parse(text: &str) -> Option<Node> {
         }
     }
     if p.eof() {
-        return Some(Node {
-            pos: Pos { line: 1, column: 1 },
-            id: 0,
-            last: 0,
-            kind: Kind::Scalar {
-                text: String::new(),
-                plain: true,
-            },
-        });
+        return Some(Node::empty_document());
     }
     if p.doc_marker() {
         return None;
@@ -505,8 +497,7 @@ impl Reader<'_> {
     fn scalar(&mut self, flow: bool) -> Option<Scalar> {
         let pos = self.pos();
         match self.at(0) {
-            b'"' => self.double_quoted(pos, flow),
-            b'\'' => self.single_quoted(pos, flow),
+            b'"' | b'\'' => self.quoted(pos, flow),
             _ => self.plain(pos, flow),
         }
     }
@@ -558,56 +549,38 @@ impl Reader<'_> {
         is_break(c) || c == b':' || (flow && is_flow_indicator(c))
     }
 
-    fn single_quoted(&mut self, pos: Pos, flow: bool) -> Option<Scalar> {
+    /// A one-line quoted scalar: in single quotes `''` is a quote; in double quotes a few
+    /// common escapes are read (any other is the full parser's).
+    fn quoted(&mut self, pos: Pos, flow: bool) -> Option<Scalar> {
+        let quote = self.at(0);
         self.i += 1;
         let mut text = String::new();
         let mut from = self.i;
         loop {
-            match self.at(0) {
-                0 | b'\n' => return None,
-                b'\'' if self.at(1) == b'\'' => {
-                    text.push_str(&self.text[from..=self.i]);
-                    self.i += 2;
-                    from = self.i;
+            let c = self.at(0);
+            let escaped = match (quote, c) {
+                (_, 0 | b'\n') => return None,
+                (b'\'', b'\'') if self.at(1) == b'\'' => '\'',
+                (b'"', b'\\') => match self.at(1) {
+                    b'"' => '"',
+                    b'\\' => '\\',
+                    b'/' => '/',
+                    b'n' => '\n',
+                    b't' => '\t',
+                    b'r' => '\r',
+                    b'0' => '\0',
+                    _ => return None,
+                },
+                _ if c == quote => break,
+                _ => {
+                    self.i += 1;
+                    continue;
                 }
-                b'\'' => break,
-                _ => self.i += 1,
-            }
-        }
-        text.push_str(&self.text[from..self.i]);
-        self.i += 1;
-        self.after_quote(flow).then_some(Scalar {
-            pos,
-            text,
-            plain: false,
-        })
-    }
-
-    fn double_quoted(&mut self, pos: Pos, flow: bool) -> Option<Scalar> {
-        self.i += 1;
-        let mut text = String::new();
-        let mut from = self.i;
-        loop {
-            match self.at(0) {
-                0 | b'\n' => return None,
-                b'"' => break,
-                b'\\' => {
-                    text.push_str(&self.text[from..self.i]);
-                    text.push(match self.at(1) {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'n' => '\n',
-                        b't' => '\t',
-                        b'r' => '\r',
-                        b'0' => '\0',
-                        _ => return None,
-                    });
-                    self.i += 2;
-                    from = self.i;
-                }
-                _ => self.i += 1,
-            }
+            };
+            text.push_str(&self.text[from..self.i]);
+            text.push(escaped);
+            self.i += 2;
+            from = self.i;
         }
         text.push_str(&self.text[from..self.i]);
         self.i += 1;
