@@ -19,7 +19,12 @@ mod rescue;
 pub mod server;
 pub mod tcp;
 
-use std::convert::Infallible;
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
 
 use http::{Request, Version};
 use hyper::body::Incoming;
@@ -162,20 +167,36 @@ impl Stack {
 
 /// Answers one request on a data listener with `stack` (the listener's wiring takes it from
 /// the stacks in force, once per request, so the request sees one config).
-pub async fn handle(stack: Stack, conn: ConnMeta, req: Request<Incoming>) -> Resp {
+pub fn handle(stack: Stack, conn: ConnMeta, req: Request<Incoming>) -> Handled {
     // An HTTP/1 caller gets trailers only where the response declares them.
     let trailers = req.version() < Version::HTTP_2 && headers::accepts_trailers(req.headers());
     let req = Req::new(req.map(ProxyBody::stream), Ctx::new(conn));
     let answer = match stack {
-        Stack::Outbound(mut s) => s.call(req).await,
-        Stack::Inbound(mut s) => s.call(req).await,
-        Stack::Unconfigured(mut s) => s.call(req).await,
+        Stack::Outbound(mut s) => s.call(req),
+        Stack::Inbound(mut s) => s.call(req),
+        Stack::Unconfigured(mut s) => s.call(req),
     };
-    let mut resp = answer.unwrap_or_else(|never: Infallible| match never {});
-    if trailers {
-        headers::declare_grpc_trailers(resp.headers_mut());
+    Handled { answer, trailers }
+}
+
+/// One request's answer on its way. A named future, not an `async fn`'s: that one kept the
+/// stack and the request beside the answer, and every move of it copied them.
+pub struct Handled {
+    answer: observe::Observed,
+    trailers: bool,
+}
+
+impl Future for Handled {
+    type Output = Resp;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Resp> {
+        let answer = std::task::ready!(Pin::new(&mut self.answer).poll(cx));
+        let mut resp = answer.unwrap_or_else(|never: Infallible| match never {});
+        if self.trailers {
+            headers::declare_grpc_trailers(resp.headers_mut());
+        }
+        Poll::Ready(resp)
     }
-    resp
 }
 
 /// Refuses every request with `no-route`.

@@ -476,25 +476,48 @@ fn service<H: Handler>(
             };
             req.extensions_mut().insert(theirs);
         }
-        let slot = upgrade.clone();
-        let connect = req.method() == http::Method::CONNECT;
-        let fut = handler.clone().http(conn.clone(), req);
-        let stream = InFlight::start(&requests);
-        Box::pin(async move {
-            let resp = fut.await;
-            stream.finish();
-            // No upgrade after all: the socket stays with the connection. (hyper upgrades
-            // after a 101, and after a 2xx to CONNECT.)
-            let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                || (connect && resp.status().is_success());
-            if !upgraded {
-                if let Some(slot) = slot {
-                    lock(&slot).take();
-                }
-            }
-            Ok::<_, Infallible>(resp)
+        Box::pin(Answering {
+            slot: upgrade.clone(),
+            connect: req.method() == http::Method::CONNECT,
+            stream: Some(InFlight::start(&requests)),
+            answer: handler.clone().http(conn.clone(), req),
         }) as Answer
     })
+}
+
+pin_project_lite::pin_project! {
+    /// The handler's answer, then the request's end counted and an upgrade that did not
+    /// happen let go. A named future rather than an `async` block, which would copy the
+    /// handler's future into itself, and itself into the box.
+    struct Answering<F> {
+        #[pin]
+        answer: F,
+        stream: Option<InFlight>,
+        slot: Option<Arc<UpgradeSlot>>,
+        connect: bool,
+    }
+}
+
+impl<F: Future<Output = Response<ProxyBody>>> Future for Answering<F> {
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = std::task::ready!(this.answer.poll(cx));
+        if let Some(stream) = this.stream.take() {
+            stream.finish();
+        }
+        // No upgrade after all: the socket stays with the connection. (hyper upgrades after
+        // a 101, and after a 2xx to CONNECT.)
+        let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            || (*this.connect && resp.status().is_success());
+        if !upgraded {
+            if let Some(slot) = this.slot.take() {
+                lock(&slot).take();
+            }
+        }
+        Poll::Ready(Ok(resp))
+    }
 }
 
 #[cfg(test)]
