@@ -775,15 +775,36 @@ where
 }
 
 /// `f`'s output, unless `deadline` passes first.
-async fn within<F: std::future::Future>(
-    deadline: Option<Instant>,
-    f: F,
-) -> Result<F::Output, PoolError> {
+fn within<F: std::future::Future>(deadline: Option<Instant>, f: F) -> Within<F> {
     match deadline {
-        None => Ok(f.await),
-        Some(d) => tokio::time::timeout_at(d, f)
-            .await
-            .map_err(|_| PoolError::Timeout),
+        None => Within::Unbounded { f },
+        Some(d) => Within::Bounded {
+            f: tokio::time::timeout_at(d, f),
+        },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`within`]'s future: a named one, as an `async fn`'s would keep a second copy of `f`
+    /// (a request on its way, hundreds of bytes) and copy it again at each step.
+    #[project = WithinProj]
+    enum Within<F> {
+        Unbounded { #[pin] f: F },
+        Bounded { #[pin] f: tokio::time::Timeout<F> },
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Within<F> {
+    type Output = Result<F::Output, PoolError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            WithinProj::Unbounded { f } => f.poll(cx).map(Ok),
+            WithinProj::Bounded { f } => f.poll(cx).map(|r| r.map_err(|_| PoolError::Timeout)),
+        }
     }
 }
 
