@@ -51,6 +51,10 @@ pub(super) fn parse(text: &str) -> Option<Node> {
     p.eof().then_some(root)
 }
 
+/// The longest key read here, in bytes. YAML allows a simple key 1,024 characters; one
+/// near that is left to the full parser, which judges it (and counts characters, not bytes).
+const MAX_KEY: usize = 1000;
+
 /// A scalar read but not yet numbered (a block mapping's id comes before its first key's).
 struct Scalar {
     pos: Pos,
@@ -268,8 +272,7 @@ impl Reader<'_> {
         let mut entries = Vec::new();
         let mut key = first;
         loop {
-            // A simple key is at most 1,024 characters.
-            if key.text.len() > 1000 {
+            if key.text.len() > MAX_KEY {
                 return None;
             }
             self.i += 1;
@@ -442,7 +445,7 @@ impl Reader<'_> {
                     return None;
                 }
                 let key = self.scalar(true)?;
-                if key.text.len() > 1000 {
+                if key.text.len() > MAX_KEY {
                     return None;
                 }
                 self.skip_spaces();
