@@ -31,10 +31,43 @@ pub fn return_freed_pages() {
     }
 }
 
+/// What the allocator holds, in bytes, as jemalloc counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Bytes the program has allocated and not freed.
+    pub allocated: usize,
+    /// Bytes in the pages that hold those allocations: `allocated` plus the free room in
+    /// partly used pages (fragmentation).
+    pub active: usize,
+    /// Bytes of the allocator's own bookkeeping.
+    pub metadata: usize,
+    /// Bytes in resident pages the allocator maps: `active`, metadata, and freed pages not
+    /// yet returned to the system.
+    pub resident: usize,
+}
+
+/// The allocator's figures now, or `None` if it cannot give them.
+pub fn usage() -> Option<Usage> {
+    use tikv_jemalloc_ctl::{epoch, Access, AsName};
+    // The figures are a snapshot taken when the epoch advances.
+    epoch::advance().ok()?;
+    let read = |key: &'static str| Access::<usize>::read(key.name()).ok();
+    Some(Usage {
+        allocated: read("stats.allocated\0")?,
+        active: read("stats.active\0")?,
+        metadata: read("stats.metadata\0")?,
+        resident: read("stats.resident\0")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tikv_jemalloc_ctl::{epoch, Access, AsName};
+
+    /// The two tests below make and free megabytes: one at a time, so neither reads the
+    /// other's garbage.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     /// Dirty pages held by every arena, in pages.
     fn dirty() -> usize {
@@ -44,6 +77,7 @@ mod tests {
 
     #[test]
     fn freed_pages_go_back_at_once_and_the_decay_pace_is_kept() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let garbage: Vec<Vec<u8>> = (0..256).map(|_| vec![1u8; 64 * 1024]).collect();
         drop(garbage);
         let before = dirty();
@@ -56,5 +90,20 @@ mod tests {
             "dirty pages: {before}, then {after}"
         );
         assert_eq!(Access::<isize>::read(pace).unwrap(), ms);
+    }
+
+    #[test]
+    fn usage_counts_what_is_held() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let before = usage().unwrap();
+        let held = vec![1u8; 64 << 20];
+        let during = usage().unwrap();
+        assert!(
+            during.allocated >= before.allocated + (32 << 20),
+            "{before:?} then {during:?}"
+        );
+        assert!(during.active >= during.allocated && during.resident >= during.active);
+        assert!(during.metadata > 0);
+        drop(held);
     }
 }

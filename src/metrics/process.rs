@@ -1,7 +1,9 @@
 //! The standard `process_*` metrics, read from `/proc/self` at each scrape. Written here rather
 //! than taken from the `prometheus` crate's collector, which counts CPU in whole seconds (an
 //! integer counter): a fresh sidecar read 0 and `rate()` over it jumped in steps of one
-//! second. Here CPU time is a float at the kernel's clock-tick precision (10 ms).
+//! second. Here CPU time is a float at the kernel's clock-tick precision (10 ms). Beside
+//! them, `remora_heap_*` give the allocator's own figures: how much of the resident memory
+//! is live data, fragmentation, bookkeeping, or freed pages not yet returned.
 
 use std::{fs, sync::Mutex};
 
@@ -25,6 +27,10 @@ pub struct Process {
     open_fds: IntGauge,
     max_fds: IntGauge,
     start_time: Gauge,
+    heap_allocated: IntGauge,
+    heap_active: IntGauge,
+    heap_metadata: IntGauge,
+    heap_resident: IntGauge,
     /// The CPU seconds last reported, so the counter is only ever added to.
     last_cpu: Mutex<f64>,
     descs: Vec<Desc>,
@@ -67,6 +73,22 @@ impl Process {
                 "Maximum number of open file descriptors.",
             ),
             start_time,
+            heap_allocated: int(
+                "remora_heap_allocated_bytes",
+                "Bytes allocated on the heap and not freed.",
+            ),
+            heap_active: int(
+                "remora_heap_active_bytes",
+                "Bytes in the heap pages that hold live allocations (allocated plus fragmentation).",
+            ),
+            heap_metadata: int(
+                "remora_heap_metadata_bytes",
+                "Bytes of the allocator's own bookkeeping.",
+            ),
+            heap_resident: int(
+                "remora_heap_resident_bytes",
+                "Bytes in resident pages the allocator maps, freed pages not yet returned included.",
+            ),
             last_cpu: Mutex::new(0.0),
             descs: Vec::new(),
         };
@@ -81,7 +103,7 @@ impl Process {
         Self { descs, ..p }
     }
 
-    fn parts(&self) -> [&dyn Collector; 7] {
+    fn parts(&self) -> [&dyn Collector; 11] {
         [
             &self.cpu,
             &self.resident,
@@ -90,6 +112,10 @@ impl Process {
             &self.open_fds,
             &self.max_fds,
             &self.start_time,
+            &self.heap_allocated,
+            &self.heap_active,
+            &self.heap_metadata,
+            &self.heap_resident,
         ]
     }
 
@@ -117,6 +143,13 @@ impl Process {
         }
         if let Some(max) = max_open_files() {
             self.max_fds.set(max);
+        }
+        if let Some(heap) = crate::memory::usage() {
+            let bytes = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            self.heap_allocated.set(bytes(heap.allocated));
+            self.heap_active.set(bytes(heap.active));
+            self.heap_metadata.set(bytes(heap.metadata));
+            self.heap_resident.set(bytes(heap.resident));
         }
     }
 }
@@ -256,6 +289,10 @@ mod tests {
         assert!(value("process_threads") >= 1.0);
         assert!(value("process_open_fds") >= 3.0);
         assert!(value("process_max_fds") >= value("process_open_fds"));
+        assert!(value("remora_heap_allocated_bytes") > 0.0);
+        assert!(value("remora_heap_active_bytes") >= value("remora_heap_allocated_bytes"));
+        assert!(value("remora_heap_resident_bytes") >= value("remora_heap_active_bytes"));
+        assert!(value("remora_heap_metadata_bytes") > 0.0);
         let start = value("process_start_time_seconds");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
