@@ -265,8 +265,9 @@ impl crate::reload::Listeners for DataListeners {
 
     fn publish(&self, next: Snapshot) {
         let next = Arc::new(next);
-        self.stacks
-            .store(Arc::new(Stacks::build(&next, &self.rt.shared)));
+        let previous = self.stacks.load_full();
+        let stacks = Stacks::build(&next, &self.rt.shared, Some(&previous));
+        self.stacks.store(Arc::new(stacks));
         self.rt.publish(next);
     }
 
@@ -282,7 +283,7 @@ impl crate::reload::Listeners for DataListeners {
 
 impl DataListeners {
     fn new(rt: Arc<Runtime>, life: server::Lifecycle) -> Arc<Self> {
-        let stacks = Stacks::build(&rt.snapshot(), &rt.shared);
+        let stacks = Stacks::build(&rt.snapshot(), &rt.shared, None);
         Arc::new(Self {
             rt,
             stacks: Arc::new(ArcSwap::from_pointee(stacks)),

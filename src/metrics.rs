@@ -682,6 +682,11 @@ struct RequestInner {
 const EXTRA_CODES: usize = 8;
 
 impl RequestMetrics {
+    /// Whether both are the same handles (one kept across a reload).
+    pub fn same_series(&self, other: &RequestMetrics) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Records one answered request.
     pub fn record(&self, status: StatusCode, elapsed: Duration) {
         let inner = &*self.0;

@@ -50,6 +50,8 @@ pub use rescue::rescue;
 pub struct Stacks {
     outbound: Side,
     inbound: Side,
+    /// The outbound router inside `outbound`, whose route stacks the next build may keep.
+    router: Option<outbound::Router>,
 }
 
 /// One listener's stacks.
@@ -63,7 +65,9 @@ struct Side {
 
 impl Stacks {
     /// Assembles the stacks `snapshot` describes, bound to what outlives it in `shared`.
-    pub fn build(snapshot: &Snapshot, shared: &Shared) -> Self {
+    /// `previous` (the stacks in force before a reload) hands on the stacks of the routes the
+    /// reload kept.
+    pub fn build(snapshot: &Snapshot, shared: &Shared, previous: Option<&Stacks>) -> Self {
         let (metrics, access_log) = (&shared.metrics, snapshot.access_log);
         let observing = observe::Observing {
             access_log,
@@ -80,16 +84,20 @@ impl Stacks {
             tcp: None,
             opaque_ports: PortSet::new(),
         };
-        Self {
-            outbound: match &snapshot.outbound {
-                Some(ob) => Side {
-                    http: Stack::Outbound(outbound::stack(
-                        ob.table.clone(),
-                        metrics,
-                        &shared.passthrough,
-                        observing.clone(),
-                        hygiene,
-                    )),
+        let mut router = None;
+        let outbound = match &snapshot.outbound {
+            Some(ob) => {
+                let (http, routes) = outbound::stack(
+                    ob.table.clone(),
+                    metrics,
+                    &shared.passthrough,
+                    observing.clone(),
+                    hygiene,
+                    previous.and_then(|p| p.router.as_ref()),
+                );
+                router = Some(routes);
+                Side {
+                    http: Stack::Outbound(http),
                     tcp: Some(TcpStack::outbound(
                         ob.tcp.clone(),
                         metrics,
@@ -97,9 +105,13 @@ impl Stacks {
                         access_log,
                     )),
                     opaque_ports: ob.opaque_ports.clone(),
-                },
-                None => unconfigured(Direction::Outbound),
-            },
+                }
+            }
+            None => unconfigured(Direction::Outbound),
+        };
+        Self {
+            outbound,
+            router,
             inbound: match &snapshot.inbound {
                 Some(ib) => Side {
                     http: Stack::Inbound(inbound::stack(

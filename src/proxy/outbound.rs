@@ -5,7 +5,7 @@
 //! preparation → tries → balancer → pooled client). Unmatched requests are rejected or passed
 //! through to their own authority through the same forwarding layers.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::context::DownstreamUpgrade;
 use http::{header, Method, Response};
@@ -49,21 +49,35 @@ type BackendStack = CircuitBreaker<Mirror<Forward, Forward>>;
 /// The passthrough stack.
 type PassthroughStack = forward::Prepare<Retry<PassthroughClient>>;
 
-/// Assembles the outbound stack for `table`, top to bottom.
+/// Assembles the outbound stack for `table`, top to bottom. A route `previous` (the router
+/// of the table before a reload) holds unchanged keeps its stack.
 pub fn stack(
     table: Arc<RouteTable>,
     metrics: &Metrics,
     pools: &Arc<Passthrough>,
     observing: Observing,
     hygiene: hygiene::Rules,
-) -> OutboundStack {
+    previous: Option<&Router>,
+) -> (OutboundStack, Router) {
     let d = Direction::Outbound;
     let rate_limited = metrics.rate_limited(d);
+    let built: HashMap<*const Route, &RouteStack> = previous
+        .map(|p| {
+            let p = &*p.0;
+            p.table
+                .routes
+                .iter()
+                .map(Arc::as_ptr)
+                .zip(&p.routes)
+                .collect()
+        })
+        .unwrap_or_default();
     let routes = table
         .routes
         .iter()
-        .map(|route| {
-            ServiceBuilder::new()
+        .map(|route| match built.get(&Arc::as_ptr(route)) {
+            Some(kept) => (*kept).clone(),
+            None => ServiceBuilder::new()
                 .layer(RateLimitLayer::new(
                     route.limiter.clone(),
                     rate_limited.clone(),
@@ -74,7 +88,7 @@ pub fn stack(
                 ))
                 .layer(ResponseEditsLayer::new(route.spec.response_headers.clone()))
                 .layer(CacheLayer::new(route.cache.clone()))
-                .service(Action::of(route))
+                .service(Action::of(route)),
         })
         .collect();
     let passthrough = forward::path(
@@ -90,19 +104,23 @@ pub fn stack(
         unmatched: table.unmatched,
         passthrough,
         passthrough_name: Arc::from("passthrough"),
-        passthrough_metrics: metrics.request(d, "", "passthrough"),
+        passthrough_metrics: previous.map_or_else(
+            || metrics.request(d, "", "passthrough"),
+            |p| p.0.passthrough_metrics.clone(),
+        ),
         passthrough_upstream: metrics.upstream("passthrough"),
         pools: pools.clone(),
         table,
     }));
-    ServiceBuilder::new()
+    let stack = ServiceBuilder::new()
         .layer(ObserveLayer::new(
             metrics.request(d, "", ""),
             None,
             observing,
         ))
         .layer(HygieneLayer::new(hygiene))
-        .service(router)
+        .service(router.clone());
+    (stack, router)
 }
 
 /// One backend of `route`: its breaker, the route's mirror, and the forwarding path with the

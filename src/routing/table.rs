@@ -239,8 +239,8 @@ pub enum Unmatched {
 /// The outbound routes, in order, and what to do when none matches.
 #[derive(Debug)]
 pub struct RouteTable {
-    /// Routes, first match wins.
-    pub routes: Vec<Route>,
+    /// Routes, first match wins; one a reload did not change is shared with the table before.
+    pub routes: Vec<Arc<Route>>,
     /// Policy for unmatched requests.
     pub unmatched: Unmatched,
 }
@@ -248,7 +248,7 @@ pub struct RouteTable {
 impl RouteTable {
     /// The first route the request matches.
     pub fn find(&self, req: &RequestView<'_>) -> Option<&Route> {
-        self.position(req).map(|i| &self.routes[i])
+        self.position(req).map(|i| &*self.routes[i])
     }
 
     /// The index of the first route the request matches.
@@ -268,7 +268,7 @@ impl RouteTable {
         for route in &self.routes {
             let result = route.spec.matcher.check(req);
             let matched = result.is_ok();
-            out.push((route, result));
+            out.push((&**route, result));
             if matched {
                 break;
             }
