@@ -238,6 +238,9 @@ async fn reloads_under_load_drop_nothing() {
     until_served_by(&p2, "b").await;
     plain.write_in_place(&routes_to("a", &a, &b, ""));
     until_served_by(&p2, "a").await;
+    // The reload is counted just after it is put in force: wait for the count, then check
+    // that the in-place write was read once, not also half-written.
+    wait_until(|| async { reload_count(&p2, "success").await >= 2.0 }).await;
     assert_eq!(reload_count(&p2, "success").await, 2.0);
 
     stop.store(true, Ordering::Relaxed);
