@@ -50,8 +50,6 @@ pub use rescue::rescue;
 pub struct Stacks {
     outbound: Side,
     inbound: Side,
-    /// The outbound router inside `outbound`, whose route stacks the next build may keep.
-    router: Option<outbound::Router>,
 }
 
 /// One listener's stacks.
@@ -84,20 +82,21 @@ impl Stacks {
             tcp: None,
             opaque_ports: PortSet::new(),
         };
-        let mut router = None;
-        let outbound = match &snapshot.outbound {
-            Some(ob) => {
-                let (http, routes) = outbound::stack(
-                    ob.table.clone(),
-                    metrics,
-                    &shared.passthrough,
-                    observing.clone(),
-                    hygiene,
-                    previous.and_then(|p| p.router.as_ref()),
-                );
-                router = Some(routes);
-                Side {
-                    http: Stack::Outbound(http),
+        let before = previous.and_then(|p| match &p.outbound.http {
+            Stack::Outbound(stack) => Some(stack),
+            _ => None,
+        });
+        Self {
+            outbound: match &snapshot.outbound {
+                Some(ob) => Side {
+                    http: Stack::Outbound(outbound::stack(
+                        ob.table.clone(),
+                        metrics,
+                        &shared.passthrough,
+                        observing.clone(),
+                        hygiene,
+                        before,
+                    )),
                     tcp: Some(TcpStack::outbound(
                         ob.tcp.clone(),
                         metrics,
@@ -105,13 +104,9 @@ impl Stacks {
                         access_log,
                     )),
                     opaque_ports: ob.opaque_ports.clone(),
-                }
-            }
-            None => unconfigured(Direction::Outbound),
-        };
-        Self {
-            outbound,
-            router,
+                },
+                None => unconfigured(Direction::Outbound),
+            },
             inbound: match &snapshot.inbound {
                 Some(ib) => Side {
                     http: Stack::Inbound(inbound::stack(

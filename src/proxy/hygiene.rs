@@ -55,6 +55,13 @@ pub struct Hygiene<S> {
     inner: S,
 }
 
+impl<S> Hygiene<S> {
+    /// The service this one wraps.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
 impl<S: Stage> Service<Req> for Hygiene<S> {
     stack_service!();
 

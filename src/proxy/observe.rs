@@ -85,6 +85,13 @@ pub struct Observe<S> {
     inner: S,
 }
 
+impl<S> Observe<S> {
+    /// The service this one wraps.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
 impl<S> Service<Req> for Observe<S>
 where
     S: Stage,

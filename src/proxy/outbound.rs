@@ -49,16 +49,17 @@ type BackendStack = CircuitBreaker<Mirror<Forward, Forward>>;
 /// The passthrough stack.
 type PassthroughStack = forward::Prepare<Retry<PassthroughClient>>;
 
-/// Assembles the outbound stack for `table`, top to bottom. A route `previous` (the router
-/// of the table before a reload) holds unchanged keeps its stack.
+/// Assembles the outbound stack for `table`, top to bottom. A route `previous` (the stack
+/// in force before a reload) holds unchanged keeps its stack.
 pub fn stack(
     table: Arc<RouteTable>,
     metrics: &Metrics,
     pools: &Arc<Passthrough>,
     observing: Observing,
     hygiene: hygiene::Rules,
-    previous: Option<&Router>,
-) -> (OutboundStack, Router) {
+    previous: Option<&OutboundStack>,
+) -> OutboundStack {
+    let previous = previous.map(|p| p.get_ref().get_ref());
     let d = Direction::Outbound;
     let rate_limited = metrics.rate_limited(d);
     let built: HashMap<*const Route, &RouteStack> = previous
@@ -112,15 +113,14 @@ pub fn stack(
         pools: pools.clone(),
         table,
     }));
-    let stack = ServiceBuilder::new()
+    ServiceBuilder::new()
         .layer(ObserveLayer::new(
             metrics.request(d, "", ""),
             None,
             observing,
         ))
         .layer(HygieneLayer::new(hygiene))
-        .service(router.clone());
-    (stack, router)
+        .service(router)
 }
 
 /// One backend of `route`: its breaker, the route's mirror, and the forwarding path with the
