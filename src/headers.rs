@@ -112,6 +112,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Moves `headers`' values into one small buffer of their own, for a message an HTTP/2
+/// connection sends on. The values a parser made are slices of its read buffer (8 KiB or
+/// more), and the HPACK encoder keeps each value it indexes for the connection's life: without
+/// this, every idle HTTP/2 connection would pin the read buffer of the last connection its
+/// headers came from. One allocation and a copy of the values' bytes (a few hundred).
+pub fn own_values(headers: &mut HeaderMap) {
+    let total: usize = headers.values().map(HeaderValue::len).sum();
+    if total == 0 {
+        return;
+    }
+    let mut buf = Vec::with_capacity(total);
+    for v in headers.values() {
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let buf = bytes::Bytes::from(buf);
+    let mut at = 0;
+    for v in headers.values_mut() {
+        let end = at + v.len();
+        // The bytes were a valid value a moment ago, so this cannot fail; if it did, the
+        // value would simply stay where it was.
+        if let Ok(mut own) = HeaderValue::from_maybe_shared(buf.slice(at..end)) {
+            own.set_sensitive(v.is_sensitive());
+            *v = own;
+        }
+        at = end;
+    }
+}
+
 /// The bit of a hop-by-hop header's name: its index in [`HOP_BY_HOP`], or `TE_BIT` or
 /// `UPGRADE_BIT`; 0 for an end-to-end header.
 fn hop_bit(name: &HeaderName) -> u16 {
@@ -277,6 +305,51 @@ mod tests {
             h.append(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    /// Whether `v`'s bytes lie inside `buf`.
+    fn within(v: &[u8], buf: &bytes::Bytes) -> bool {
+        let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+        range.contains(&(v.as_ptr() as usize))
+    }
+
+    #[test]
+    fn owned_values_leave_the_parsers_buffer_and_keep_their_bytes_and_sensitivity() {
+        // As a parser makes them: slices of one large read buffer.
+        let read = bytes::Bytes::from(b"nginx/1.22text/plain; charset=utf-8secret".repeat(200));
+        let mut h = HeaderMap::new();
+        h.append(
+            "server",
+            HeaderValue::from_maybe_shared(read.slice(0..11)).unwrap(),
+        );
+        h.append(
+            "x-two",
+            HeaderValue::from_maybe_shared(read.slice(11..21)).unwrap(),
+        );
+        h.append(
+            "x-two",
+            HeaderValue::from_maybe_shared(read.slice(21..35)).unwrap(),
+        );
+        let mut secret = HeaderValue::from_maybe_shared(read.slice(35..41)).unwrap();
+        secret.set_sensitive(true);
+        h.append(header::AUTHORIZATION, secret);
+        h.append("x-empty", HeaderValue::from_static(""));
+        let before = h.clone();
+        assert!(within(h["server"].as_bytes(), &read));
+        own_values(&mut h);
+        assert_eq!(h, before);
+        assert!(h.get(header::AUTHORIZATION).unwrap().is_sensitive());
+        assert!(!h.get("server").unwrap().is_sensitive());
+        for v in h.values() {
+            assert!(
+                !within(v.as_bytes(), &read),
+                "{v:?} still points into the read buffer"
+            );
+        }
+        // Nothing to move: no allocation, no change.
+        let mut empty = HeaderMap::new();
+        own_values(&mut empty);
+        assert!(empty.is_empty());
     }
 
     #[test]

@@ -477,6 +477,7 @@ fn service<H: Handler>(
             req.extensions_mut().insert(theirs);
         }
         Box::pin(Answering {
+            h2: upgrade.is_none(),
             slot: upgrade.clone(),
             connect: req.method() == http::Method::CONNECT,
             stream: Some(InFlight::start(&requests)),
@@ -495,6 +496,9 @@ pin_project_lite::pin_project! {
         stream: Option<InFlight>,
         slot: Option<Arc<UpgradeSlot>>,
         connect: bool,
+        // On HTTP/2, the response's header values get a buffer of their own before h2's HPACK
+        // table keeps them (`headers::own_values`).
+        h2: bool,
     }
 }
 
@@ -503,7 +507,10 @@ impl<F: Future<Output = Response<ProxyBody>>> Future for Answering<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let resp = std::task::ready!(this.answer.poll(cx));
+        let mut resp = std::task::ready!(this.answer.poll(cx));
+        if *this.h2 {
+            crate::headers::own_values(resp.headers_mut());
+        }
         if let Some(stream) = this.stream.take() {
             stream.finish();
         }

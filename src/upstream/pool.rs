@@ -352,6 +352,7 @@ impl Pool {
         deadline: Option<Instant>,
         connected: &mut Option<std::time::Duration>,
     ) -> Result<Response<Incoming>, (PoolError, Option<Request<ProxyBody>>)> {
+        own_head(&mut req);
         let mut failed = None;
         loop {
             let shared = match within(deadline, self.http2_sender(failed, connected)).await {
@@ -623,6 +624,25 @@ fn to_http1(req: Request<ProxyBody>) -> Request<ProxyBody> {
         parts.uri = Uri::from(pq);
     }
     Request::from_parts(parts, body)
+}
+
+/// Gives the header values and the authority of a request for the shared HTTP/2 connection
+/// buffers of their own: its HPACK table keeps what it indexes for the connection's life, and
+/// a parser's values are slices of the caller's read buffer, which would stay pinned with them
+/// (`headers::own_values`). `:path` is never indexed, so the path stays where it is.
+fn own_head(req: &mut Request<ProxyBody>) {
+    crate::headers::own_values(req.headers_mut());
+    let Some(authority) = req.uri().authority() else {
+        return;
+    };
+    let Ok(own) = http::uri::Authority::try_from(authority.as_str().as_bytes()) else {
+        return;
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.authority = Some(own);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
 }
 
 /// The HTTP/2 form of an HTTP/1.1 request: the authority from `Host`, the target absolute.
@@ -943,6 +963,32 @@ mod tests {
             assert!(Instant::now() < deadline, "condition not met within 5 s");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    #[test]
+    fn a_request_for_http2_owns_its_header_values_and_authority() {
+        let read = bytes::Bytes::from(b"http://bench.example:8080/a/path?q=1".repeat(100));
+        let inside = |p: *const u8| {
+            let start = read.as_ptr() as usize;
+            (start..start + read.len()).contains(&(p as usize))
+        };
+        let mut req = Request::new(ProxyBody::empty());
+        *req.version_mut() = Version::HTTP_2;
+        *req.uri_mut() = Uri::from_maybe_shared(read.slice(0..36)).unwrap();
+        let agent = HeaderValue::from_maybe_shared(read.slice(7..19)).unwrap();
+        req.headers_mut().insert(header::USER_AGENT, agent);
+        assert!(inside(req.uri().authority().unwrap().as_str().as_ptr()));
+        own_head(&mut req);
+        assert_eq!(req.uri(), "http://bench.example:8080/a/path?q=1");
+        assert_eq!(req.headers()[header::USER_AGENT], "bench.exampl");
+        let authority = req.uri().authority().unwrap().as_str();
+        assert!(
+            !inside(authority.as_ptr()),
+            "the authority still points into the read buffer"
+        );
+        assert!(!inside(
+            req.headers()[header::USER_AGENT].as_bytes().as_ptr()
+        ));
     }
 
     #[tokio::test]
