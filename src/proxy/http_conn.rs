@@ -533,6 +533,36 @@ mod tests {
 
     use crate::proxy::server::tests::Nothing;
 
+    /// An HTTP/2 answer's header values leave the buffer they were parsed into (h2's HPACK
+    /// table would pin it); an HTTP/1.1 answer's stay, at no cost.
+    #[tokio::test]
+    async fn an_http2_answer_owns_its_header_values_and_an_http1_answer_does_not() {
+        let read = Bytes::from(b"nginx/1.22.1".repeat(500));
+        let inside = |v: &http::HeaderValue| {
+            let start = read.as_ptr() as usize;
+            (start..start + read.len()).contains(&(v.as_bytes().as_ptr() as usize))
+        };
+        for h2 in [true, false] {
+            let value = http::HeaderValue::from_maybe_shared(read.slice(0..12)).unwrap();
+            let answer = async move {
+                let mut resp = Response::new(ProxyBody::empty());
+                resp.headers_mut().insert(http::header::SERVER, value);
+                resp
+            };
+            let answering = Answering {
+                answer,
+                stream: None,
+                slot: None,
+                connect: false,
+                h2,
+            };
+            let resp = answering.await.unwrap();
+            let server = &resp.headers()[http::header::SERVER];
+            assert_eq!(server, "nginx/1.22.1");
+            assert_eq!(inside(server), !h2, "h2: {h2}");
+        }
+    }
+
     /// A parked connection holds its `serve_h1` future (and the task around it) and nothing
     /// else: hyper's state lives in a box only while it serves.
     #[test]
