@@ -182,29 +182,24 @@ pub fn forwarded_for(client_ip: std::net::IpAddr) -> HeaderValue {
 pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'static str) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    let mut prev = headers
-        .get_all(&XFF)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .peekable();
-    let value = if prev.peek().is_none() {
-        client.clone()
-    } else {
-        let mut value = String::with_capacity(64);
-        for p in prev {
-            value.push_str(p);
-            value.push_str(", ");
+    // Entries, so each custom name is hashed once (a lookup and an insert hashed it twice).
+    match headers.entry(XFF) {
+        header::Entry::Vacant(e) => {
+            e.insert(client.clone());
         }
-        value.push_str(client.to_str().unwrap_or_default());
-        match HeaderValue::from_str(&value) {
-            Ok(v) => v,
-            Err(_) => client.clone(),
+        header::Entry::Occupied(mut e) => {
+            let mut value = String::with_capacity(64);
+            for p in e.iter().filter_map(|v| v.to_str().ok()) {
+                value.push_str(p);
+                value.push_str(", ");
+            }
+            value.push_str(client.to_str().unwrap_or_default());
+            e.insert(HeaderValue::from_str(&value).unwrap_or_else(|_| client.clone()));
         }
-    };
-    headers.insert(XFF, value);
-    if !headers.contains_key(&XFP) {
-        headers.insert(XFP, HeaderValue::from_static(proto));
     }
+    headers
+        .entry(XFP)
+        .or_insert_with(|| HeaderValue::from_static(proto));
 }
 
 /// The host part of an authority: `a.b:80` → `a.b`, `[::1]:80` → `[::1]`.
@@ -414,5 +409,13 @@ mod tests {
             h["x-forwarded-proto"], "https",
             "the first hop's scheme is kept"
         );
+        // Several lines become one list, in order.
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+        ]);
+        add_forwarded(&mut h, &me, "http");
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["1.1.1.1, 2.2.2.2, 10.0.0.1"]);
     }
 }
