@@ -306,6 +306,14 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// Whether `part`'s bytes start inside `buf`: for tests that check a value left (or stayed
+/// in) the buffer it was parsed from.
+#[cfg(test)]
+pub(crate) fn points_into(part: &[u8], buf: &[u8]) -> bool {
+    let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+    range.contains(&(part.as_ptr() as usize))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,12 +324,6 @@ mod tests {
             h.append(*k, HeaderValue::from_static(v));
         }
         h
-    }
-
-    /// Whether `v`'s bytes lie inside `buf`.
-    fn within(v: &[u8], buf: &bytes::Bytes) -> bool {
-        let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
-        range.contains(&(v.as_ptr() as usize))
     }
 
     #[test]
@@ -340,13 +342,13 @@ mod tests {
         // Never in HPACK's table: left alone.
         h.append(header::SET_COOKIE, slice(0..5).unwrap());
         let before = h.clone();
-        assert!(within(h["server"].as_bytes(), &read));
+        assert!(points_into(h["server"].as_bytes(), &read));
         own_values(&mut h);
         assert_eq!(h, before);
         assert!(h["x-token"].is_sensitive());
         assert!(!h["server"].is_sensitive());
         for (name, v) in &h {
-            let moved = !within(v.as_bytes(), &read);
+            let moved = !points_into(v.as_bytes(), &read);
             assert_eq!(moved, name != header::SET_COOKIE, "{name}: {v:?}");
         }
         // Nothing to move: no allocation, no change.
