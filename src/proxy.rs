@@ -3,12 +3,14 @@
 //! snapshot, the layers only they use (`observe`: metrics, rescue and the access log;
 //! `forward`: request preparation and the forwarding path every backend shares; `hygiene`:
 //! what every request must satisfy before routing; `http_conn`: HTTP/1.1 and HTTP/2 on one
-//! connection, parking idle HTTP/1.1 ones), and
+//! connection, parking idle HTTP/1.1 ones; `gated`: a connection's control waits, polled only
+//! when woken), and
 //! `rescue`, the one place an error becomes a response.
 
 mod activity;
 pub mod detect;
 pub mod forward;
+mod gated;
 mod http_conn;
 pub mod hygiene;
 pub mod inbound;

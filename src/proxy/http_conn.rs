@@ -42,7 +42,7 @@ use tokio::{
     sync::{oneshot, watch},
 };
 
-use super::{activity::Activity, detect::Prefixed, server::Handler, ConnMeta};
+use super::{activity::Activity, detect::Prefixed, gated::gated, server::Handler, ConnMeta};
 use crate::{
     body::ProxyBody,
     config::Limits,
@@ -295,23 +295,23 @@ async fn drive<C: Conn>(
                 }
                 return if parking && !closing { Ended::Parked } else { Ended::Closed };
             }
-            _ = s.stop.changed(), if !closing => {
+            _ = gated(s.stop.changed()), if !closing => {
                 closing = true;
                 connection.wind_up();
             }
-            _ = requests.abused.notified(), if !closing => {
+            _ = gated(requests.abused.notified()), if !closing => {
                 tracing::warn!(peer = %peer, "closing a connection whose caller reset most of its requests (HTTP/2 rapid reset)");
                 s.errors.inc();
                 closing = true;
                 connection.wind_up();
             }
-            _ = s.activity.idle(s.idle_timeout), if !closing => {
+            _ = gated(s.activity.idle(s.idle_timeout)), if !closing => {
                 tracing::debug!(peer = %peer, "closing idle connection");
                 closing = true;
                 connection.wind_up();
             }
             // Quiet, with no request in flight (a long poll keeps it from parking).
-            _ = quiet(requests, &s.activity), if parks && !closing && !parking => {
+            _ = gated(quiet(requests, &s.activity)), if parks && !closing && !parking => {
                 if requests.active.load(Ordering::Acquire) == 0 {
                     parking = true;
                     connection.wind_up();
