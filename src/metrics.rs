@@ -175,7 +175,7 @@ impl Metrics {
         let connections_parked = IntGaugeVec::new(
             Opts::new(
                 "remora_connections_parked",
-                "HTTP/1.1 keep-alive connections idle between requests, holding no HTTP state.",
+                "Keep-alive connections idle between requests that gave their buffers back: HTTP/1.1 ones parked (no HTTP state held), HTTP/2 ones settled (no stream open, buffers freed).",
             ),
             &["direction"],
         )

@@ -44,6 +44,12 @@ impl Activity {
             .store(c.opened.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
     }
 
+    /// When bytes last moved, as a stamp that changes whenever they move again (to the
+    /// millisecond).
+    pub fn stamp(&self) -> u64 {
+        self.0.last.load(Ordering::Relaxed)
+    }
+
     /// How long ago the connection opened.
     pub fn age(&self) -> Duration {
         self.0.opened.elapsed()

@@ -9,6 +9,12 @@
 //! buffer of its own. They start a new hyper connection. An idle keep-alive client so costs
 //! the socket, its task and a few hundred bytes, as with nginx, rather than about 25 KiB.
 //!
+//! An HTTP/2 connection cannot be wound up and restarted like that (its HPACK tables and
+//! stream ids are state), so after the same quiet time it *settles*: it is polled once inside
+//! `h2::idle::release_idle` (Remora's patch of h2, `vendor/h2/REMORA.md`), which frees its
+//! write and read buffers and its stream storage, and it goes on serving; the next frame
+//! allocates them again. An idle h2c connection so keeps about 6 KiB of heap, not 38.
+//!
 //! Winding up a connection this way leaves upgrades to us: hyper hands the caller's side of an
 //! upgrade (a WebSocket after `101`) back with the connection's parts rather than to the
 //! request, so the request carries a [`DownstreamUpgrade`] that the connection fulfils when
@@ -115,7 +121,7 @@ pub async fn serve_h2<IO, H>(
     let requests = Arc::new(Requests::default());
     let svc = service(handler, conn.clone(), requests.clone(), None);
     let mut connection = Box::pin(builders.h2.serve_connection(TokioIo::new(io), svc));
-    drive(&mut s, &requests, conn.peer, false, &mut connection).await;
+    drive(&mut s, &requests, conn.peer, &mut connection).await;
 }
 
 /// Serves HTTP/1.1 on `io`, parking it whenever it idles, until the peer closes, the process
@@ -210,7 +216,7 @@ where
         Some(upgrade.clone()),
     );
     let mut connection = builders.h1.serve_connection(TokioIo::new(io), svc);
-    let ended = drive(s, requests, conn.peer, true, &mut connection).await;
+    let ended = drive(s, requests, conn.peer, &mut connection).await;
     let parts = connection.into_parts();
     // hyper read `read_buf` from the stream, ahead of what the stream still holds.
     let (rest, stream) = parts.io.into_inner().into_parts();
@@ -271,23 +277,43 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Polls `connection` to its end, winding it up when the process stops, the caller abuses
-/// resets, the connection idles out, or (with `parks`) it has been quiet for `PARK_AFTER`
-/// with no request in flight.
+/// resets, or the connection idles out. Quiet for `PARK_AFTER` with no request in flight, an
+/// HTTP/1.1 connection is wound up to be parked, and an HTTP/2 one *settles*: it is polled
+/// once so that it gives back its buffers (`h2::idle`), and serves on; the parked gauge
+/// counts it until bytes move again.
 async fn drive<C: Conn>(
     s: &mut Session,
     requests: &Requests,
     peer: SocketAddr,
-    parks: bool,
     connection: &mut C,
 ) -> Ended {
     let mut closing = *s.stop.borrow();
     let mut parking = false;
+    // Settle at the next poll; settled since the stamp held, counted in the gauge.
+    let mut settle = false;
+    let mut settled: Option<(u64, Unpark<'_>)> = None;
     if closing {
         connection.wind_up();
     }
     loop {
         tokio::select! {
-            res = std::future::poll_fn(|cx| connection.poll_serve(cx)) => {
+            res = std::future::poll_fn(|cx| {
+                if std::mem::take(&mut settle) {
+                    return connection.poll_settle(cx).map(Some);
+                }
+                let polled = connection.poll_serve(cx);
+                // Settled, and bytes moved since: go round to wait for quiet again.
+                match &settled {
+                    Some((at, _)) if polled.is_pending() && s.activity.stamp() != *at => {
+                        Poll::Ready(None)
+                    }
+                    _ => polled.map(Some),
+                }
+            }) => {
+                let Some(res) = res else {
+                    settled = None;
+                    continue;
+                };
                 if let Err(e) = res {
                     s.errors.inc();
                     tracing::debug!(peer = %peer, error = %e, "connection error");
@@ -311,10 +337,16 @@ async fn drive<C: Conn>(
                 connection.wind_up();
             }
             // Quiet, with no request in flight (a long poll keeps it from parking).
-            _ = gated(quiet(requests, &s.activity)), if parks && !closing && !parking => {
+            _ = gated(quiet(requests, &s.activity)), if !closing && !parking && settled.is_none() => {
                 if requests.active.load(Ordering::Acquire) == 0 {
-                    parking = true;
-                    connection.wind_up();
+                    if C::PARKS {
+                        parking = true;
+                        connection.wind_up();
+                    } else {
+                        settle = true;
+                        s.parked.inc();
+                        settled = Some((s.activity.stamp(), Unpark(&s.parked)));
+                    }
                 }
             }
         }
@@ -340,8 +372,14 @@ async fn quiet(requests: &Requests, activity: &Activity) {
 
 /// A hyper server connection as `drive` runs it.
 trait Conn {
+    /// Whether a quiet connection is wound up to be parked (HTTP/1.1) rather than settled.
+    const PARKS: bool;
     /// Polls it to its end; HTTP/1.1 keeps the socket open for `into_parts`.
     fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>>;
+    /// Polls it as `poll_serve` does, letting it give back the memory it holds while idle.
+    fn poll_settle(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
+        self.poll_serve(cx)
+    }
     /// Ends it after the requests in progress (HTTP/1.1: the current one; HTTP/2: GOAWAY).
     fn wind_up(&mut self);
 }
@@ -353,6 +391,8 @@ where
     S::Future: Unpin,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    const PARKS: bool = true;
+
     fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
         self.poll_without_shutdown(cx)
     }
@@ -363,8 +403,14 @@ where
 }
 
 impl<F: HttpConnection> Conn for Pin<Box<F>> {
+    const PARKS: bool = false;
+
     fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
         self.as_mut().poll(cx)
+    }
+
+    fn poll_settle(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
+        h2::idle::release_idle(|| self.as_mut().poll(cx))
     }
 
     fn wind_up(&mut self) {
